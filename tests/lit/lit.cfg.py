@@ -1,0 +1,22 @@
+# lit configuration for Loom: dialect round-trips, verifier errors, passes,
+# and the DSL front end (loomc on .loom snippets).
+import os
+
+import lit.formats
+from lit.llvm import llvm_config
+
+config.name = "Loom"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".loom"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.loom_obj_root, "tests", "lit")
+config.excludes = ["lit.cfg.py", "lit.site.cfg.py", "Inputs", "README.md"]
+
+# Strict FileCheck everywhere (STYLE.md).
+config.environment["FILECHECK_OPTS"] = "-enable-var-scope --allow-unused-prefixes=false"
+config.substitutions.append(("%loom_src", config.loom_src_root))
+
+llvm_config.with_system_environment(["HOME", "TMPDIR"])
+llvm_config.use_default_substitutions()
+tool_dirs = [config.loom_tools_dir, config.llvm_tools_dir]
+llvm_config.add_tool_substitutions(["loomc", "loom-opt", "FileCheck", "not", "count", "split-file"], tool_dirs)
