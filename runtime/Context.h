@@ -1,0 +1,27 @@
+//===- Context.h - the runtime's per-rank context (loom_ctx) ----*- C++ -*-===//
+//
+// What every ABI function can see: the rank, the run seed, the step being
+// run, the thread count, and the first error a kernel reported.
+//
+//===----------------------------------------------------------------------===//
+#ifndef LOOM_RUNTIME_CONTEXT_H
+#define LOOM_RUNTIME_CONTEXT_H
+
+#include "runtime/abi/loom_abi.h"
+
+#include <cstdint>
+#include <string>
+
+struct loom_ctx {
+  int rank = 0;
+  int worldSize = 1;
+  uint64_t seed = 0;
+  /// The optimizer step s being run (1-based); 0 before training starts.
+  int64_t step = 0;
+  int threads = 1;
+  /// The first error a kernel reported in the current program call.
+  bool failed = false;
+  std::string errorOp, errorMessage;
+};
+
+#endif // LOOM_RUNTIME_CONTEXT_H

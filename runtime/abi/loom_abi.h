@@ -1,0 +1,167 @@
+/*===- loom_abi.h - the C ABI between generated code and the runtime -----===*
+ *
+ * The one runtime header the compiler includes. A .loomx artifact's native
+ * code calls these functions (loom-run exports them) and exports the entry
+ * points declared at the end. Everything is plain C: pointers to contiguous
+ * row-major buffers, int64 sizes, float32 data unless a name says otherwise.
+ *
+ * Conventions:
+ *  - `ctx` is the runtime's per-rank context: thread pool, run seed, current
+ *    step, error slot. A kernel that meets invalid data (an embedding id out
+ *    of range, ...) records the error in ctx with loom_error() and returns;
+ *    the runtime checks after each program call and stops with a message.
+ *  - Gradient outputs are overwritten, never accumulated, unless the name
+ *    says `accumulate`.
+ *  - Random streams are Philox-4x32-10 keyed by (run seed, a 64-bit key)
+ *    and counted by element index; see runtime/README.md.
+ *
+ *===----------------------------------------------------------------------===*/
+#ifndef LOOM_RUNTIME_ABI_LOOM_ABI_H
+#define LOOM_RUNTIME_ABI_LOOM_ABI_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** Bumped whenever a signature below changes; artifacts record it. */
+#define LOOM_ABI_VERSION 1
+
+typedef struct loom_ctx loom_ctx;
+
+/** Records an error (the first one wins) naming the kernel and the cause. */
+void loom_error(loom_ctx *ctx, const char *op, const char *message);
+
+/** The optimizer step s being run (1-based), as the runtime counts it; the
+ *  learning-rate schedule follows it. */
+int64_t loom_step(loom_ctx *ctx);
+
+/* --- GEMM --------------------------------------------------------------- */
+/** For b in [0, batch): C_b = alpha * op(A_b) @ op(B_b) + beta * C_b, with
+ *  op(X) = X or X^T, A_b = A + b*strideA (elements; 0 broadcasts one matrix
+ *  to every batch), likewise B and C. op(A) is MxK, op(B) is KxN, C is MxN,
+ *  all row-major and dense (leading dimension = number of columns). */
+void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
+               int64_t M, int64_t N, int64_t K, const float *A,
+               int64_t strideA, const float *B, int64_t strideB, float *C,
+               int64_t strideC, float alpha, float beta);
+
+/* --- Normalisation and softmax (over the last dimension, `cols`) --------- */
+void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                         const float *x, const float *gain, const float *bias,
+                         float eps, float *y, float *mean, float *rstd);
+void loom_layer_norm_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                         const float *dy, const float *x, const float *gain,
+                         const float *mean, const float *rstd, float *dx,
+                         float *dgain, float *dbias);
+void loom_rms_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                       const float *x, const float *gain, float eps, float *y,
+                       float *rstd);
+void loom_rms_norm_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                       const float *dy, const float *x, const float *gain,
+                       const float *rstd, float *dx, float *dgain);
+void loom_softmax_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                      const float *x, float *y);
+/** dx = y * (dy - sum(dy * y)). */
+void loom_softmax_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                      const float *y, const float *dy, float *dx);
+void loom_log_softmax_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                          const float *x, float *y);
+/** dx = dy - exp(y) * sum(dy). */
+void loom_log_softmax_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                          const float *y, const float *dy, float *dx);
+
+/* --- Losses -------------------------------------------------------------- */
+/** loss[0] = mean over rows with target != ignore_index of
+ *  logsumexp(logits_row) - logits_row[target]; 0 when no row counts.
+ *  lse[r] = logsumexp of row r (for the backward pass). stats[0] = number of
+ *  counted rows, stats[1] = counted rows whose argmax (first maximum) equals
+ *  the target. A target outside [0, classes) that is not ignore_index is an
+ *  error. */
+void loom_cross_entropy_fwd(loom_ctx *ctx, int64_t rows, int64_t classes,
+                            const float *logits, const int32_t *target,
+                            int64_t ignore_index, float *loss, float *lse,
+                            float *stats);
+/** dlogits = dloss[0] / counted * (softmax(logits) - onehot(target)) on
+ *  counted rows, 0 on ignored rows. */
+void loom_cross_entropy_bwd(loom_ctx *ctx, int64_t rows, int64_t classes,
+                            const float *logits, const int32_t *target,
+                            int64_t ignore_index, const float *lse,
+                            const float *dloss, float *dlogits);
+
+/* --- Embedding ------------------------------------------------------------ */
+/** out[i, :] = table[ids[i], :]; an id outside [0, vocab) is an error. */
+void loom_embedding_fwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
+                        const int32_t *ids, const float *table, float *out);
+/** dtable = 0, then dtable[ids[i], :] += dout[i, :]. */
+void loom_embedding_bwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
+                        const int32_t *ids, const float *dout, float *dtable);
+
+/* --- Attention (q: [B,H,Tq,D], k: [B,H,Tk,D], v: [B,H,Tk,Dv]) ------------ */
+/** out = softmax(q k^T / sqrt(D) + mask) v, mask = -inf above the diagonal
+ *  when causal (query t sees keys <= t + (Tk - Tq)); lse: [B,H,Tq] row
+ *  log-sum-exp of the scaled, masked scores (for the backward pass). */
+void loom_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
+                        int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
+                        const float *q, const float *k, const float *v,
+                        float *out, float *lse);
+void loom_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
+                        int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
+                        const float *q, const float *k, const float *v,
+                        const float *out, const float *lse, const float *dout,
+                        float *dq, float *dk, float *dv);
+/** SEMANTICS.md's gated attention (T = Tq = Tk): gate[b,h,t] = sigmoid(
+ *  sum_j [q[b,h,t,:]; k[b,h,t,:]]_j * wg[h,j] + bg[h]), wg: [H, 2D], bg: [H];
+ *  attn = attention(q,k,v) (saved), out = gate * attn. With threshold >= 0
+ *  (the opt-in approximate mode) a (b,h,t) whose gate is below threshold
+ *  outputs 0 and skips its attention row; threshold < 0 is exact. */
+void loom_gated_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
+                              int64_t D, int64_t Dv, int32_t causal,
+                              float threshold, const float *q, const float *k,
+                              const float *v, const float *wg, const float *bg,
+                              float *out, float *lse, float *gate,
+                              float *attn);
+void loom_gated_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
+                              int64_t D, int64_t Dv, int32_t causal,
+                              float threshold, const float *q, const float *k,
+                              const float *v, const float *wg, const float *bg,
+                              const float *lse, const float *gate,
+                              const float *attn, const float *dout, float *dq,
+                              float *dk, float *dv, float *dwg, float *dbg);
+
+/* --- Dropout -------------------------------------------------------------- */
+/** Keeps element i when philox(seed, key, step, i) >= p (as a uniform in
+ *  [0,1)), scaling kept values by 1/(1-p); `step` is the runtime's current
+ *  step (ctx). The same (key, step, i) gives the same mask in backward. */
+void loom_dropout_fwd(loom_ctx *ctx, int64_t n, float p, uint64_t key,
+                      const float *x, float *y);
+void loom_dropout_bwd(loom_ctx *ctx, int64_t n, float p, uint64_t key,
+                      const float *dy, float *dx);
+
+/* --- Optimizers (torch.optim semantics, SEMANTICS.md) --------------------- */
+/** g' = grad * grad_scale; p -= lr * wd * p (decoupled, when wd != 0);
+ *  m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+ *  p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps). t >= 1. */
+void loom_adamw(loom_ctx *ctx, int64_t n, float *param, const float *grad,
+                float *m, float *v, float lr, float beta1, float beta2,
+                float eps, float weight_decay, float grad_scale, int64_t t);
+/** g' = grad * grad_scale + wd * p; with momentum: buf = g' on the first
+ *  step (first != 0), else buf = momentum * buf + g'; update = nesterov ?
+ *  g' + momentum * buf : buf; p -= lr * update. */
+void loom_sgd(loom_ctx *ctx, int64_t n, float *param, const float *grad,
+              float *buf, float lr, float momentum, int32_t nesterov,
+              float weight_decay, float grad_scale, int32_t first);
+/** Sum of squares of x, accumulated in double, returned as double. */
+double loom_sum_squares(loom_ctx *ctx, int64_t n, const float *x);
+
+/* --- Entry points an artifact exports ------------------------------------- */
+/** A program: one call runs one training step (or one evaluation batch) on
+ *  the arena laid out by the artifact's memory plan. */
+typedef void (*loom_program_fn)(loom_ctx *ctx, uint8_t *arena);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LOOM_RUNTIME_ABI_LOOM_ABI_H */
