@@ -42,12 +42,19 @@ defvar Loom_FloatTypes = [F32, F16, BF16, F64];
 
 /// Every loom value: a ranked tensor with static dimensions. Scalars are
 /// rank-0 tensors.
-def Loom_Tensor : StaticShapeTensorOf<Loom_ElementTypes>;
+def Loom_Tensor : StaticShapeTensorOf<Loom_ElementTypes> {
+  let summary =
+      "statically shaped tensor of f32, f16, bf16, f64, i1, i8, i32 or i64";
+}
 
 /// Trainable values (parameters) are floating point.
-def Loom_FloatTensor : StaticShapeTensorOf<Loom_FloatTypes>;
+def Loom_FloatTensor : StaticShapeTensorOf<Loom_FloatTypes> {
+  let summary = "statically shaped tensor of f32, f16, bf16 or f64";
+}
 
 /// The model's loss: one f32 scalar.
-def Loom_Scalar : 0DTensorOf<[F32]>;
+def Loom_Scalar : 0DTensorOf<[F32]> {
+  let summary = "f32 scalar (tensor<f32>)";
+}
 
 #endif // LOOM_DIALECTS_LOOM_LOOMDIALECT_TD

@@ -87,11 +87,12 @@ RankedTensorType loom::toMlirType(MLIRContext *context,
 //===----------------------------------------------------------------------===//
 
 namespace {
-/// The message for a value that is not a loom tensor. Inference runs while
-/// parsing, before the ODS type constraints are checked, so it needs its own.
+/// The message for a value that is not a loom tensor, worded as ODS words
+/// Loom_Tensor's: inference runs while parsing, before the ODS type
+/// constraints are checked, so it needs its own.
 constexpr const char *kNotLoomTensor =
-    " must be a statically shaped tensor of f32, f16, bf16, f64, i1, i8, i32 "
-    "or i64, got ";
+    " must be statically shaped tensor of f32, f16, bf16, f64, i1, i8, i32 or "
+    "i64, but got ";
 } // namespace
 
 /// Infers the single result type of `opName` by running `rule` on the
@@ -526,6 +527,15 @@ LogicalResult DropoutOp::inferReturnTypes(MLIRContext *context,
       [&](ArrayRef<shape::TensorType> t, std::string &error) {
         return shape::dropout(t[0], p, error);
       });
+}
+
+LogicalResult DropoutOp::verify() {
+  // Dropouts sharing a key would share a mask; the front end keys each by
+  // its DSL path, so an empty key means the op was built without one.
+  if (getKey().empty())
+    return emitOpError("needs a non-empty key (the op's DSL path) to seed its "
+                       "mask");
+  return success();
 }
 
 LogicalResult AttentionOp::inferReturnTypes(MLIRContext *context,

@@ -17,7 +17,6 @@
 
 include "dialects/Loom/LoomDialect.td"
 
-include "mlir/IR/OpAsmInterface.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/Interfaces/ControlFlowInterfaces.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
@@ -157,8 +156,8 @@ def Loom_LossOp : Loom_Op<"loss", [HasParent<"ModelOp">]> {
 // Op classes
 //===----------------------------------------------------------------------===//
 
-/// An op that implements InferTypeOpInterface with an Adaptor-taking
-/// `inferReturnTypes`.
+/// A pure op whose result type is inferred: it implements
+/// InferTypeOpInterface through an Adaptor-taking `inferReturnTypes`.
 class Loom_InferredOp<string mnemonic, list<Trait> traits = []>
     : Loom_Op<mnemonic, traits # [Pure, InferTypeOpAdaptor]>;
 
@@ -239,8 +238,7 @@ class Loom_ReduceOp<string mnemonic> : Loom_InferredOp<mnemonic> {
         ::mlir::MLIRContext *context, std::optional<::mlir::Location> location,
         Adaptor adaptor, ::llvm::SmallVectorImpl<::mlir::Type> &inferred) {
       if (!adaptor.getDimsAttr())
-        return ::mlir::emitOptionalError(location, "'", getOperationName(),
-                                         "' op requires attribute 'dims'");
+        return missingAttribute(location, getOperationName(), "dims");
       std::vector<int64_t> dims(adaptor.getDims().begin(),
                                 adaptor.getDims().end());
       // Only ops get default-valued attributes filled in, not adaptors.
@@ -395,7 +393,7 @@ def Loom_LayerNormOp : Loom_InferredOp<"layer_norm"> {
   let description = [{
     `(x - mean(x)) / sqrt(var(x) + eps) * gain + bias` over the last
     dimension, with the biased variance; `gain` and `bias` are `[D]` for an
-    input `[..., D]` of the same float type; `eps` defaults to 1e-5
+    input `[..., D]` of the same float type; `eps` (> 0) defaults to 1e-5
     [`F.layer_norm(x, (D,), gain, bias, eps)`].
   }];
   let arguments = (ins Loom_Tensor:$input, Loom_Tensor:$gain,
@@ -413,8 +411,8 @@ def Loom_RmsNormOp : Loom_InferredOp<"rms_norm"> {
   let summary = "RMS normalisation over the last dimension";
   let description = [{
     `x / sqrt(mean(x^2) + eps) * gain` over the last dimension; `gain` is
-    `[D]` for an input `[..., D]` of the same float type; `eps` defaults to
-    1e-6 [`torch.nn.functional.rms_norm(x, (D,), gain, eps)`].
+    `[D]` for an input `[..., D]` of the same float type; `eps` (> 0)
+    defaults to 1e-6 [`torch.nn.functional.rms_norm(x, (D,), gain, eps)`].
   }];
   let arguments = (ins Loom_Tensor:$input, Loom_Tensor:$gain,
                        DefaultValuedAttr<F64Attr, "1e-6">:$eps);
@@ -595,7 +593,7 @@ def Loom_DropoutOp : Loom_InferredOp<"dropout"> {
     scales the kept ones by `1 / (1 - p)`; identity in evaluation and
     inference [`F.dropout(x, p, training)`]. The keep-mask is a counter-based
     function of (run seed, step, `key`, global element index), where `key`
-    is the op's DSL path including any `repeat` index: the mask is the same
+    (non-empty) is the op's DSL path including any `repeat` index: the mask is the same
     under any sharding and differs between layers. Being a function of those
     values, the op is pure within a step.
   }];
@@ -603,6 +601,7 @@ def Loom_DropoutOp : Loom_InferredOp<"dropout"> {
   let results = (outs Loom_Tensor:$result);
   let assemblyFormat =
       "$input `p` $p `key` $key attr-dict `:` type($input)";
+  let hasVerifier = 1;
 }
 
 def Loom_AttentionOp : Loom_InferredOp<"attention"> {

@@ -42,7 +42,7 @@ bool isFloat(DType t) {
   return t == DType::F32 || t == DType::F16 || t == DType::BF16 ||
          t == DType::F64;
 }
-bool isInteger(DType t) { return !isFloat(t); }
+bool isInteger(DType t) { return !isFloat(t) && t != DType::I1; }
 
 int64_t dtypeBytes(DType t) {
   switch (t) {
@@ -205,8 +205,9 @@ Result norm(const TensorType &x, const TensorType &g, const TensorType *b,
     return fail(error, "bias must have shape " + str(want.dims) + ", got " +
                            str(*b));
   if (g.dtype != x.dtype || (b && b->dtype != x.dtype))
-    return fail(error, "gain and bias must have the input's element type " +
-                           std::string(dtypeName(x.dtype)));
+    return fail(error, std::string(b ? "gain and bias" : "gain") +
+                           " must have the input's element type " +
+                           dtypeName(x.dtype));
   return x;
 }
 
@@ -255,7 +256,10 @@ Result transpose(const TensorType &x, const std::vector<int64_t> &perm,
 Result splitHeads(const TensorType &x, int64_t heads, std::string &error) {
   if (!requireRank(x, 3, "split_heads input", error))
     return std::nullopt;
-  if (heads <= 0 || x.dims[2] % heads != 0)
+  if (heads <= 0)
+    return fail(error, "split_heads: heads must be >= 1, got " +
+                           std::to_string(heads));
+  if (x.dims[2] % heads != 0)
     return fail(error, "split_heads: " + std::to_string(heads) +
                            " heads do not divide the channel dimension " +
                            std::to_string(x.dims[2]));
