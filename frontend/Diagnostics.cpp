@@ -73,9 +73,11 @@ std::string DiagnosticEngine::render(const Diagnostic &d) {
     std::string text = d.loc.file->lineText(line);
     if (text.size() > 200)
       text = text.substr(0, 200);
-    for (char &c : text)
-      if ((c < 0x20 && c != '\t') || c == 0x7f)
+    for (char &c : text) {
+      unsigned char u = static_cast<unsigned char>(c);
+      if ((u < 0x20 && c != '\t') || u == 0x7f)
         c = '?';
+    }
     out += text + "\n";
     std::string caret;
     for (unsigned i = 1; i < col && i - 1 < text.size(); ++i)

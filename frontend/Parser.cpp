@@ -278,13 +278,13 @@ private:
     TrainOption o;
     if (!expectIdent(o.name, o.loc, "of a train option"))
       return std::nullopt;
-    // The first argument must start on the option's line or follow it
-    // directly; an option may also take none (`recompute none` has one).
-    if (!startsExpr())
+    // The arguments start on the option's own line: a bare option does not
+    // swallow the next line's option name.
+    if (!startsExpr() || (o.loc.file && cur().loc.line() != o.loc.line()))
       return o;
     do {
       Arg a;
-      if (at(Tok::Ident) && peek().kind == Tok::Equal) {
+      if (atArgName()) {
         a.name = cur().text;
         a.nameLoc = cur().loc;
         take();
@@ -296,6 +296,14 @@ private:
       o.args.push_back(std::move(a));
     } while (accept(Tok::Comma));
     return o;
+  }
+
+  /// `name =` in an argument list; keywords count as names there, so that
+  /// `dynamic(init = 32768)` works although `init` is a keyword.
+  bool atArgName() const {
+    bool word = cur().kind == Tok::Ident ||
+                (cur().kind >= Tok::KwModel && cur().kind <= Tok::KwFalse);
+    return word && peek().kind == Tok::Equal;
   }
 
   bool startsExpr() const {
@@ -511,7 +519,7 @@ private:
       if (!at(Tok::RParen)) {
         do {
           Arg a;
-          if (at(Tok::Ident) && peek().kind == Tok::Equal) {
+          if (atArgName()) {
             a.name = cur().text;
             a.nameLoc = cur().loc;
             take();

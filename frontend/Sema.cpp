@@ -226,7 +226,10 @@ private:
                             std::vector<std::pair<std::string, AttrValue>> attrs,
                             SourceLoc loc) {
     if (!r) {
-      diag_.error(loc, op + ": " + err);
+      // Shape rules may already name the op ("matmul contraction ...").
+      bool named = err.compare(0, op.size(), op) == 0 ||
+                   err.compare(0, 5, "split") == 0;
+      diag_.error(loc, named ? err : op + ": " + err);
       return std::nullopt;
     }
     if (numNodes_ > kMaxNodes) {
@@ -253,6 +256,9 @@ private:
   size_t numNodes_ = 0;
   bool tooBig_ = false;
   int lossCount_ = 0;
+  /// Dropouts per path prefix: keys stay unique even where a repeat body and
+  /// the layer it instantiates share a prefix.
+  std::map<std::string, int> dropoutCount_;
   SourceLoc firstLoss_;
 };
 
@@ -677,8 +683,10 @@ void Elaborator::execInput(const Stmt &s, Scope &scope) {
 
 void Elaborator::execParam(const Stmt &s, Scope &scope, BodyCtx &ctx) {
   std::string path = join(ctx.prefix, s.name);
-  scope.names[s.name] = {Val{}, s.nameLoc, Origin::Param};
   auto t = evalType(s.type, scope, "parameter '" + s.name + "'");
+  // Bound (as invalid until it succeeds) only after its type is read, so
+  // `param d : f32[d]` sees the model parameter d.
+  scope.names[s.name] = {Val{}, s.nameLoc, Origin::Param};
   if (!t)
     return;
   if (!shape::isFloat(t->dtype)) {
@@ -1322,11 +1330,16 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
       diag_.error(a.value->loc, "positional argument after a keyword argument");
       return std::nullopt;
     }
-    auto v = eval(*a.value, scope);
-    if (spec[std::min(next, spec.size() - 1)].kind == K::DType &&
-        a.value->kind == Expr::Ident && !v) {
-      // `cast(x, bf16)`: a dtype name is not a value; handled below.
+    if (!isVariadic && next < spec.size() && spec[next].kind == K::DType) {
+      // `cast(x, bf16)`: an element type is a name, not a value.
+      locs[next] = a.value->loc;
+      Val s;
+      s.kind = Val::String;
+      s.s = a.value->kind == Expr::Ident ? a.value->text : "";
+      args[next++] = s;
+      continue;
     }
+    auto v = eval(*a.value, scope);
     if (isVariadic) {
       if (!v)
         return std::nullopt;
@@ -1338,16 +1351,6 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
                                     std::to_string(spec.size()) +
                                     " argument(s)");
       return std::nullopt;
-    }
-    if (spec[next].kind == K::DType) {
-      // Re-read the dtype from the syntax; an unknown-name error was not
-      // wanted for it.
-      locs[next] = a.value->loc;
-      Val s;
-      s.kind = Val::String;
-      s.s = a.value->kind == Expr::Ident ? a.value->text : "";
-      args[next++] = s;
-      continue;
     }
     if (!v)
       return std::nullopt;
@@ -1585,9 +1588,8 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
   if (name == "dropout") {
     // The key that, with seed, step and element index, decides the mask: the
     // op's path, unique per layer instance and per use within it.
-    BodyCtx &ctx = *ctx_;
-    int k = ctx.seen["#dropout"]++;
-    std::string key = join(ctx.prefix, "dropout_" + std::to_string(k));
+    int k = dropoutCount_[ctx_->prefix]++;
+    std::string key = join(ctx_->prefix, "dropout_" + std::to_string(k));
     return finish(name, shape::dropout(type(0), args[1]->number(), err), err,
                   {tensor(0)}, {{"p", args[1]->number()}, {"key", key}}, loc);
   }

@@ -217,7 +217,7 @@ bool TrainConfig::apply(const TrainOption &opt, const std::string &baseDir,
                   diag);
   };
   auto reader = [&](const std::string &what) {
-    return Reader{diag, n + " " + what};
+    return Reader{diag, what.empty() ? n : n + " " + what};
   };
   auto need = [&](const Binder &b, const char *arg) -> const Expr * {
     const Expr *e = b.get(arg);
@@ -254,7 +254,8 @@ bool TrainConfig::apply(const TrainOption &opt, const std::string &baseDir,
                    "mesh axes are named: write 'mesh dp = 2, tp = 2, pp = 1'");
         return false;
       }
-    dp = tp = pp = 1;
+    // Axes not named keep their value: `--mesh=tp=2` on a file with
+    // `mesh dp = 2` gives dp = 2, tp = 2.
     bool ok = true;
     for (auto [name, field] :
          {std::pair{"dp", &dp}, {"tp", &tp}, {"pp", &pp}})
@@ -563,6 +564,10 @@ bool TrainConfig::validate(SourceLoc loc, DiagnosticEngine &diag) const {
 std::string TrainConfig::setOptionText(const std::string &option,
                                        const std::string &arg,
                                        const std::string &value) const {
+  // The choice itself: --set=optimizer.method=sgd, --set=clip.method=...
+  if (arg == "method" || arg == "type" || arg == "count" || arg == "path" ||
+      arg == "stage" || arg == "mode")
+    return option + " " + value;
   if (option == "optimizer")
     return "optimizer " + optimizer + "(" + arg + " = " + value + ")";
   if (option == "clip")

@@ -6,6 +6,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "compiler/codegen/Codegen.h"
+#include "compiler/passes/Passes.h"
 #include "compiler/registration/Registration.h"
 #include "frontend/AST.h"
 #include "frontend/Graph.h"
@@ -21,7 +23,9 @@
 
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
+#include <functional>
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/ToolOutputFile.h"
@@ -95,10 +99,100 @@ cl::opt<std::string> zero("zero", cl::desc("ZeRO stage: 0 | 1"),
 cl::opt<std::string> quantize("quantize",
                               cl::desc("none | qat-int8 | ptq-int8"),
                               cl::cat(loomCat));
+cl::opt<std::string> report("report",
+                            cl::desc("Print memory by category and FLOPs per "
+                                     "rank, then stop (=json for JSON)"),
+                            cl::ValueOptional, cl::cat(loomCat));
 cl::list<std::string> sets("set",
                            cl::desc("Any train option's argument: "
                                     "OPTION.ARG=VALUE (optimizer.lr=1e-3)"),
                            cl::value_desc("OPTION.ARG=VALUE"), cl::cat(loomCat));
+
+bool writeOutput(const std::function<void(raw_ostream &)> &print);
+int userError(const Twine &msg);
+
+/// GEMM and attention FLOPs of one training step (forward and backward).
+uint64_t countFlops(mlir::ModuleOp module) {
+  uint64_t flops = 0;
+  module.walk([&](mlir::Operation *op) {
+    llvm::StringRef n = op->getName().getStringRef();
+    auto parent = op->getParentOfType<loom::train::StepOp>();
+    if (!parent || parent.getKind() != "train")
+      return;
+    auto shapeOf = [](mlir::Value v) {
+      return mlir::cast<mlir::RankedTensorType>(v.getType()).getShape();
+    };
+    auto numel = [](mlir::Value v) {
+      return static_cast<uint64_t>(
+          mlir::cast<mlir::RankedTensorType>(v.getType()).getNumElements());
+    };
+    if (n == "loom.matmul" || n == "train.gemm") {
+      auto a = shapeOf(op->getOperand(0));
+      bool ta = n == "train.gemm" &&
+                op->getAttrOfType<mlir::BoolAttr>("transpose_a").getValue();
+      uint64_t k = static_cast<uint64_t>(ta ? a[a.size() - 2] : a.back());
+      flops += 2 * numel(op->getResult(0)) * k;
+    } else if (n == "train.attention" || n == "train.gated_attention") {
+      auto q = shapeOf(op->getOperand(0)), k = shapeOf(op->getOperand(1));
+      flops += 4 * static_cast<uint64_t>(q[0] * q[1] * q[2] * k[2] * q[3]);
+    } else if (n == "train.attention_grad" ||
+               n == "train.gated_attention_grad") {
+      auto q = shapeOf(op->getOperand(0)), k = shapeOf(op->getOperand(1));
+      flops += 8 * static_cast<uint64_t>(q[0] * q[1] * q[2] * k[2] * q[3]);
+    }
+  });
+  return flops;
+}
+
+std::string humanBytes(int64_t b) {
+  char buf[32];
+  if (b >= (int64_t(1) << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(int64_t(1) << 30));
+  else if (b >= (1 << 20))
+    std::snprintf(buf, sizeof buf, "%.2f MiB", b / double(1 << 20));
+  else if (b >= (1 << 10))
+    std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  else
+    std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(b));
+  return buf;
+}
+
+/// `--report`: the memory plan by category and the FLOPs of one step.
+bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson) {
+  auto manifest = module->getAttrOfType<mlir::DictionaryAttr>("loom.manifest");
+  auto memory = manifest.getAs<mlir::DictionaryAttr>("memory");
+  auto get = [&](llvm::StringRef k) {
+    auto a = memory.getAs<mlir::IntegerAttr>(k);
+    return a ? a.getInt() : 0;
+  };
+  const char *keys[] = {"params", "grads", "optimizer", "activations",
+                        "workspace", "inputs", "peak"};
+  std::string model =
+      manifest.getAs<mlir::StringAttr>("model").getValue().str();
+  return writeOutput([&](raw_ostream &os) {
+    if (asJson) {
+      os << "{\"model\": \"" << model << "\", \"ranks\": [{\"rank\": 0, "
+         << "\"memory\": {";
+      for (size_t i = 0; i < std::size(keys); ++i)
+        os << (i ? ", " : "") << "\"" << keys[i] << "\": " << get(keys[i]);
+      os << "}, \"flops_per_step\": " << flops
+         << ", \"comm_bytes_per_step\": 0}]}\n";
+      return;
+    }
+    os << "model " << model << ", mesh 1x1x1 (1 rank)\n";
+    os << "memory plan of rank 0 (live at the step's peak):\n";
+    for (size_t i = 0; i + 1 < std::size(keys); ++i)
+      os << llvm::format("  %-12s %12lld  (%s)\n", keys[i],
+                         static_cast<long long>(get(keys[i])),
+                         humanBytes(get(keys[i])).c_str());
+    os << llvm::format("  %-12s %12lld  (%s)  arena size\n", (const char *)"peak",
+                       static_cast<long long>(get("peak")),
+                       humanBytes(get("peak")).c_str());
+    os << llvm::format("FLOPs per step (GEMM + attention, fwd+bwd): %.3g\n",
+                       static_cast<double>(flops));
+    os << "communication per step: 0 bytes (one rank)\n";
+  });
+}
 
 int userError(const Twine &msg) {
   errs() << "loomc: error: " << msg << "\n";
@@ -217,6 +311,10 @@ int main(int argc, char **argv) {
                        value->getValue() + "'");
   }
 
+  if (mode == "infer")
+    return userError("--mode=infer: inference artifacts are not built yet; "
+                     "this build compiles training steps");
+
   std::string text;
   if (!readSource(text))
     return 1;
@@ -263,15 +361,63 @@ int main(int argc, char **argv) {
   if (!ir)
     return 1;
 
-  // The pipeline stages after `loom` arrive with the training-step issue;
-  // until then a request for them is a clear error, not a silent no-op.
-  mlir::PassManager pm(&context);
-  if (failed(mlir::applyPassManagerCLOptions(pm)))
+  auto print = [&]() {
+    return writeOutput([&](raw_ostream &os) { ir->print(os); }) ? 0 : 1;
+  };
+  if (emit == Emit::Loom)
+    return print();
+
+  // Each stage is a named pipeline (loom-opt --loom-to-train, ...).
+  auto stage = [&](void (*build)(mlir::OpPassManager &)) {
+    mlir::PassManager pm(&context);
+    if (failed(mlir::applyPassManagerCLOptions(pm)))
+      return false;
+    build(pm);
+    return succeeded(pm.run(*ir));
+  };
+  if (!stage(loom::buildLoomToTrainPipeline))
     return 1;
-  if (failed(pm.run(*ir)))
+  uint64_t flops = countFlops(*ir);
+  if (emit == Emit::Train)
+    return print();
+  if (!stage(loom::buildTrainToDistPipeline))
     return 1;
-  if (emit != Emit::Loom)
-    return userError("this build of loomc lowers only to the loom dialect; "
-                     "use --emit=ast or --emit=loom");
-  return writeOutput([&](raw_ostream &os) { ir->print(os); }) ? 0 : 1;
+  if (emit == Emit::Dist)
+    return print();
+  if (!stage(loom::buildDistToExecPipeline))
+    return 1;
+  if (report.getNumOccurrences())
+    return printReport(*ir, flops, report == "json") ? 0 : 1;
+  if (emit == Emit::Exec)
+    return print();
+  if (target == "cuda")
+    return userError("--target=cuda: CUDA code generation is not built yet; "
+                     "use --target=cpu");
+  if (emit == Emit::Ptx)
+    return userError("--emit=ptx needs --target=cuda");
+  if (!stage(loom::buildExecToLLVMPipeline))
+    return 1;
+  loom::codegen::CpuOptions cpuOptions;
+  cpuOptions.native = cpu == "native";
+  if (emit == Emit::Llvm) {
+    std::string text;
+    if (failed(loom::codegen::emitLLVMIR(*ir, cpuOptions, text)))
+      return 1;
+    return writeOutput([&](raw_ostream &os) { os << text; }) ? 0 : 1;
+  }
+  std::string object, shared;
+  if (failed(loom::codegen::emitObject(*ir, cpuOptions, object)) ||
+      failed(loom::codegen::linkSharedObject(ir->getLoc(), object, shared)))
+    return 1;
+  loom::codegen::ArtifactInfo info;
+  info.source = inputFile;
+  info.cpuFeatures = loom::codegen::requiredCpuFeatures(cpuOptions);
+  std::string out = outputFile;
+  if (out.empty() || out == "-")
+    out = sys::path::stem(inputFile).str() + ".loomx";
+  if (failed(loom::codegen::writeArtifact(ir->getLoc(), out, shared,
+                                          loom::codegen::manifestJson(*ir, info))))
+    return 1;
+  return 0;
 }
+

@@ -1,0 +1,52 @@
+//===- Codegen.h - object code and the .loomx artifact ----------*- C++ -*-===//
+#ifndef LOOM_COMPILER_CODEGEN_CODEGEN_H
+#define LOOM_COMPILER_CODEGEN_CODEGEN_H
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Support/LogicalResult.h"
+
+#include <string>
+#include <vector>
+
+namespace loom::codegen {
+
+struct CpuOptions {
+  /// Generate for this machine's CPU instead of the x86-64-v3 baseline.
+  bool native = false;
+};
+
+/// The CPU features an artifact built with `options` requires, in the
+/// names runtime/ARTIFACT.md lists.
+std::vector<std::string> requiredCpuFeatures(const CpuOptions &options);
+
+/// Translates a module in the LLVM dialect to LLVM IR text (after -O3).
+mlir::LogicalResult emitLLVMIR(mlir::ModuleOp module, const CpuOptions &options,
+                               std::string &ir);
+
+/// Compiles a module in the LLVM dialect to an x86-64 ELF object (-O3).
+mlir::LogicalResult emitObject(mlir::ModuleOp module, const CpuOptions &options,
+                               std::string &object);
+
+/// Links an object into a shared object with the system's `cc`.
+mlir::LogicalResult linkSharedObject(mlir::Location loc,
+                                     const std::string &object,
+                                     std::string &sharedObject);
+
+struct ArtifactInfo {
+  std::string source;
+  std::string target = "cpu";
+  std::vector<std::string> cpuFeatures;
+};
+
+/// The manifest JSON from the module's `loom.manifest` attribute.
+std::string manifestJson(mlir::ModuleOp module, const ArtifactInfo &info);
+
+/// Writes ELF + manifest + trailer to `path` (via a temporary file renamed
+/// into place, so a failure never leaves a partial artifact).
+mlir::LogicalResult writeArtifact(mlir::Location loc, const std::string &path,
+                                  const std::string &sharedObject,
+                                  const std::string &manifest);
+
+} // namespace loom::codegen
+
+#endif // LOOM_COMPILER_CODEGEN_CODEGEN_H

@@ -1,0 +1,449 @@
+//===- Autodiff.cpp - loom.model to training and evaluation steps ---------===//
+//
+// Reverse-mode differentiation of a loom.model. The forward pass is cloned
+// into a train.step with layers inlined; ops whose backward needs saved
+// values (norms, attention, cross-entropy) become their train.* forms, which
+// return those values. Then the ops are visited in reverse, each op's VJP
+// rule adding to its operands' adjoints (SEMANTICS.md gives each op's
+// meaning; tests/unit checks each rule against finite differences).
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/passes/Passes.h"
+#include "compiler/passes/TensorBuilder.h"
+
+#include "dialects/Loom/LoomOps.h"
+#include "dialects/Train/TrainDialect.h"
+
+#include "mlir/IR/IRMapping.h"
+
+namespace loom {
+#define GEN_PASS_DEF_AUTODIFF
+#include "compiler/passes/Passes.h.inc"
+} // namespace loom
+
+using namespace mlir;
+
+namespace loom {
+namespace {
+
+/// One forward op of the step, with the loom op it came from.
+struct ForwardOp {
+  StringRef kind; ///< the loom op name ("loom.matmul")
+  Operation *op;  ///< the op in the step
+};
+
+struct ForwardResult {
+  Value loss;
+  SmallVector<train::ParamOp> params;
+  SmallVector<ForwardOp> ops;
+};
+
+/// Clones a model (or layer) body into the step, inlining layers.
+class ForwardCloner {
+public:
+  ForwardCloner(OpBuilder &b, ForwardResult &out) : b_(b), out_(out) {}
+
+  /// Returns the values a layer body yields (empty for the model body).
+  LogicalResult clone(Block &body, IRMapping &map, StringAttr tag,
+                      SmallVectorImpl<Value> &yielded) {
+    for (Operation &op : body) {
+      TensorBuilder tb(b_, op.getLoc());
+      tb.setTag(tag);
+      StringRef name = op.getName().getStringRef();
+      auto ranked = [](Value v) { return cast<RankedTensorType>(v.getType()); };
+      if (auto in = dyn_cast<InputOp>(op)) {
+        map.map(in.getResult(),
+                tb.create1("train.input", {}, in.getType(),
+                           {tb.attr("name", in.getNameAttr())}));
+      } else if (auto p = dyn_cast<ParamOp>(op)) {
+        SmallVector<NamedAttribute> attrs = {
+            tb.attr("name", p.getNameAttr()), tb.attr("init", p.getInitAttr()),
+            tb.attr("decay", b_.getBoolAttr(ranked(p.getResult()).getRank() >= 2))};
+        if (p.getInitArgsAttr())
+          attrs.push_back(tb.attr("init_args", p.getInitArgsAttr()));
+        if (p.getShardAttr())
+          attrs.push_back(tb.attr("shard", p.getShardAttr()));
+        Operation *np = tb.create("train.param", {}, p.getType(), attrs);
+        np->removeAttr("loom.layer");
+        out_.params.push_back(cast<train::ParamOp>(np));
+        map.map(p.getResult(), np->getResult(0));
+      } else if (auto layer = dyn_cast<LayerOp>(op)) {
+        Block &inner = layer.getBody().front();
+        for (auto [arg, operand] :
+             llvm::zip(inner.getArguments(), layer.getInputs()))
+          map.map(arg, map.lookup(operand));
+        SmallVector<Value> results;
+        if (failed(clone(inner, map, layer.getNameAttr(), results)))
+          return failure();
+        for (auto [r, v] : llvm::zip(layer.getResults(), results))
+          map.map(r, v);
+      } else if (auto y = dyn_cast<YieldOp>(op)) {
+        for (Value v : y.getValues())
+          yielded.push_back(map.lookup(v));
+      } else if (auto loss = dyn_cast<LossOp>(op)) {
+        out_.loss = map.lookup(loss.getValue());
+      } else if (name == "loom.layer_norm" || name == "loom.rms_norm") {
+        Value x = map.lookup(op.getOperand(0));
+        auto rows = ranked(x).getShape().drop_back();
+        auto stat = RankedTensorType::get(rows, ranked(x).getElementType());
+        SmallVector<Value> operands;
+        for (Value v : op.getOperands())
+          operands.push_back(map.lookup(v));
+        SmallVector<Type> types = {x.getType()};
+        types.push_back(stat);
+        if (name == "loom.layer_norm")
+          types.push_back(stat);
+        Operation *f = tb.create(name == "loom.layer_norm" ? "train.layer_norm"
+                                                           : "train.rms_norm",
+                                 operands, types,
+                                 {tb.attr("eps", op.getAttr("eps"))});
+        record(name, f, op, map);
+      } else if (name == "loom.attention" || name == "loom.gated_attention") {
+        SmallVector<Value> operands;
+        for (Value v : op.getOperands())
+          operands.push_back(map.lookup(v));
+        auto q = ranked(operands[0]);
+        auto lse = RankedTensorType::get(q.getShape().drop_back(),
+                                         q.getElementType());
+        SmallVector<Type> types = {op.getResult(0).getType(), lse};
+        SmallVector<NamedAttribute> attrs = {tb.attr(
+            "causal", op.getAttr("causal") ? op.getAttr("causal")
+                                           : b_.getBoolAttr(false))};
+        if (name == "loom.gated_attention") {
+          types.push_back(lse); // the gates, one per (b, h, t)
+          types.push_back(op.getResult(0).getType()); // ungated attention
+          if (Attribute th = op.getAttr("gate_threshold"))
+            attrs.push_back(tb.attr("gate_threshold", th));
+        }
+        Operation *f = tb.create(name == "loom.attention"
+                                     ? "train.attention"
+                                     : "train.gated_attention",
+                                 operands, types, attrs);
+        record(name, f, op, map);
+      } else if (name == "loom.cross_entropy") {
+        Value logits = map.lookup(op.getOperand(0));
+        auto lt = ranked(logits);
+        auto lse = RankedTensorType::get(lt.getShape().drop_back(),
+                                         lt.getElementType());
+        auto stats = RankedTensorType::get({2}, b_.getF32Type());
+        Attribute ignore = op.getAttr("ignore_index")
+                               ? op.getAttr("ignore_index")
+                               : b_.getI64IntegerAttr(-100);
+        Operation *f = tb.create(
+            "train.cross_entropy", {logits, map.lookup(op.getOperand(1))},
+            {op.getResult(0).getType(), lse, stats},
+            {tb.attr("ignore_index", ignore)});
+        record(name, f, op, map);
+      } else {
+        Operation *f = b_.clone(op, map);
+        if (tag)
+          f->setAttr("loom.layer", tag);
+        out_.ops.push_back({op.getName().getStringRef(), f});
+      }
+    }
+    return success();
+  }
+
+private:
+  void record(StringRef kind, Operation *f, Operation &orig, IRMapping &map) {
+    map.map(orig.getResult(0), f->getResult(0));
+    out_.ops.push_back({kind, f});
+  }
+
+  OpBuilder &b_;
+  ForwardResult &out_;
+};
+
+/// Accumulates adjoints and applies each op's VJP rule.
+class Backward {
+public:
+  explicit Backward(OpBuilder &b) : b_(b) {}
+
+  void seed(Value v, Value g) { adj_[v] = g; }
+  Value adjoint(Value v) const { return adj_.lookup(v); }
+
+  void accumulate(TensorBuilder &tb, Value v, Value g) {
+    auto t = cast<RankedTensorType>(v.getType());
+    if (!isa<FloatType>(t.getElementType()))
+      return; // Integer values (ids, targets) have no gradient.
+    assert(g.getType() == v.getType() && "adjoint type mismatch");
+    Value &slot = adj_[v];
+    slot = slot ? tb.add(slot, g) : g;
+  }
+
+  LogicalResult vjp(const ForwardOp &f) {
+    Operation *op = f.op;
+    Value g = adj_.lookup(op->getResult(0));
+    if (!g)
+      return success();
+    TensorBuilder tb(b_, op->getLoc());
+    if (auto tag = op->getAttrOfType<StringAttr>("loom.layer"))
+      tb.setTag(tag);
+    StringRef k = f.kind;
+    auto x = [&](unsigned i) { return op->getOperand(i); };
+    Value y = op->getResult(0);
+    auto acc = [&](Value v, Value grad) { accumulate(tb, v, grad); };
+    auto unb = [&](Value grad, Value target) {
+      return tb.unbroadcast(grad, target.getType());
+    };
+    auto c = [&](double v) { return tb.scalarLike(v, g); };
+    auto attr = [&](StringRef n) { return op->getAttr(n); };
+
+    if (k == "loom.add") {
+      acc(x(0), unb(g, x(0)));
+      acc(x(1), unb(g, x(1)));
+    } else if (k == "loom.sub") {
+      acc(x(0), unb(g, x(0)));
+      acc(x(1), unb(tb.neg(g), x(1)));
+    } else if (k == "loom.mul") {
+      acc(x(0), unb(tb.mul(g, x(1)), x(0)));
+      acc(x(1), unb(tb.mul(g, x(0)), x(1)));
+    } else if (k == "loom.div") {
+      acc(x(0), unb(tb.div(g, x(1)), x(0)));
+      acc(x(1), unb(tb.neg(tb.div(tb.mul(g, y), x(1))), x(1)));
+    } else if (k == "loom.neg") {
+      acc(x(0), tb.neg(g));
+    } else if (k == "loom.exp") {
+      acc(x(0), tb.mul(g, y));
+    } else if (k == "loom.log") {
+      acc(x(0), tb.div(g, x(0)));
+    } else if (k == "loom.sqrt") {
+      acc(x(0), tb.div(tb.mul(g, c(0.5)), y));
+    } else if (k == "loom.rsqrt") {
+      acc(x(0), tb.mul(g, tb.mul(c(-0.5), tb.mul(y, tb.mul(y, y)))));
+    } else if (k == "loom.tanh") {
+      acc(x(0), tb.mul(g, tb.sub(c(1.0), tb.mul(y, y))));
+    } else if (k == "loom.sigmoid") {
+      acc(x(0), tb.mul(g, tb.mul(y, tb.sub(c(1.0), y))));
+    } else if (k == "loom.relu" || k == "loom.gelu") {
+      acc(x(0), tb.create1(k == "loom.relu" ? "train.relu_grad"
+                                            : "train.gelu_grad",
+                           {x(0), g}, x(0).getType()));
+    } else if (k == "loom.matmul") {
+      Value a = x(0), bm = x(1);
+      acc(a, unb(tb.gemm(g, bm, false, true), a));
+      auto at = TensorBuilder::st(a), bt = TensorBuilder::st(bm);
+      if (bt.dims.size() == 2 && at.dims.size() > 2) {
+        // The common Linear layer: fold the batch into the GEMM's M.
+        int64_t rows = at.numElements() / at.dims.back();
+        Value a2 = tb.reshapeDims(a, {rows, at.dims.back()});
+        Value g2 = tb.reshapeDims(g, {rows, bt.dims[1]});
+        acc(bm, tb.gemm(a2, g2, true, false));
+      } else {
+        acc(bm, unb(tb.gemm(a, g, true, false), bm));
+      }
+    } else if (k == "loom.softmax" || k == "loom.log_softmax") {
+      acc(x(0), tb.create1(k == "loom.softmax" ? "train.softmax_grad"
+                                               : "train.log_softmax_grad",
+                           {y, g}, y.getType()));
+    } else if (k == "loom.layer_norm") {
+      Operation *d = tb.create(
+          "train.layer_norm_grad",
+          {g, x(0), x(1), op->getResult(1), op->getResult(2)},
+          {x(0).getType(), x(1).getType(), x(2).getType()});
+      acc(x(0), d->getResult(0));
+      acc(x(1), d->getResult(1));
+      acc(x(2), d->getResult(2));
+    } else if (k == "loom.rms_norm") {
+      Operation *d =
+          tb.create("train.rms_norm_grad", {g, x(0), x(1), op->getResult(1)},
+                    {x(0).getType(), x(1).getType()});
+      acc(x(0), d->getResult(0));
+      acc(x(1), d->getResult(1));
+    } else if (k == "loom.embedding") {
+      acc(x(1), tb.create1("train.embedding_grad", {x(0), g}, x(1).getType()));
+    } else if (k == "loom.reshape") {
+      acc(x(0), tb.reshape(g, x(0).getType()));
+    } else if (k == "loom.transpose") {
+      auto perm = cast<DenseI64ArrayAttr>(attr("permutation")).asArrayRef();
+      SmallVector<int64_t> inv(perm.size());
+      for (size_t i = 0; i < perm.size(); ++i)
+        inv[perm[i]] = static_cast<int64_t>(i);
+      acc(x(0), tb.transpose(g, inv));
+    } else if (k == "loom.split_heads") {
+      acc(x(0), tb.create1("loom.merge_heads", {g}, x(0).getType()));
+    } else if (k == "loom.merge_heads") {
+      int64_t heads = cast<RankedTensorType>(x(0).getType()).getDimSize(1);
+      acc(x(0), tb.create1("loom.split_heads", {g}, x(0).getType(),
+                           {tb.attr("heads", b_.getI64IntegerAttr(heads))}));
+    } else if (k == "loom.broadcast_to") {
+      acc(x(0), unb(g, x(0)));
+    } else if (k == "loom.reduce_sum" || k == "loom.reduce_mean" ||
+               k == "loom.reduce_max") {
+      auto dims = cast<DenseI64ArrayAttr>(attr("dims")).asArrayRef();
+      auto in = TensorBuilder::st(x(0));
+      std::string err;
+      auto kept = *shape::reduce(in, dims, /*keepdim=*/true, err);
+      Value gk = tb.reshape(g, tb.type(kept));
+      if (k == "loom.reduce_max") {
+        acc(x(0), tb.create1("train.reduce_max_grad", {x(0), gk},
+                             x(0).getType(), {tb.attr("dims", attr("dims"))}));
+      } else {
+        Value full = tb.broadcastTo(gk, x(0).getType());
+        if (k == "loom.reduce_mean") {
+          int64_t n = 1;
+          for (int64_t d : dims)
+            n *= in.dims[*shape::normalizeDim(d, in.dims.size())];
+          full = tb.mul(full, c(1.0 / static_cast<double>(n)));
+        }
+        acc(x(0), full);
+      }
+    } else if (k == "loom.concat") {
+      int64_t dim = cast<IntegerAttr>(attr("dim")).getInt();
+      int64_t offset = 0;
+      for (Value in : op->getOperands()) {
+        auto t = cast<RankedTensorType>(in.getType());
+        int64_t size = t.getDimSize(dim);
+        acc(in, tb.create1("loom.slice", {g}, t,
+                           {tb.attr("dim", b_.getI64IntegerAttr(dim)),
+                            tb.attr("start", b_.getI64IntegerAttr(offset)),
+                            tb.attr("end", b_.getI64IntegerAttr(offset + size))}));
+        offset += size;
+      }
+    } else if (k == "loom.slice") {
+      acc(x(0), tb.create1("train.slice_grad", {g}, x(0).getType(),
+                           {tb.attr("dim", attr("dim")),
+                            tb.attr("start", attr("start"))}));
+    } else if (k == "loom.cast") {
+      acc(x(0), tb.create1("loom.cast", {g}, x(0).getType()));
+    } else if (k == "loom.constant") {
+      // Constants have no inputs.
+    } else if (k == "loom.dropout") {
+      // The mask is a function of (seed, key, step, index): applying the same
+      // dropout to the gradient multiplies by the same mask and scale.
+      acc(x(0), tb.create1("loom.dropout", {g}, g.getType(),
+                           {tb.attr("p", attr("p")), tb.attr("key", attr("key"))}));
+    } else if (k == "loom.attention") {
+      Operation *d = tb.create(
+          "train.attention_grad",
+          {x(0), x(1), x(2), y, op->getResult(1), g},
+          {x(0).getType(), x(1).getType(), x(2).getType()},
+          {tb.attr("causal", attr("causal"))});
+      for (unsigned i = 0; i < 3; ++i)
+        acc(x(i), d->getResult(i));
+    } else if (k == "loom.gated_attention") {
+      SmallVector<NamedAttribute> attrs = {tb.attr("causal", attr("causal"))};
+      if (Attribute th = attr("gate_threshold"))
+        attrs.push_back(tb.attr("gate_threshold", th));
+      Operation *d = tb.create(
+          "train.gated_attention_grad",
+          {x(0), x(1), x(2), x(3), x(4), op->getResult(1), op->getResult(2),
+           op->getResult(3), g},
+          {x(0).getType(), x(1).getType(), x(2).getType(), x(3).getType(),
+           x(4).getType()},
+          attrs);
+      for (unsigned i = 0; i < 5; ++i)
+        acc(x(i), d->getResult(i));
+    } else if (k == "loom.cross_entropy") {
+      acc(x(0), tb.create1("train.cross_entropy_grad",
+                           {x(0), x(1), op->getResult(1), g}, x(0).getType(),
+                           {tb.attr("ignore_index", attr("ignore_index"))}));
+    } else if (k == "loom.mse") {
+      int64_t n = TensorBuilder::st(x(0)).numElements();
+      Value d = tb.mul(tb.mul(tb.sub(x(0), x(1)),
+                              tb.scalarLike(2.0 / static_cast<double>(n), x(0))),
+                       g);
+      acc(x(0), d);
+      acc(x(1), tb.neg(d));
+    } else {
+      return op->emitOpError("loom-autodiff has no VJP rule for this op");
+    }
+    return success();
+  }
+
+private:
+  OpBuilder &b_;
+  DenseMap<Value, Value> adj_;
+};
+
+/// Creates an empty `train.step` before `model`.
+train::StepOp createStep(OpBuilder &b, ModelOp model, StringRef name,
+                         StringRef kind) {
+  OperationState state(model.getLoc(), "train.step");
+  state.addAttribute("sym_name", b.getStringAttr(name));
+  state.addAttribute("kind", b.getStringAttr(kind));
+  if (model.getConfigAttr())
+    state.addAttribute("config", model.getConfigAttr());
+  state.addAttribute("loom.model", b.getStringAttr(model.getSymName()));
+  state.addRegion()->push_back(new Block());
+  return cast<train::StepOp>(b.create(state));
+}
+
+LogicalResult buildTrainStep(OpBuilder &top, ModelOp model) {
+  train::StepOp step = createStep(top, model, "train_step", "train");
+  OpBuilder b = OpBuilder::atBlockEnd(&step.getBody().front());
+  ForwardResult fwd;
+  IRMapping map;
+  SmallVector<Value> none;
+  if (failed(ForwardCloner(b, fwd).clone(model.getBody().front(), map, {},
+                                         none)))
+    return failure();
+  if (!fwd.loss)
+    return model.emitOpError("has no loom.loss to differentiate");
+  TensorBuilder tb(b, model.getLoc());
+  tb.create("train.output", {fwd.loss}, {},
+            {tb.attr("name", b.getStringAttr("loss"))});
+
+  Backward bwd(b);
+  bwd.seed(fwd.loss, tb.scalar(1.0, b.getF32Type()));
+  for (const ForwardOp &f : llvm::reverse(fwd.ops))
+    if (failed(bwd.vjp(f)))
+      return failure();
+  for (train::ParamOp p : fwd.params) {
+    Value g = bwd.adjoint(p.getResult());
+    if (!g) // A parameter the loss does not depend on: a zero gradient.
+      g = tb.splat(0.0, cast<RankedTensorType>(p.getType()));
+    tb.create("train.gradient", {g}, {}, {tb.attr("name", p.getNameAttr())});
+  }
+  return success();
+}
+
+LogicalResult buildEvalStep(OpBuilder &top, ModelOp model) {
+  train::StepOp step = createStep(top, model, "eval_step", "eval");
+  OpBuilder b = OpBuilder::atBlockEnd(&step.getBody().front());
+  ForwardResult fwd;
+  IRMapping map;
+  SmallVector<Value> none;
+  if (failed(ForwardCloner(b, fwd).clone(model.getBody().front(), map, {},
+                                         none)))
+    return failure();
+  TensorBuilder tb(b, model.getLoc());
+  auto out = [&](StringRef name, Value v) {
+    tb.create("train.output", {v}, {}, {tb.attr("name", b.getStringAttr(name))});
+  };
+  out("eval_loss", fwd.loss);
+  // Accuracy statistics exist when the loss is a cross-entropy.
+  if (auto ce = fwd.loss.getDefiningOp();
+      ce && ce->getName().getStringRef() == "train.cross_entropy") {
+    Value stats = ce->getResult(2);
+    auto one = RankedTensorType::get({1}, b.getF32Type());
+    auto scalar = RankedTensorType::get({}, b.getF32Type());
+    const char *names[] = {"eval_count", "eval_correct"};
+    for (int64_t at = 0; at < 2; ++at) {
+      StringRef name = names[at];
+      Value s = tb.create1("loom.slice", {stats}, one,
+                           {tb.attr("dim", b.getI64IntegerAttr(0)),
+                            tb.attr("start", b.getI64IntegerAttr(at)),
+                            tb.attr("end", b.getI64IntegerAttr(at + 1))});
+      out(name, tb.reshape(s, scalar));
+    }
+  }
+  return success();
+}
+
+struct AutodiffPass : impl::AutodiffBase<AutodiffPass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    SmallVector<ModelOp> models(module.getOps<ModelOp>());
+    for (ModelOp model : models) {
+      OpBuilder b(model);
+      if (failed(buildTrainStep(b, model)) || failed(buildEvalStep(b, model)))
+        return signalPassFailure();
+      model.erase();
+    }
+  }
+};
+
+} // namespace
+} // namespace loom

@@ -1,0 +1,402 @@
+//===- FuseElementwise.cpp - loom elementwise ops to fused linalg ---------===//
+//
+// Elementwise math, broadcasts, layout changes and reductions become
+// linalg.generic ops on tensors (numpy broadcasting as indexing maps, scalar
+// constants folded into the loop body), and then upstream elementwise fusion
+// merges producer/consumer chains, so `gelu(x @ w + b)`'s bias add and GELU
+// run as one loop nest over the GEMM's output.
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/passes/Passes.h"
+
+#include "dialects/Loom/LoomOps.h"
+
+#include "mlir/Dialect/Linalg/Transforms/Transforms.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+
+#include <cmath>
+
+namespace loom {
+#define GEN_PASS_DEF_FUSEELEMENTWISE
+#include "compiler/passes/Passes.h.inc"
+} // namespace loom
+
+using namespace mlir;
+
+namespace loom {
+namespace {
+
+using BodyFn =
+    std::function<Value(OpBuilder &, Location, ArrayRef<Value> /*scalars*/)>;
+
+/// A scalar constant an elementwise op can fold into its loop body.
+std::optional<Attribute> scalarConstant(Value v) {
+  auto c = v.getDefiningOp<ConstantOp>();
+  if (!c)
+    return std::nullopt;
+  auto dense = dyn_cast<DenseElementsAttr>(c.getValue());
+  if (!dense || !dense.isSplat() ||
+      cast<RankedTensorType>(v.getType()).getRank() != 0)
+    return std::nullopt;
+  return dense.getSplatValue<Attribute>();
+}
+
+/// The indexing map of an operand broadcast (numpy rules) to `rank` loops.
+AffineMap broadcastMap(MLIRContext *ctx, ArrayRef<int64_t> shape,
+                       ArrayRef<int64_t> result) {
+  SmallVector<AffineExpr> exprs;
+  size_t lead = result.size() - shape.size();
+  for (size_t i = 0; i < shape.size(); ++i)
+    exprs.push_back(shape[i] == 1 && result[i + lead] != 1
+                        ? getAffineConstantExpr(0, ctx)
+                        : getAffineDimExpr(static_cast<unsigned>(i + lead), ctx));
+  return AffineMap::get(static_cast<unsigned>(result.size()), 0, exprs, ctx);
+}
+
+/// Builds a parallel linalg.generic producing `resultType` from `inputs`
+/// broadcast to it; rank-0 constants become arith.constants in the body.
+Value elementwise(OpBuilder &b, Location loc, RankedTensorType resultType,
+                  ArrayRef<Value> inputs, const BodyFn &body) {
+  MLIRContext *ctx = b.getContext();
+  SmallVector<Value> ins;
+  SmallVector<AffineMap> maps;
+  SmallVector<int> slot; // -1: constant, else index into block args
+  SmallVector<Attribute> constants;
+  for (Value in : inputs) {
+    if (auto c = scalarConstant(in)) {
+      slot.push_back(-1 - static_cast<int>(constants.size()));
+      constants.push_back(*c);
+      continue;
+    }
+    slot.push_back(static_cast<int>(ins.size()));
+    ins.push_back(in);
+    maps.push_back(broadcastMap(ctx, cast<RankedTensorType>(in.getType()).getShape(),
+                                resultType.getShape()));
+  }
+  maps.push_back(b.getMultiDimIdentityMap(resultType.getRank()));
+  Value init = b.create<tensor::EmptyOp>(loc, resultType.getShape(),
+                                         resultType.getElementType());
+  SmallVector<utils::IteratorType> iters(resultType.getRank(),
+                                         utils::IteratorType::parallel);
+  auto generic = b.create<linalg::GenericOp>(
+      loc, TypeRange{resultType}, ins, ValueRange{init}, maps, iters,
+      [&](OpBuilder &nb, Location nl, ValueRange args) {
+        SmallVector<Value> scalars;
+        for (int s : slot) {
+          if (s >= 0) {
+            scalars.push_back(args[s]);
+          } else {
+            auto typed = cast<TypedAttr>(constants[-1 - s]);
+            scalars.push_back(nb.create<arith::ConstantOp>(nl, typed));
+          }
+        }
+        nb.create<linalg::YieldOp>(nl, body(nb, nl, scalars));
+      });
+  return generic.getResult(0);
+}
+
+/// Builds a linalg.generic with explicit maps (layout changes: transpose,
+/// heads, slices) copying its input.
+Value relayout(OpBuilder &b, Location loc, RankedTensorType resultType,
+               Value input, AffineMap inputMap) {
+  Value init = b.create<tensor::EmptyOp>(loc, resultType.getShape(),
+                                         resultType.getElementType());
+  SmallVector<utils::IteratorType> iters(resultType.getRank(),
+                                         utils::IteratorType::parallel);
+  return b
+      .create<linalg::GenericOp>(
+          loc, TypeRange{resultType}, ValueRange{input}, ValueRange{init},
+          ArrayRef<AffineMap>{inputMap,
+                              b.getMultiDimIdentityMap(resultType.getRank())},
+          iters,
+          [&](OpBuilder &nb, Location nl, ValueRange args) {
+            nb.create<linalg::YieldOp>(nl, args[0]);
+          })
+      .getResult(0);
+}
+
+Value floatConst(OpBuilder &b, Location loc, Type t, double v) {
+  return b.create<arith::ConstantOp>(loc, b.getFloatAttr(t, v));
+}
+
+/// tanh-approximated GELU and its derivative (SEMANTICS.md).
+constexpr double kSqrt2OverPi = 0.7978845608028654;
+constexpr double kGeluCoef = 0.044715;
+
+Value gelu(OpBuilder &b, Location l, Value x) {
+  Type t = x.getType();
+  Value x3 = b.create<arith::MulFOp>(l, x, b.create<arith::MulFOp>(l, x, x));
+  Value inner = b.create<arith::MulFOp>(
+      l, floatConst(b, l, t, kSqrt2OverPi),
+      b.create<arith::AddFOp>(
+          l, x, b.create<arith::MulFOp>(l, floatConst(b, l, t, kGeluCoef), x3)));
+  Value th = b.create<math::TanhOp>(l, inner);
+  Value half = b.create<arith::MulFOp>(l, floatConst(b, l, t, 0.5), x);
+  return b.create<arith::MulFOp>(
+      l, half, b.create<arith::AddFOp>(l, floatConst(b, l, t, 1.0), th));
+}
+
+Value geluGrad(OpBuilder &b, Location l, Value x, Value dy) {
+  Type t = x.getType();
+  auto c = [&](double v) { return floatConst(b, l, t, v); };
+  Value x2 = b.create<arith::MulFOp>(l, x, x);
+  Value x3 = b.create<arith::MulFOp>(l, x2, x);
+  Value u = b.create<arith::MulFOp>(
+      l, c(kSqrt2OverPi),
+      b.create<arith::AddFOp>(l, x, b.create<arith::MulFOp>(l, c(kGeluCoef), x3)));
+  Value th = b.create<math::TanhOp>(l, u);
+  // d/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) sqrt(2/pi) (1 + 3 c x^2)
+  Value left = b.create<arith::MulFOp>(l, c(0.5),
+                                       b.create<arith::AddFOp>(l, c(1.0), th));
+  Value sech2 = b.create<arith::SubFOp>(l, c(1.0),
+                                        b.create<arith::MulFOp>(l, th, th));
+  Value du = b.create<arith::MulFOp>(
+      l, c(kSqrt2OverPi),
+      b.create<arith::AddFOp>(
+          l, c(1.0), b.create<arith::MulFOp>(l, c(3.0 * kGeluCoef), x2)));
+  Value right = b.create<arith::MulFOp>(
+      l, b.create<arith::MulFOp>(l, c(0.5), x),
+      b.create<arith::MulFOp>(l, sech2, du));
+  return b.create<arith::MulFOp>(l, dy,
+                                 b.create<arith::AddFOp>(l, left, right));
+}
+
+/// Casts a scalar between element types.
+Value castScalar(OpBuilder &b, Location l, Value v, Type to) {
+  Type from = v.getType();
+  if (from == to)
+    return v;
+  auto ff = dyn_cast<FloatType>(from), ft = dyn_cast<FloatType>(to);
+  if (ff && ft)
+    return ff.getWidth() < ft.getWidth()
+               ? b.create<arith::ExtFOp>(l, to, v).getResult()
+               : b.create<arith::TruncFOp>(l, to, v).getResult();
+  if (ff)
+    return b.create<arith::FPToSIOp>(l, to, v);
+  if (ft)
+    return b.create<arith::SIToFPOp>(l, to, v);
+  unsigned wf = from.getIntOrFloatBitWidth(), wt = to.getIntOrFloatBitWidth();
+  return wf < wt ? b.create<arith::ExtSIOp>(l, to, v).getResult()
+                 : b.create<arith::TruncIOp>(l, to, v).getResult();
+}
+
+/// Rewrites one op; returns null if it stays as it is.
+Value convert(OpBuilder &b, Operation *op) {
+  StringRef k = op->getName().getStringRef();
+  Location l = op->getLoc();
+  if (op->getNumResults() != 1)
+    return nullptr;
+  auto rt = dyn_cast<RankedTensorType>(op->getResult(0).getType());
+  if (!rt)
+    return nullptr;
+  Type et = rt.getElementType();
+  bool isFloat = isa<FloatType>(et);
+  SmallVector<Value> in(op->getOperands());
+  MLIRContext *ctx = b.getContext();
+
+  auto ew = [&](BodyFn fn) { return elementwise(b, l, rt, in, fn); };
+  if (k == "loom.add")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return isFloat ? nb.create<arith::AddFOp>(nl, s[0], s[1]).getResult()
+                     : nb.create<arith::AddIOp>(nl, s[0], s[1]).getResult();
+    });
+  if (k == "loom.sub")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return isFloat ? nb.create<arith::SubFOp>(nl, s[0], s[1]).getResult()
+                     : nb.create<arith::SubIOp>(nl, s[0], s[1]).getResult();
+    });
+  if (k == "loom.mul")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return isFloat ? nb.create<arith::MulFOp>(nl, s[0], s[1]).getResult()
+                     : nb.create<arith::MulIOp>(nl, s[0], s[1]).getResult();
+    });
+  if (k == "loom.div")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return isFloat ? nb.create<arith::DivFOp>(nl, s[0], s[1]).getResult()
+                     : nb.create<arith::DivSIOp>(nl, s[0], s[1]).getResult();
+    });
+  if (k == "loom.neg")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      if (isFloat)
+        return nb.create<arith::NegFOp>(nl, s[0]);
+      Value zero = nb.create<arith::ConstantOp>(nl, nb.getIntegerAttr(et, 0));
+      return nb.create<arith::SubIOp>(nl, zero, s[0]);
+    });
+  if (!isFloat && k != "loom.cast" && k != "loom.broadcast_to" &&
+      k != "loom.transpose" && k != "loom.split_heads" &&
+      k != "loom.merge_heads")
+    return nullptr;
+  if (k == "loom.exp")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return nb.create<math::ExpOp>(nl, s[0]);
+    });
+  if (k == "loom.log")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return nb.create<math::LogOp>(nl, s[0]);
+    });
+  if (k == "loom.sqrt")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return nb.create<math::SqrtOp>(nl, s[0]);
+    });
+  if (k == "loom.rsqrt")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return nb.create<math::RsqrtOp>(nl, s[0]);
+    });
+  if (k == "loom.tanh")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return nb.create<math::TanhOp>(nl, s[0]);
+    });
+  if (k == "loom.relu")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return nb.create<arith::MaximumFOp>(nl, s[0], floatConst(nb, nl, et, 0));
+    });
+  if (k == "loom.gelu")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return gelu(nb, nl, s[0]);
+    });
+  if (k == "loom.sigmoid")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      Value e = nb.create<math::ExpOp>(nl, nb.create<arith::NegFOp>(nl, s[0]));
+      Value one = floatConst(nb, nl, et, 1.0);
+      return nb.create<arith::DivFOp>(nl, one,
+                                      nb.create<arith::AddFOp>(nl, one, e));
+    });
+  if (k == "train.relu_grad")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      Value zero = floatConst(nb, nl, et, 0);
+      Value pos = nb.create<arith::CmpFOp>(nl, arith::CmpFPredicate::OGT, s[0],
+                                           zero);
+      return nb.create<arith::SelectOp>(nl, pos, s[1], zero);
+    });
+  if (k == "train.gelu_grad")
+    return ew([](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return geluGrad(nb, nl, s[0], s[1]);
+    });
+  if (k == "loom.cast")
+    return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+      return castScalar(nb, nl, s[0], et);
+    });
+  if (k == "loom.broadcast_to")
+    return ew([](OpBuilder &, Location, ArrayRef<Value> s) -> Value {
+      return s[0];
+    });
+
+  // Layout changes: one input, an explicit map from output to input index.
+  unsigned r = static_cast<unsigned>(rt.getRank());
+  auto d = [&](unsigned i) { return getAffineDimExpr(i, ctx); };
+  if (k == "loom.transpose") {
+    auto perm = cast<DenseI64ArrayAttr>(op->getAttr("permutation")).asArrayRef();
+    SmallVector<AffineExpr> exprs(r);
+    for (unsigned i = 0; i < r; ++i)
+      exprs[perm[i]] = d(i);
+    return relayout(b, l, rt, in[0], AffineMap::get(r, 0, exprs, ctx));
+  }
+  if (k == "loom.split_heads") {
+    // out[b, h, t, j] = in[b, t, h * dk + j]
+    int64_t dk = rt.getDimSize(3);
+    return relayout(b, l, rt, in[0],
+                    AffineMap::get(4, 0, {d(0), d(2), d(1) * dk + d(3)}, ctx));
+  }
+  if (k == "loom.merge_heads") {
+    // out[b, t, c] = in[b, c / dk, t, c % dk]
+    int64_t dk = cast<RankedTensorType>(in[0].getType()).getDimSize(3);
+    return relayout(
+        b, l, rt, in[0],
+        AffineMap::get(3, 0, {d(0), d(2).floorDiv(dk), d(1), d(2) % dk}, ctx));
+  }
+  // Reductions: loops over the input; reduced dimensions are reduction
+  // iterators; keepdim is a reshape of the reduced result.
+  if (k == "loom.reduce_sum" || k == "loom.reduce_mean" ||
+      k == "loom.reduce_max") {
+    auto inType = cast<RankedTensorType>(in[0].getType());
+    auto dims = cast<DenseI64ArrayAttr>(op->getAttr("dims")).asArrayRef();
+    unsigned ir = static_cast<unsigned>(inType.getRank());
+    SmallVector<bool> reduced(ir, false);
+    int64_t n = 1;
+    for (int64_t dim : dims) {
+      reduced[dim] = true;
+      n *= inType.getDimSize(dim);
+    }
+    SmallVector<int64_t> outShape;
+    SmallVector<AffineExpr> outExprs;
+    SmallVector<utils::IteratorType> iters;
+    for (unsigned i = 0; i < ir; ++i) {
+      iters.push_back(reduced[i] ? utils::IteratorType::reduction
+                                 : utils::IteratorType::parallel);
+      if (!reduced[i]) {
+        outShape.push_back(inType.getDimSize(i));
+        outExprs.push_back(d(i));
+      }
+    }
+    auto outType = RankedTensorType::get(outShape, et);
+    bool isMax = k == "loom.reduce_max";
+    Value init = b.create<tensor::EmptyOp>(l, outShape, et);
+    Value identity = floatConst(b, l, et, isMax ? -INFINITY : 0.0);
+    Value filled =
+        b.create<linalg::FillOp>(l, identity, init).getResult(0);
+    Value red =
+        b.create<linalg::GenericOp>(
+             l, TypeRange{outType}, ValueRange{in[0]}, ValueRange{filled},
+             ArrayRef<AffineMap>{b.getMultiDimIdentityMap(ir),
+                                 AffineMap::get(ir, 0, outExprs, ctx)},
+             iters,
+             [&](OpBuilder &nb, Location nl, ValueRange args) {
+               Value v = isMax ? nb.create<arith::MaximumFOp>(nl, args[0],
+                                                              args[1])
+                                     .getResult()
+                               : nb.create<arith::AddFOp>(nl, args[0], args[1])
+                                     .getResult();
+               nb.create<linalg::YieldOp>(nl, v);
+             })
+            .getResult(0);
+    if (k == "loom.reduce_mean") {
+      double inv = 1.0 / static_cast<double>(n);
+      red = elementwise(b, l, outType, {red},
+                        [&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
+                          return nb.create<arith::MulFOp>(
+                              nl, s[0], floatConst(nb, nl, et, inv));
+                        });
+    }
+    if (outType != rt) {
+      OperationState state(l, "loom.reshape");
+      state.addOperands(red);
+      state.addTypes(rt);
+      red = b.create(state)->getResult(0);
+    }
+    return red;
+  }
+  return nullptr;
+}
+
+struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    SmallVector<Operation *> work;
+    module.walk([&](dist::ProgramOp p) {
+      for (Operation &op : p.getBody().front())
+        work.push_back(&op);
+    });
+    for (Operation *op : work) {
+      OpBuilder b(op);
+      Value v = convert(b, op);
+      if (!v)
+        continue;
+      if (auto tag = op->getAttr("loom.layer"))
+        if (Operation *def = v.getDefiningOp())
+          def->setAttr("loom.layer", tag);
+      op->getResult(0).replaceAllUsesWith(v);
+      op->erase();
+    }
+    // Fuse producer/consumer chains whose intermediate has no other use, so
+    // nothing is computed twice.
+    RewritePatternSet patterns(&getContext());
+    linalg::populateElementwiseOpsFusionPatterns(
+        patterns, [](OpOperand *fused) { return fused->get().hasOneUse(); });
+    if (failed(applyPatternsAndFoldGreedily(module, std::move(patterns))))
+      return signalPassFailure();
+  }
+};
+
+} // namespace
+} // namespace loom

@@ -1,0 +1,847 @@
+//===- LowerToExec.cpp - static memory plan and lowering to exec ----------===//
+//
+// Bufferization for straight-line programs with static shapes, done as a
+// memory plan rather than as allocations:
+//  1. Every tensor value gets a buffer. Values that must share storage are
+//     one buffer: a reshape and its operand; a linalg op's result and its
+//     destination (tensor.empty / fill); an optimizer's outputs and the
+//     parameter and moments they update in place.
+//  2. Parameters, optimizer state, inputs and output slots are persistent,
+//     laid out once for all programs of the module (they share the arena).
+//  3. Every other buffer lives from its first definition to its last use;
+//     offsets are assigned largest-first, each at the lowest 64-byte aligned
+//     offset that overlaps no buffer alive at the same time.
+// Then each op becomes exec: library ops an `exec.call` of the runtime ABI,
+// linalg ops the same op on `exec.view`s, scalar bookkeeping arith.
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/passes/Passes.h"
+
+#include "dialects/Loom/LoomOps.h"
+
+#include "mlir/IR/IRMapping.h"
+
+#include <map>
+
+namespace loom {
+#define GEN_PASS_DEF_LOWERTOEXEC
+#include "compiler/passes/Passes.h.inc"
+} // namespace loom
+
+using namespace mlir;
+
+namespace loom {
+namespace {
+
+constexpr int64_t kAlign = 64;
+int64_t alignUp(int64_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+
+int64_t bytesOf(Type t) {
+  auto st = cast<ShapedType>(t);
+  int64_t bits = st.getElementTypeBitWidth();
+  return st.getNumElements() * std::max<int64_t>(1, bits / 8);
+}
+
+std::string dtypeName(Type t) {
+  if (t.isF32())
+    return "f32";
+  if (t.isF16())
+    return "f16";
+  if (t.isBF16())
+    return "bf16";
+  if (t.isF64())
+    return "f64";
+  if (t.isInteger(32))
+    return "i32";
+  if (t.isInteger(64))
+    return "i64";
+  if (t.isInteger(8))
+    return "i8";
+  return "i1";
+}
+
+/// FNV-1a 64: the dropout key of an op path (runtime/kernels/Philox.h).
+uint64_t fnv1a64(StringRef s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+struct Buffer {
+  int64_t size = 0;
+  int64_t offset = -1;
+  int first = 0, last = 0;
+  bool persistent = false;
+  std::string category; ///< params, optimizer, inputs, outputs, grads,
+                        ///< activations, workspace
+};
+
+/// The persistent part of the plan, shared by every program.
+struct PersistentPlan {
+  struct Named {
+    std::string name;
+    Operation *decl; ///< the first train.param/state/input op seen
+    int64_t offset;
+  };
+  std::vector<Named> params, state, inputs;
+  std::map<std::string, int64_t> offsets; ///< every persistent name
+  std::map<std::string, int64_t> outputs; ///< output slots
+  int64_t end = 0;
+  int64_t bytes[4] = {0, 0, 0, 0}; ///< params, optimizer, inputs, outputs
+};
+
+/// Plans and lowers one dist.program.
+class ProgramLowering {
+public:
+  ProgramLowering(dist::ProgramOp program, PersistentPlan &persistent)
+      : program_(program), persistent_(persistent) {}
+
+  LogicalResult plan();
+  LogicalResult emit(OpBuilder &moduleBuilder, int64_t arenaBytes);
+  int64_t transientEnd() const { return transientEnd_; }
+  /// Bytes by category at the program's peak of live transient memory.
+  std::map<std::string, int64_t> peakBreakdown() const { return peak_; }
+
+private:
+  int newBuffer(Value v, int at, const std::string &category) {
+    buffers_.push_back({alignUp(bytesOf(v.getType())), -1, at, at, false,
+                        category});
+    int id = static_cast<int>(buffers_.size() - 1);
+    bufOf_[v] = id;
+    return id;
+  }
+  void alias(Value result, Value source) { bufOf_[result] = bufOf_.at(source); }
+  int persistentBuffer(Value v, const std::string &name,
+                       const std::string &category) {
+    buffers_.push_back({alignUp(bytesOf(v.getType())),
+                        persistent_.offsets.at(name), 0, 0, true, category});
+    int id = static_cast<int>(buffers_.size() - 1);
+    bufOf_[v] = id;
+    return id;
+  }
+
+  // Emission helpers.
+  Value view(OpBuilder &b, Value v);
+  Value viewAt(OpBuilder &b, int64_t offset, Type tensorType);
+  Value i64(OpBuilder &b, int64_t v) {
+    return b.create<arith::ConstantOp>(program_.getLoc(),
+                                       b.getI64IntegerAttr(v));
+  }
+  Value i32(OpBuilder &b, int64_t v) {
+    return b.create<arith::ConstantOp>(program_.getLoc(),
+                                       b.getI32IntegerAttr(static_cast<int32_t>(v)));
+  }
+  Value f32(OpBuilder &b, double v) {
+    return b.create<arith::ConstantOp>(program_.getLoc(),
+                                       b.getF32FloatAttr(static_cast<float>(v)));
+  }
+  Value loadScalar(OpBuilder &b, Value tensor) {
+    return b.create<memref::LoadOp>(program_.getLoc(), view(b, tensor),
+                                    ValueRange{});
+  }
+  void call(OpBuilder &b, Location loc, StringRef callee,
+            ArrayRef<Value> args, TypeRange results = {}) {
+    OperationState state(loc, "exec.call");
+    state.addAttribute("callee", FlatSymbolRefAttr::get(b.getContext(), callee));
+    state.addOperands(args);
+    state.addTypes(results);
+    b.create(state);
+  }
+  LogicalResult lowerOp(OpBuilder &b, Operation *op);
+  LogicalResult lowerGemm(OpBuilder &b, Operation *op, bool ta, bool tb);
+
+  dist::ProgramOp program_;
+  PersistentPlan &persistent_;
+  std::vector<Buffer> buffers_;
+  DenseMap<Value, int> bufOf_;
+  DenseMap<Value, Value> views_;
+  IRMapping scalars_; ///< arith constants used by fills and bodies
+  int64_t transientEnd_ = 0;
+  std::map<std::string, int64_t> peak_;
+};
+
+bool isOneOf(Operation *op, std::initializer_list<StringRef> names) {
+  StringRef n = op->getName().getStringRef();
+  for (StringRef x : names)
+    if (n == x)
+      return true;
+  return false;
+}
+
+LogicalResult ProgramLowering::plan() {
+  Block &body = program_.getBody().front();
+  bool evalProgram = program_.getKind() == "eval";
+  int index = 0;
+  int lossIndex = std::numeric_limits<int>::max();
+  // Gradients: the `grad` operands of optimizer updates.
+  DenseSet<Value> grads;
+  for (Operation &op : body)
+    if (isOneOf(&op, {"train.adamw", "train.sgd"}))
+      grads.insert(op.getOperand(1));
+
+  for (Operation &op : body) {
+    ++index;
+    auto use = [&](Value v) {
+      auto it = bufOf_.find(v);
+      if (it != bufOf_.end())
+        buffers_[it->second].last = std::max(buffers_[it->second].last, index);
+    };
+    for (Value v : op.getOperands())
+      use(v);
+    // Values used inside linalg bodies from outside (none expected) and
+    // scalar arith constants need no buffers.
+    StringRef n = op.getName().getStringRef();
+    auto name = [&]() {
+      return cast<StringAttr>(op.getAttr("name")).str();
+    };
+    std::string category = index < lossIndex ? "activations" : "workspace";
+    if (n == "train.param") {
+      persistentBuffer(op.getResult(0), name(), "params");
+    } else if (n == "train.state") {
+      persistentBuffer(op.getResult(0), name(), "optimizer");
+    } else if (n == "train.input") {
+      persistentBuffer(op.getResult(0), name(), "inputs");
+    } else if (n == "train.output") {
+      if (name() == "loss")
+        lossIndex = index;
+    } else if (n == "loom.reshape" ||
+               (evalProgram && n == "loom.dropout")) {
+      alias(op.getResult(0), op.getOperand(0));
+    } else if (n == "linalg.fill") {
+      alias(op.getResult(0), op.getOperand(1));
+    } else if (auto g = dyn_cast<linalg::GenericOp>(op)) {
+      Value init = g.getDpsInitOperand(0)->get();
+      if (init.hasOneUse() && bufOf_.count(init))
+        alias(op.getResult(0), init);
+      else
+        newBuffer(op.getResult(0), index, category);
+    } else if (n == "train.adamw") {
+      alias(op.getResult(0), op.getOperand(0));
+      alias(op.getResult(1), op.getOperand(2));
+      alias(op.getResult(2), op.getOperand(3));
+    } else if (n == "train.sgd") {
+      alias(op.getResult(0), op.getOperand(0));
+      alias(op.getResult(1), op.getOperand(2));
+    } else if (n == "train.increment") {
+      alias(op.getResult(0), op.getOperand(0));
+    } else if (n == "arith.constant") {
+      // Scalars for fills; no buffer.
+    } else {
+      for (Value r : op.getResults())
+        if (isa<RankedTensorType>(r.getType()))
+          newBuffer(r, index, grads.count(r) ? "grads" : category);
+    }
+  }
+  // Gradients keep their category through aliases (fills, generics).
+  for (Value g : grads)
+    if (bufOf_.count(g) && !buffers_[bufOf_[g]].persistent)
+      buffers_[bufOf_[g]].category = "grads";
+
+  // Offsets: largest first, lowest non-overlapping offset.
+  std::vector<int> order;
+  for (size_t i = 0; i < buffers_.size(); ++i)
+    if (!buffers_[i].persistent)
+      order.push_back(static_cast<int>(i));
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return buffers_[a].size > buffers_[b].size;
+  });
+  std::vector<int> placed;
+  int64_t base = persistent_.end;
+  for (int id : order) {
+    Buffer &buf = buffers_[id];
+    std::vector<std::pair<int64_t, int64_t>> busy;
+    for (int other : placed) {
+      const Buffer &o = buffers_[other];
+      if (o.first <= buf.last && buf.first <= o.last)
+        busy.push_back({o.offset, o.offset + o.size});
+    }
+    std::sort(busy.begin(), busy.end());
+    int64_t at = base;
+    for (auto [lo, hi] : busy) {
+      if (at + buf.size <= lo)
+        break;
+      at = std::max(at, hi);
+    }
+    buf.offset = at;
+    transientEnd_ = std::max(transientEnd_, at + buf.size);
+    placed.push_back(id);
+  }
+  transientEnd_ = std::max(transientEnd_, base);
+
+  // The peak of live transient bytes, by category.
+  int64_t best = -1;
+  for (int i = 1; i <= index; ++i) {
+    std::map<std::string, int64_t> live;
+    int64_t total = 0;
+    for (const Buffer &buf : buffers_)
+      if (!buf.persistent && buf.first <= i && i <= buf.last) {
+        live[buf.category] += buf.size;
+        total += buf.size;
+      }
+    if (total > best) {
+      best = total;
+      peak_ = live;
+    }
+  }
+  return success();
+}
+
+Value ProgramLowering::viewAt(OpBuilder &b, int64_t offset, Type tensorType) {
+  auto t = cast<RankedTensorType>(tensorType);
+  auto mt = MemRefType::get(t.getShape(), t.getElementType());
+  OperationState state(program_.getLoc(), "exec.view");
+  state.addAttribute("offset", b.getI64IntegerAttr(offset));
+  state.addTypes(mt);
+  return b.create(state)->getResult(0);
+}
+
+Value ProgramLowering::view(OpBuilder &b, Value v) {
+  auto it = views_.find(v);
+  if (it != views_.end())
+    return it->second;
+  const Buffer &buf = buffers_.at(bufOf_.at(v));
+  // Views are created at the top of the program, so they dominate all uses.
+  OpBuilder::InsertionGuard guard(b);
+  b.setInsertionPointToStart(b.getInsertionBlock());
+  Value m = viewAt(b, buf.offset, v.getType());
+  views_[v] = m;
+  return m;
+}
+
+LogicalResult ProgramLowering::lowerGemm(OpBuilder &b, Operation *op, bool ta,
+                                         bool tb) {
+  Location loc = op->getLoc();
+  auto at = cast<RankedTensorType>(op->getOperand(0).getType());
+  auto bt = cast<RankedTensorType>(op->getOperand(1).getType());
+  auto ct = cast<RankedTensorType>(op->getResult(0).getType());
+  auto batchOf = [](RankedTensorType t) {
+    int64_t n = 1;
+    for (int64_t i = 0; i + 2 < t.getRank(); ++i)
+      n *= t.getDimSize(i);
+    return n;
+  };
+  int64_t r = ct.getRank();
+  int64_t M = ct.getDimSize(r - 2), N = ct.getDimSize(r - 1);
+  int64_t K = ta ? at.getDimSize(at.getRank() - 2) : at.getDimSize(at.getRank() - 1);
+  int64_t Ba = batchOf(at), Bb = batchOf(bt), Bc = batchOf(ct);
+  int64_t batch = Bc, sa = M * K, sb = K * N, sc = M * N;
+  if (Bb == 1 && !ta && Ba == Bc) {
+    M *= Bc; // [B.., m, k] @ [k, n]: one GEMM over all rows.
+    batch = 1;
+    sc = M * N;
+    sa = M * K;
+    sb = 0;
+  } else if (Ba == Bc && Bb == Bc) {
+  } else if (Ba == 1 && Bb == Bc) {
+    sa = 0;
+  } else if (Bb == 1 && Ba == Bc) {
+    sb = 0;
+  } else {
+    return op->emitOpError("matmul with batch dimensions broadcast on both "
+                           "operands is not supported yet; broadcast_to one "
+                           "operand first");
+  }
+  call(b, loc, "loom_gemm",
+       {i64(b, batch), i32(b, ta), i32(b, tb), i64(b, M), i64(b, N),
+        i64(b, K), view(b, op->getOperand(0)), i64(b, sa),
+        view(b, op->getOperand(1)), i64(b, sb), view(b, op->getResult(0)),
+        i64(b, sc), f32(b, 1.0), f32(b, 0.0)});
+  return success();
+}
+
+LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
+  Location loc = op->getLoc();
+  StringRef n = op->getName().getStringRef();
+  auto shapeOf = [](Value v) {
+    return cast<RankedTensorType>(v.getType()).getShape();
+  };
+  auto rowsCols = [&](Value v) {
+    auto s = shapeOf(v);
+    int64_t cols = s.empty() ? 1 : s.back();
+    int64_t rows = cols ? cast<RankedTensorType>(v.getType()).getNumElements() / cols : 0;
+    return std::pair<int64_t, int64_t>{rows, cols};
+  };
+  auto fattr = [&](StringRef name, double d = 0) {
+    if (auto a = op->getAttrOfType<FloatAttr>(name))
+      return a.getValueAsDouble();
+    return d;
+  };
+  auto battr = [&](StringRef name) {
+    auto a = op->getAttrOfType<BoolAttr>(name);
+    return a && a.getValue();
+  };
+  auto V = [&](unsigned i) { return view(b, op->getOperand(i)); };
+  auto R = [&](unsigned i) { return view(b, op->getResult(i)); };
+  auto numel = [&](Value v) {
+    return cast<RankedTensorType>(v.getType()).getNumElements();
+  };
+
+  if (isOneOf(op, {"train.param", "train.state", "train.input", "tensor.empty",
+                   "loom.reshape"}))
+    return success();
+  if (n == "arith.constant") {
+    Operation *c = b.clone(*op);
+    scalars_.map(op->getResult(0), c->getResult(0));
+    return success();
+  }
+  if (n == "loom.constant") {
+    auto dense = dyn_cast<DenseElementsAttr>(op->getAttr("value"));
+    if (!dense || !dense.isSplat())
+      return op->emitOpError("only splat constants are supported by the "
+                             "memory plan");
+    auto value = cast<TypedAttr>(dense.getSplatValue<Attribute>());
+    Value c = b.create<arith::ConstantOp>(loc, value);
+    b.create<linalg::FillOp>(loc, ValueRange{c}, ValueRange{R(0)});
+    return success();
+  }
+  if (n == "train.output") {
+    auto name = cast<StringAttr>(op->getAttr("name")).str();
+    Value slot = viewAt(b, persistent_.outputs.at(name), op->getOperand(0).getType());
+    b.create<memref::StoreOp>(loc, loadScalar(b, op->getOperand(0)), slot,
+                              ValueRange{});
+    return success();
+  }
+  if (n == "train.update") {
+    auto name = cast<StringAttr>(op->getAttr("name")).str();
+    int64_t target = persistent_.offsets.at(name);
+    const Buffer &src = buffers_.at(bufOf_.at(op->getOperand(0)));
+    if (src.offset != target)
+      b.create<memref::CopyOp>(loc, V(0),
+                               viewAt(b, target, op->getOperand(0).getType()));
+    return success();
+  }
+  if (n == "linalg.fill") {
+    Value value = scalars_.lookupOrDefault(op->getOperand(0));
+    b.create<linalg::FillOp>(loc, ValueRange{value}, ValueRange{R(0)});
+    return success();
+  }
+  if (auto g = dyn_cast<linalg::GenericOp>(op)) {
+    SmallVector<Value> ins;
+    for (Value v : g.getDpsInputs())
+      ins.push_back(view(b, v));
+    auto ng = b.create<linalg::GenericOp>(
+        loc, TypeRange{}, ins, ValueRange{R(0)}, g.getIndexingMapsArray(),
+        g.getIteratorTypesArray());
+    // Folding hoisted the body's constants into the program; they were
+    // cloned into the exec program already (scalars_).
+    g.getRegion().cloneInto(&ng.getRegion(), scalars_);
+    return success();
+  }
+  if (n == "loom.concat") {
+    int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
+    Value out = R(0);
+    auto outShape = shapeOf(op->getResult(0));
+    int64_t offset = 0;
+    for (Value in : op->getOperands()) {
+      auto s = shapeOf(in);
+      SmallVector<OpFoldResult> offs, sizes, strides;
+      for (int64_t i = 0; i < static_cast<int64_t>(outShape.size()); ++i) {
+        offs.push_back(b.getIndexAttr(i == dim ? offset : 0));
+        sizes.push_back(b.getIndexAttr(s[i]));
+        strides.push_back(b.getIndexAttr(1));
+      }
+      Value sub = b.create<memref::SubViewOp>(loc, out, offs, sizes, strides);
+      b.create<memref::CopyOp>(loc, view(b, in), sub);
+      offset += s[dim];
+    }
+    return success();
+  }
+  if (n == "loom.slice") {
+    int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
+    int64_t start = cast<IntegerAttr>(op->getAttr("start")).getInt();
+    auto s = shapeOf(op->getResult(0));
+    SmallVector<OpFoldResult> offs, sizes, strides;
+    for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
+      offs.push_back(b.getIndexAttr(i == dim ? start : 0));
+      sizes.push_back(b.getIndexAttr(s[i]));
+      strides.push_back(b.getIndexAttr(1));
+    }
+    b.create<memref::CopyOp>(
+        loc, b.create<memref::SubViewOp>(loc, V(0), offs, sizes, strides), R(0));
+    return success();
+  }
+  if (n == "train.slice_grad") {
+    int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
+    int64_t start = cast<IntegerAttr>(op->getAttr("start")).getInt();
+    Value out = R(0);
+    auto et = cast<RankedTensorType>(op->getResult(0).getType()).getElementType();
+    Value zero = b.create<arith::ConstantOp>(loc, b.getFloatAttr(et, 0.0));
+    b.create<linalg::FillOp>(loc, ValueRange{zero}, ValueRange{out});
+    auto s = shapeOf(op->getOperand(0));
+    SmallVector<OpFoldResult> offs, sizes, strides;
+    for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
+      offs.push_back(b.getIndexAttr(i == dim ? start : 0));
+      sizes.push_back(b.getIndexAttr(s[i]));
+      strides.push_back(b.getIndexAttr(1));
+    }
+    b.create<memref::CopyOp>(
+        loc, V(0), b.create<memref::SubViewOp>(loc, out, offs, sizes, strides));
+    return success();
+  }
+  if (n == "loom.matmul")
+    return lowerGemm(b, op, false, false);
+  if (n == "train.gemm")
+    return lowerGemm(b, op, battr("transpose_a"), battr("transpose_b"));
+  if (n == "train.layer_norm") {
+    auto [rows, cols] = rowsCols(op->getOperand(0));
+    call(b, loc, "loom_layer_norm_fwd",
+         {i64(b, rows), i64(b, cols), V(0), V(1), V(2), f32(b, fattr("eps", 1e-5)),
+          R(0), R(1), R(2)});
+    return success();
+  }
+  if (n == "train.layer_norm_grad") {
+    auto [rows, cols] = rowsCols(op->getOperand(1));
+    call(b, loc, "loom_layer_norm_bwd",
+         {i64(b, rows), i64(b, cols), V(0), V(1), V(2), V(3), V(4), R(0), R(1),
+          R(2)});
+    return success();
+  }
+  if (n == "train.rms_norm") {
+    auto [rows, cols] = rowsCols(op->getOperand(0));
+    call(b, loc, "loom_rms_norm_fwd",
+         {i64(b, rows), i64(b, cols), V(0), V(1), f32(b, fattr("eps", 1e-6)),
+          R(0), R(1)});
+    return success();
+  }
+  if (n == "train.rms_norm_grad") {
+    auto [rows, cols] = rowsCols(op->getOperand(1));
+    call(b, loc, "loom_rms_norm_bwd",
+         {i64(b, rows), i64(b, cols), V(0), V(1), V(2), V(3), R(0), R(1)});
+    return success();
+  }
+  if (n == "loom.softmax" || n == "loom.log_softmax") {
+    auto [rows, cols] = rowsCols(op->getOperand(0));
+    call(b, loc, n == "loom.softmax" ? "loom_softmax_fwd" : "loom_log_softmax_fwd",
+         {i64(b, rows), i64(b, cols), V(0), R(0)});
+    return success();
+  }
+  if (n == "train.softmax_grad" || n == "train.log_softmax_grad") {
+    auto [rows, cols] = rowsCols(op->getOperand(0));
+    call(b, loc,
+         n == "train.softmax_grad" ? "loom_softmax_bwd" : "loom_log_softmax_bwd",
+         {i64(b, rows), i64(b, cols), V(0), V(1), R(0)});
+    return success();
+  }
+  auto ignoreIndex = [&]() {
+    return cast<IntegerAttr>(op->getAttr("ignore_index")).getInt();
+  };
+  auto requireI32 = [&](Value v, StringRef what) -> LogicalResult {
+    if (!cast<RankedTensorType>(v.getType()).getElementType().isInteger(32))
+      return op->emitOpError(what) << " must be i32 tensors in this build";
+    return success();
+  };
+  if (n == "train.cross_entropy") {
+    if (failed(requireI32(op->getOperand(1), "targets")))
+      return failure();
+    auto [rows, classes] = rowsCols(op->getOperand(0));
+    call(b, loc, "loom_cross_entropy_fwd",
+         {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
+          R(0), R(1), R(2)});
+    return success();
+  }
+  if (n == "train.cross_entropy_grad") {
+    auto [rows, classes] = rowsCols(op->getOperand(0));
+    call(b, loc, "loom_cross_entropy_bwd",
+         {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
+          V(2), V(3), R(0)});
+    return success();
+  }
+  if (n == "loom.embedding" || n == "train.embedding_grad") {
+    if (failed(requireI32(op->getOperand(0), "embedding ids")))
+      return failure();
+    auto table = shapeOf(n == "loom.embedding" ? op->getOperand(1)
+                                                : op->getResult(0));
+    int64_t count = numel(op->getOperand(0));
+    call(b, loc, n == "loom.embedding" ? "loom_embedding_fwd" : "loom_embedding_bwd",
+         {i64(b, count), i64(b, table[0]), i64(b, table[1]), V(0), V(1), R(0)});
+    return success();
+  }
+  if (n == "train.attention" || n == "train.attention_grad") {
+    auto q = shapeOf(op->getOperand(0)), k = shapeOf(op->getOperand(1)),
+         v = shapeOf(op->getOperand(2));
+    SmallVector<Value> args = {i64(b, q[0]), i64(b, q[1]), i64(b, q[2]),
+                               i64(b, k[2]), i64(b, q[3]), i64(b, v[3]),
+                               i32(b, battr("causal"))};
+    for (unsigned i = 0; i < op->getNumOperands(); ++i)
+      args.push_back(V(i));
+    for (unsigned i = 0; i < op->getNumResults(); ++i)
+      args.push_back(R(i));
+    call(b, loc, n == "train.attention" ? "loom_attention_fwd" : "loom_attention_bwd",
+         args);
+    return success();
+  }
+  if (n == "train.gated_attention" || n == "train.gated_attention_grad") {
+    auto q = shapeOf(op->getOperand(0)), v = shapeOf(op->getOperand(2));
+    SmallVector<Value> args = {i64(b, q[0]), i64(b, q[1]), i64(b, q[2]),
+                               i64(b, q[3]), i64(b, v[3]), i32(b, battr("causal")),
+                               f32(b, fattr("gate_threshold", -1.0))};
+    for (unsigned i = 0; i < op->getNumOperands(); ++i)
+      args.push_back(V(i));
+    for (unsigned i = 0; i < op->getNumResults(); ++i)
+      args.push_back(R(i));
+    call(b, loc,
+         n == "train.gated_attention" ? "loom_gated_attention_fwd"
+                                      : "loom_gated_attention_bwd",
+         args);
+    return success();
+  }
+  if (n == "loom.dropout") {
+    if (program_.getKind() == "eval")
+      return success(); // Identity in evaluation (aliased in the plan).
+    uint64_t key = fnv1a64(cast<StringAttr>(op->getAttr("key")).getValue());
+    Value keyValue = b.create<arith::ConstantOp>(
+        loc, b.getI64IntegerAttr(static_cast<int64_t>(key)));
+    call(b, loc, "loom_dropout_fwd",
+         {i64(b, numel(op->getOperand(0))), f32(b, fattr("p")), keyValue, V(0),
+          R(0)});
+    return success();
+  }
+  if (n == "train.global_norm") {
+    Value sum = b.create<arith::ConstantOp>(loc, b.getF64FloatAttr(0.0));
+    for (unsigned i = 0; i < op->getNumOperands(); ++i) {
+      OperationState state(loc, "exec.call");
+      state.addAttribute("callee",
+                         FlatSymbolRefAttr::get(b.getContext(), "loom_sum_squares"));
+      state.addOperands({i64(b, numel(op->getOperand(i))), V(i)});
+      state.addTypes(b.getF64Type());
+      Value part = b.create(state)->getResult(0);
+      sum = b.create<arith::AddFOp>(loc, sum, part);
+    }
+    Value norm = b.create<arith::TruncFOp>(loc, b.getF32Type(),
+                                           b.create<math::SqrtOp>(loc, sum));
+    b.create<memref::StoreOp>(loc, norm, R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.clip_coef") {
+    // min(1, max / (norm + 1e-6)), as torch.nn.utils.clip_grad_norm_.
+    Value norm = loadScalar(b, op->getOperand(0));
+    Value coef = b.create<arith::DivFOp>(
+        loc, f32(b, fattr("max")),
+        b.create<arith::AddFOp>(loc, norm, f32(b, 1e-6)));
+    Value clipped = b.create<arith::MinimumFOp>(loc, coef, f32(b, 1.0));
+    b.create<memref::StoreOp>(loc, clipped, R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.learning_rate") {
+    // SEMANTICS.md: warm-up then cosine decay, computed in f64 from s.
+    OperationState state(loc, "exec.call");
+    state.addAttribute("callee", FlatSymbolRefAttr::get(b.getContext(), "loom_step"));
+    state.addTypes(b.getI64Type());
+    Value s = b.create<arith::SIToFPOp>(loc, b.getF64Type(),
+                                        b.create(state)->getResult(0));
+    auto c = [&](double v) {
+      return b.create<arith::ConstantOp>(loc, b.getF64FloatAttr(v)).getResult();
+    };
+    double lr = fattr("lr");
+    double warmup = static_cast<double>(cast<IntegerAttr>(op->getAttr("warmup")).getInt());
+    double total = static_cast<double>(cast<IntegerAttr>(op->getAttr("total")).getInt());
+    double minFrac = fattr("min");
+    bool cosine = cast<StringAttr>(op->getAttr("decay")).getValue() == "cosine";
+    Value rate = c(lr);
+    if (warmup > 0)
+      rate = b.create<arith::MulFOp>(
+          loc, rate,
+          b.create<arith::MinimumFOp>(loc, c(1.0),
+                                      b.create<arith::DivFOp>(loc, s, c(warmup))));
+    if (cosine) {
+      // progress = clamp((s - W) / (N - W), 0, 1)
+      Value p = b.create<arith::DivFOp>(
+          loc, b.create<arith::SubFOp>(loc, s, c(warmup)), c(total - warmup));
+      p = b.create<arith::MaximumFOp>(loc, c(0.0),
+                                      b.create<arith::MinimumFOp>(loc, c(1.0), p));
+      Value cosv = b.create<math::CosOp>(loc, b.create<arith::MulFOp>(loc, c(M_PI), p));
+      Value factor = b.create<arith::AddFOp>(
+          loc, c(minFrac),
+          b.create<arith::MulFOp>(
+              loc, c(1.0 - minFrac),
+              b.create<arith::MulFOp>(loc, c(0.5),
+                                      b.create<arith::AddFOp>(loc, c(1.0), cosv))));
+      // During warm-up the schedule is the warm-up ramp alone.
+      Value inWarmup = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OLE, s,
+                                               c(warmup));
+      factor = b.create<arith::SelectOp>(loc, inWarmup, c(1.0), factor);
+      rate = b.create<arith::MulFOp>(loc, rate, factor);
+    }
+    b.create<memref::StoreOp>(loc,
+                              b.create<arith::TruncFOp>(loc, b.getF32Type(), rate),
+                              R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.increment") {
+    Value v = loadScalar(b, op->getOperand(0));
+    b.create<memref::StoreOp>(loc, b.create<arith::AddIOp>(loc, v, i64(b, 1)),
+                              R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.adamw") {
+    call(b, loc, "loom_adamw",
+         {i64(b, numel(op->getOperand(0))), V(0), V(1), V(2), V(3),
+          loadScalar(b, op->getOperand(5)), f32(b, fattr("beta1")),
+          f32(b, fattr("beta2")), f32(b, fattr("eps")),
+          f32(b, fattr("weight_decay")), loadScalar(b, op->getOperand(6)),
+          loadScalar(b, op->getOperand(4))});
+    return success();
+  }
+  if (n == "train.sgd") {
+    Value t = loadScalar(b, op->getOperand(3));
+    Value first = b.create<arith::ExtUIOp>(
+        loc, b.getI32Type(),
+        b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, t, i64(b, 1)));
+    call(b, loc, "loom_sgd",
+         {i64(b, numel(op->getOperand(0))), V(0), V(1), V(2),
+          loadScalar(b, op->getOperand(4)), f32(b, fattr("momentum")),
+          i32(b, battr("nesterov")), f32(b, fattr("weight_decay")),
+          loadScalar(b, op->getOperand(5)), first});
+    return success();
+  }
+  return op->emitOpError("has no lowering to exec in this build");
+}
+
+LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
+  OperationState state(program_.getLoc(), "exec.program");
+  std::string sym = ("loom_" + program_.getSymName()).str();
+  state.addAttribute("sym_name", mb.getStringAttr(sym));
+  state.addAttribute("kind", program_.getKindAttr());
+  state.addAttribute("arena_bytes", mb.getI64IntegerAttr(arenaBytes));
+  state.addRegion()->push_back(new Block());
+  Operation *exec = mb.create(state);
+  OpBuilder b = OpBuilder::atBlockEnd(&exec->getRegion(0).front());
+  for (Operation &op : program_.getBody().front())
+    if (failed(lowerOp(b, &op)))
+      return failure();
+  return success();
+}
+
+struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    SmallVector<dist::ProgramOp> programs(module.getOps<dist::ProgramOp>());
+    if (programs.empty())
+      return;
+    Builder b(&getContext());
+
+    // Persistent layout: params, optimizer state, inputs, output slots.
+    PersistentPlan plan;
+    auto place = [&](const std::string &name, Operation *decl, Type type,
+                     std::vector<PersistentPlan::Named> &list, int cat) {
+      if (plan.offsets.count(name))
+        return;
+      int64_t size = alignUp(bytesOf(type));
+      plan.offsets[name] = plan.end;
+      list.push_back({name, decl, plan.end});
+      plan.end += size;
+      plan.bytes[cat] += size;
+    };
+    for (auto p : programs)
+      for (Operation &op : p.getBody().front()) {
+        StringRef n = op.getName().getStringRef();
+        auto name = [&]() { return cast<StringAttr>(op.getAttr("name")).str(); };
+        if (n == "train.param")
+          place(name(), &op, op.getResult(0).getType(), plan.params, 0);
+        else if (n == "train.state")
+          place(name(), &op, op.getResult(0).getType(), plan.state, 1);
+        else if (n == "train.input")
+          place(name(), &op, op.getResult(0).getType(), plan.inputs, 2);
+      }
+    for (auto p : programs)
+      for (auto out : p.getBody().front().getOps<train::OutputOp>()) {
+        std::string name = out.getName().str();
+        if (!plan.outputs.count(name)) {
+          plan.outputs[name] = plan.end;
+          plan.end += kAlign;
+          plan.bytes[3] += kAlign;
+        }
+      }
+
+    std::vector<std::unique_ptr<ProgramLowering>> lowerings;
+    int64_t arena = plan.end;
+    for (auto p : programs) {
+      lowerings.push_back(std::make_unique<ProgramLowering>(p, plan));
+      if (failed(lowerings.back()->plan()))
+        return signalPassFailure();
+      arena = std::max(arena, lowerings.back()->transientEnd());
+    }
+    arena = alignUp(std::max<int64_t>(arena, kAlign));
+    OpBuilder mb(module.getContext());
+    for (size_t i = 0; i < programs.size(); ++i) {
+      mb.setInsertionPoint(programs[i]);
+      if (failed(lowerings[i]->emit(mb, arena)))
+        return signalPassFailure();
+    }
+
+    // The manifest's compiler-side facts: buffers, outputs, memory.
+    auto shapeAttr = [&](Type t) {
+      return b.getI64ArrayAttr(cast<ShapedType>(t).getShape());
+    };
+    auto entry = [&](const PersistentPlan::Named &n, bool param) {
+      NamedAttrList a;
+      a.append("name", b.getStringAttr(n.name));
+      Type t = n.decl->getResult(0).getType();
+      a.append("dtype", b.getStringAttr(
+                            dtypeName(cast<ShapedType>(t).getElementType())));
+      a.append("shape", shapeAttr(t));
+      a.append("offset", b.getI64IntegerAttr(n.offset));
+      if (param) {
+        a.append("init", n.decl->getAttr("init"));
+        if (Attribute args = n.decl->getAttr("init_args"))
+          a.append("init_args", args);
+        if (Attribute shard = n.decl->getAttr("shard"))
+          a.append("shard", shard);
+      }
+      return a.getDictionary(&getContext());
+    };
+    SmallVector<Attribute> params, state, inputs;
+    for (auto &n : plan.params)
+      params.push_back(entry(n, true));
+    for (auto &n : plan.state)
+      state.push_back(entry(n, false));
+    for (auto &n : plan.inputs)
+      inputs.push_back(entry(n, false));
+    NamedAttrList outputs;
+    for (auto &[name, offset] : plan.outputs)
+      outputs.append(name, b.getI64IntegerAttr(offset));
+    NamedAttrList programsAttr;
+    for (auto p : programs)
+      programsAttr.append(p.getSymName(),
+                          b.getStringAttr(("loom_" + p.getSymName()).str()));
+    std::map<std::string, int64_t> peak;
+    for (size_t i = 0; i < programs.size(); ++i)
+      if (programs[i].getKind() == "train")
+        peak = lowerings[i]->peakBreakdown();
+    NamedAttrList memory;
+    memory.append("params", b.getI64IntegerAttr(plan.bytes[0]));
+    memory.append("optimizer", b.getI64IntegerAttr(plan.bytes[1]));
+    memory.append("inputs", b.getI64IntegerAttr(plan.bytes[2]));
+    memory.append("grads", b.getI64IntegerAttr(peak["grads"]));
+    memory.append("activations", b.getI64IntegerAttr(peak["activations"]));
+    memory.append("workspace",
+                  b.getI64IntegerAttr(peak["workspace"] + plan.bytes[3]));
+    memory.append("peak", b.getI64IntegerAttr(arena));
+    NamedAttrList manifest;
+    manifest.append("model", programs.front()->getAttr("loom.model")
+                                 ? programs.front()->getAttr("loom.model")
+                                 : b.getStringAttr("model"));
+    manifest.append("arena_bytes", b.getI64IntegerAttr(arena));
+    manifest.append("params", b.getArrayAttr(params));
+    manifest.append("state", b.getArrayAttr(state));
+    manifest.append("inputs", b.getArrayAttr(inputs));
+    manifest.append("outputs", outputs.getDictionary(&getContext()));
+    manifest.append("programs", programsAttr.getDictionary(&getContext()));
+    manifest.append("memory", memory.getDictionary(&getContext()));
+    if (auto cfg = programs.front().getConfigAttr())
+      manifest.append("train", cfg);
+    if (auto mesh = module.lookupSymbol<dist::MeshOp>("mesh"))
+      manifest.append("mesh", mesh.getShapeAttr());
+    module->setAttr("loom.manifest", manifest.getDictionary(&getContext()));
+
+    for (auto p : programs)
+      p.erase();
+  }
+};
+
+} // namespace
+} // namespace loom

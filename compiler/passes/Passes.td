@@ -1,0 +1,85 @@
+//===- Passes.td - Loom's passes ----------------------------*- tablegen -*-===//
+
+#ifndef LOOM_COMPILER_PASSES_TD
+#define LOOM_COMPILER_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def Autodiff : Pass<"loom-autodiff", "mlir::ModuleOp"> {
+  let summary = "Lower each loom.model to its training and evaluation steps";
+  let description = [{
+    Replaces every `loom.model` with two `train.step`s: `@train_step`
+    (forward, `loss` output, reverse-mode backward ending in one
+    `train.gradient` per parameter) and `@eval_step` (forward only, with
+    `eval_loss`, `eval_count`, `eval_correct` outputs). Layers are inlined;
+    each op keeps its layer instance path in a `loom.layer` attribute.
+  }];
+  let dependentDialects = ["loom::train::TrainDialect"];
+}
+
+def BuildTrainStep : Pass<"loom-build-train-step", "mlir::ModuleOp"> {
+  let summary = "Add gradient post-processing and the optimizer update";
+  let description = [{
+    Replaces the `train.gradient`s of each training step with the global
+    gradient norm (`grad_norm` output), clipping as configured, the learning
+    rate of the step (`lr` output, warm-up and cosine decay) and one
+    optimizer update (AdamW or SGD) per parameter, whose optimizer state is
+    read with `train.state` and written back with `train.update`.
+  }];
+}
+
+def Partition : Pass<"loom-partition", "mlir::ModuleOp"> {
+  let summary = "Turn train steps into per-rank dist programs on the mesh";
+  let description = [{
+    Creates the `dist.mesh` of the configuration and rewrites each
+    `train.step` into the `dist.program` every rank runs. This build
+    partitions the 1×1×1 mesh (the program is the step itself); a larger
+    mesh is reported as not yet supported.
+  }];
+  let dependentDialects = ["loom::dist::DistDialect"];
+}
+
+def FuseElementwise : Pass<"loom-fuse-elementwise", "mlir::ModuleOp"> {
+  let summary = "Elementwise loom ops to linalg, chains fused into one loop nest";
+  let description = [{
+    Converts the elementwise, broadcast, reduction and data-movement loom ops
+    inside `dist.program`s to `linalg.generic` on tensors, then fuses
+    producer/consumer chains of elementwise generics (upstream elementwise
+    fusion), so each chain becomes one loop nest.
+  }];
+  let dependentDialects = ["mlir::linalg::LinalgDialect",
+                           "mlir::arith::ArithDialect",
+                           "mlir::math::MathDialect",
+                           "mlir::tensor::TensorDialect"];
+}
+
+def LowerToExec : Pass<"loom-lower-to-exec", "mlir::ModuleOp"> {
+  let summary = "Bufferize onto a static memory plan and lower to exec";
+  let description = [{
+    Gives every tensor of each `dist.program` a buffer in one arena:
+    parameters, optimizer state and inputs persistently, every other value by
+    liveness (first-fit offsets, 64-byte aligned; reshapes alias their
+    operand; optimizer updates run in place). Library ops become `exec.call`s
+    of the runtime ABI, linalg generics run on `exec.view`s. The plan (every
+    named buffer, outputs, bytes by category at the peak) is recorded in the
+    module's `loom.manifest` attribute.
+  }];
+  let dependentDialects = ["loom::exec::ExecDialect",
+                           "mlir::memref::MemRefDialect",
+                           "mlir::LLVM::LLVMDialect"];
+}
+
+def ConvertExecToLLVM : Pass<"convert-exec-to-llvm", "mlir::ModuleOp"> {
+  let summary = "Lower exec programs to the LLVM dialect";
+  let description = [{
+    Each `exec.program @P` becomes `void P(loom_ctx *, uint8_t *arena)`:
+    views become memref.view of the arena, `exec.call`s become calls of the
+    runtime ABI with data pointers, and linalg/memref/arith/math are lowered
+    through loops to the LLVM dialect (math through polynomial
+    approximations, so no libm is needed).
+  }];
+  let dependentDialects = ["mlir::LLVM::LLVMDialect", "mlir::func::FuncDialect",
+                           "mlir::scf::SCFDialect"];
+}
+
+#endif // LOOM_COMPILER_PASSES_TD

@@ -1,0 +1,319 @@
+//===- TrainOps.td - ops of the train dialect ---------------*- tablegen -*-===//
+
+#ifndef LOOM_DIALECTS_TRAIN_TRAINOPS_TD
+#define LOOM_DIALECTS_TRAIN_TRAINOPS_TD
+
+include "dialects/Train/TrainDialect.td"
+include "mlir/IR/SymbolInterfaces.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+
+//===----------------------------------------------------------------------===//
+// Structure and state
+//===----------------------------------------------------------------------===//
+
+def Train_StepOp : Train_Op<"step", [Symbol, IsolatedFromAbove, SingleBlock,
+                                     NoTerminator]> {
+  let summary = "One program: a training step or an evaluation step";
+  let description = [{
+    `kind` is "train" (forward, backward, optimizer update; outputs `loss`,
+    `grad_norm`, `lr`) or "eval" (forward only; outputs `eval_loss`,
+    `eval_count`, `eval_correct`). `config` is the model's train
+    configuration. Ops inside may carry a `loom.layer` attribute naming the
+    layer instance they came from (pipeline splitting and recomputation use
+    it). PyTorch equivalent: the body of a training loop iteration.
+  }];
+  let arguments = (ins SymbolNameAttr:$sym_name, StrAttr:$kind,
+                       OptionalAttr<DictionaryAttr>:$config);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = "$sym_name $kind attr-dict-with-keyword $body";
+  let hasVerifier = 1;
+}
+
+def Train_ParamOp : Train_Op<"param"> {
+  let summary = "Reads a trainable parameter";
+  let description = [{
+    The current value of the named parameter. `init`, `init_args` and `shard`
+    are as on `loom.param`; `decay` says whether decoupled weight decay
+    applies (rank >= 2, SEMANTICS.md).
+  }];
+  let arguments = (ins StrAttr:$name, StrAttr:$init,
+                       OptionalAttr<DenseF64ArrayAttr>:$init_args,
+                       OptionalAttr<StrArrayAttr>:$shard,
+                       BoolAttr:$decay);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "$name attr-dict `:` type($result)";
+}
+
+def Train_StateOp : Train_Op<"state"> {
+  let summary = "Reads named, zero-initialised optimizer state";
+  let arguments = (ins StrAttr:$name);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "$name attr-dict `:` type($result)";
+}
+
+def Train_InputOp : Train_Op<"input"> {
+  let summary = "Reads a model input of the current batch";
+  let arguments = (ins StrAttr:$name);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "$name attr-dict `:` type($result)";
+}
+
+def Train_UpdateOp : Train_Op<"update"> {
+  let summary = "Writes a parameter or state tensor";
+  let description = [{
+    Sets the named parameter or state to `value` for the next step. Every
+    update comes after every read of the same name.
+  }];
+  let arguments = (ins StrAttr:$name, Train_AnyTensor:$value);
+  let assemblyFormat = "$name `,` $value attr-dict `:` type($value)";
+}
+
+def Train_OutputOp : Train_Op<"output"> {
+  let summary = "Publishes a scalar metric of the step";
+  let arguments = (ins StrAttr:$name, Train_Scalar:$value);
+  let assemblyFormat = "$name `,` $value attr-dict `:` type($value)";
+}
+
+def Train_GradientOp : Train_Op<"gradient"> {
+  let summary = "The gradient of the loss with respect to a parameter";
+  let description = [{
+    Produced by `loom-autodiff`, consumed by `loom-build-train-step`, which
+    turns the gradients into clipping and optimizer updates.
+  }];
+  let arguments = (ins StrAttr:$name, Train_AnyTensor:$value);
+  let assemblyFormat = "$name `,` $value attr-dict `:` type($value)";
+}
+
+//===----------------------------------------------------------------------===//
+// Forward ops that save values for the backward pass
+//===----------------------------------------------------------------------===//
+
+def Train_LayerNormOp : Train_Op<"layer_norm", [Pure]> {
+  let summary = "layer_norm returning y, and the row mean and 1/std it used";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$gain,
+                       Train_AnyTensor:$bias, F64Attr:$eps);
+  let results = (outs Train_AnyTensor:$result, Train_AnyTensor:$mean,
+                      Train_AnyTensor:$rstd);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_RmsNormOp : Train_Op<"rms_norm", [Pure]> {
+  let summary = "rms_norm returning y and the row 1/rms it used";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$gain,
+                       F64Attr:$eps);
+  let results = (outs Train_AnyTensor:$result, Train_AnyTensor:$rstd);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_AttentionOp : Train_Op<"attention", [Pure]> {
+  let summary = "attention returning out and the rows' log-sum-exp";
+  let arguments = (ins Train_AnyTensor:$query, Train_AnyTensor:$key,
+                       Train_AnyTensor:$value, BoolAttr:$causal);
+  let results = (outs Train_AnyTensor:$result, Train_AnyTensor:$lse);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_GatedAttentionOp : Train_Op<"gated_attention", [Pure]> {
+  let summary = "gated_attention returning out, lse, the gates and the "
+                "ungated attention";
+  let arguments = (ins Train_AnyTensor:$query, Train_AnyTensor:$key,
+                       Train_AnyTensor:$value, Train_AnyTensor:$gate_weight,
+                       Train_AnyTensor:$gate_bias, BoolAttr:$causal,
+                       OptionalAttr<F64Attr>:$gate_threshold);
+  let results = (outs Train_AnyTensor:$result, Train_AnyTensor:$lse,
+                      Train_AnyTensor:$gate, Train_AnyTensor:$attn);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_CrossEntropyOp : Train_Op<"cross_entropy", [Pure]> {
+  let summary = "cross_entropy returning the loss, row lse and [count, correct]";
+  let arguments = (ins Train_AnyTensor:$logits, Train_AnyTensor:$target,
+                       I64Attr:$ignore_index);
+  let results = (outs Train_Scalar:$loss, Train_AnyTensor:$lse,
+                      Train_AnyTensor:$stats);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+//===----------------------------------------------------------------------===//
+// Backward ops
+//===----------------------------------------------------------------------===//
+
+def Train_GemmOp : Train_Op<"gemm", [Pure]> {
+  let summary = "Batched matmul with transposed operands";
+  let description = [{
+    torch.matmul(op(a), op(b)) where op transposes the last two dimensions
+    when `transpose_a`/`transpose_b` is set; batch dimensions broadcast as in
+    loom.matmul. The backward pass of matmul is two of these.
+  }];
+  let arguments = (ins Train_AnyTensor:$lhs, Train_AnyTensor:$rhs,
+                       BoolAttr:$transpose_a, BoolAttr:$transpose_b);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Train_LayerNormGradOp : Train_Op<"layer_norm_grad", [Pure]> {
+  let summary = "VJP of layer_norm: (dx, dgain, dbias)";
+  let arguments = (ins Train_AnyTensor:$grad, Train_AnyTensor:$input,
+                       Train_AnyTensor:$gain, Train_AnyTensor:$mean,
+                       Train_AnyTensor:$rstd);
+  let results = (outs Train_AnyTensor:$dinput, Train_AnyTensor:$dgain,
+                      Train_AnyTensor:$dbias);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_RmsNormGradOp : Train_Op<"rms_norm_grad", [Pure]> {
+  let summary = "VJP of rms_norm: (dx, dgain)";
+  let arguments = (ins Train_AnyTensor:$grad, Train_AnyTensor:$input,
+                       Train_AnyTensor:$gain, Train_AnyTensor:$rstd);
+  let results = (outs Train_AnyTensor:$dinput, Train_AnyTensor:$dgain);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_SoftmaxGradOp : Train_Op<"softmax_grad", [Pure]> {
+  let summary = "VJP of softmax from its output: y * (dy - sum(dy * y))";
+  let arguments = (ins Train_AnyTensor:$output, Train_AnyTensor:$grad);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_LogSoftmaxGradOp : Train_Op<"log_softmax_grad", [Pure]> {
+  let summary = "VJP of log_softmax from its output: dy - exp(y) * sum(dy)";
+  let arguments = (ins Train_AnyTensor:$output, Train_AnyTensor:$grad);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_CrossEntropyGradOp : Train_Op<"cross_entropy_grad", [Pure]> {
+  let summary = "VJP of cross_entropy with respect to the logits";
+  let arguments = (ins Train_AnyTensor:$logits, Train_AnyTensor:$target,
+                       Train_AnyTensor:$lse, Train_Scalar:$grad,
+                       I64Attr:$ignore_index);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_EmbeddingGradOp : Train_Op<"embedding_grad", [Pure]> {
+  let summary = "VJP of embedding with respect to the table (scatter-add)";
+  let arguments = (ins Train_AnyTensor:$ids, Train_AnyTensor:$grad);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_AttentionGradOp : Train_Op<"attention_grad", [Pure]> {
+  let summary = "VJP of attention: (dq, dk, dv)";
+  let arguments = (ins Train_AnyTensor:$query, Train_AnyTensor:$key,
+                       Train_AnyTensor:$value, Train_AnyTensor:$output,
+                       Train_AnyTensor:$lse, Train_AnyTensor:$grad,
+                       BoolAttr:$causal);
+  let results = (outs Train_AnyTensor:$dquery, Train_AnyTensor:$dkey,
+                      Train_AnyTensor:$dvalue);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_GatedAttentionGradOp : Train_Op<"gated_attention_grad", [Pure]> {
+  let summary = "VJP of gated_attention: (dq, dk, dv, dgate_weight, dgate_bias)";
+  let arguments = (ins Train_AnyTensor:$query, Train_AnyTensor:$key,
+                       Train_AnyTensor:$value, Train_AnyTensor:$gate_weight,
+                       Train_AnyTensor:$gate_bias, Train_AnyTensor:$lse,
+                       Train_AnyTensor:$gate, Train_AnyTensor:$attn,
+                       Train_AnyTensor:$grad, BoolAttr:$causal,
+                       OptionalAttr<F64Attr>:$gate_threshold);
+  let results = (outs Train_AnyTensor:$dquery, Train_AnyTensor:$dkey,
+                      Train_AnyTensor:$dvalue, Train_AnyTensor:$dgate_weight,
+                      Train_AnyTensor:$dgate_bias);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_ReluGradOp : Train_Op<"relu_grad", [Pure]> {
+  let summary = "dy where x > 0, else 0";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$grad);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_GeluGradOp : Train_Op<"gelu_grad", [Pure]> {
+  let summary = "dy times the derivative of tanh-approximated gelu at x";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$grad);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_ReduceMaxGradOp : Train_Op<"reduce_max_grad", [Pure]> {
+  let summary = "VJP of reduce_max: dy to the (first) maximal element";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$grad,
+                       DenseI64ArrayAttr:$dims);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_SliceGradOp : Train_Op<"slice_grad", [Pure]> {
+  let summary = "VJP of slice: dy placed at [start, end) of `dim`, zeros elsewhere";
+  let arguments = (ins Train_AnyTensor:$grad, I64Attr:$dim, I64Attr:$start);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+//===----------------------------------------------------------------------===//
+// Gradient post-processing and optimizers
+//===----------------------------------------------------------------------===//
+
+def Train_GlobalNormOp : Train_Op<"global_norm", [Pure]> {
+  let summary = "sqrt of the sum of squares of every gradient";
+  let arguments = (ins Variadic<Train_AnyTensor>:$grads);
+  let results = (outs Train_Scalar:$result);
+  let assemblyFormat = "$grads attr-dict `:` type($grads) `->` type($result)";
+}
+
+def Train_ClipCoefOp : Train_Op<"clip_coef", [Pure]> {
+  let summary = "min(1, max / (norm + 1e-6)) (torch clip_grad_norm_)";
+  let arguments = (ins Train_Scalar:$norm, F64Attr:$max);
+  let results = (outs Train_Scalar:$result);
+  let assemblyFormat = "$norm attr-dict `:` type($norm) `->` type($result)";
+}
+
+def Train_LearningRateOp : Train_Op<"learning_rate", [Pure]> {
+  let summary = "The learning rate of the current step s";
+  let description = [{
+    lr · min(1, s/warmup) during warm-up; then, with cosine decay,
+    lr·(min + (1 − min)·½(1 + cos(π·(s − warmup)/(total − warmup)))), held at
+    lr·min past `total` (SEMANTICS.md). s is the runtime's step counter.
+  }];
+  let arguments = (ins F64Attr:$lr, I64Attr:$warmup, StrAttr:$decay,
+                       I64Attr:$total, F64Attr:$min);
+  let results = (outs Train_Scalar:$result);
+  let assemblyFormat = "attr-dict `:` type($result)";
+}
+
+def Train_IncrementOp : Train_Op<"increment", [Pure]> {
+  let summary = "A counter plus one (Adam's bias-correction count)";
+  let arguments = (ins Train_Counter:$counter);
+  let results = (outs Train_Counter:$result);
+  let assemblyFormat = "$counter attr-dict `:` type($counter) `->` type($result)";
+}
+
+def Train_AdamWOp : Train_Op<"adamw", [Pure]> {
+  let summary = "One AdamW update (torch.optim.AdamW)";
+  let arguments = (ins Train_AnyTensor:$param, Train_AnyTensor:$grad,
+                       Train_AnyTensor:$exp_avg, Train_AnyTensor:$exp_avg_sq,
+                       Train_Counter:$count, Train_Scalar:$lr,
+                       Train_Scalar:$grad_scale, F64Attr:$beta1,
+                       F64Attr:$beta2, F64Attr:$eps, F64Attr:$weight_decay);
+  let results = (outs Train_AnyTensor:$new_param, Train_AnyTensor:$new_exp_avg,
+                      Train_AnyTensor:$new_exp_avg_sq);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_SgdOp : Train_Op<"sgd", [Pure]> {
+  let summary = "One SGD update (torch.optim.SGD, dampening 0)";
+  let arguments = (ins Train_AnyTensor:$param, Train_AnyTensor:$grad,
+                       Train_AnyTensor:$momentum_buffer, Train_Counter:$count,
+                       Train_Scalar:$lr, Train_Scalar:$grad_scale,
+                       F64Attr:$momentum, BoolAttr:$nesterov,
+                       F64Attr:$weight_decay);
+  let results = (outs Train_AnyTensor:$new_param,
+                      Train_AnyTensor:$new_momentum_buffer);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+#endif // LOOM_DIALECTS_TRAIN_TRAINOPS_TD
