@@ -10,6 +10,7 @@
 #include "runtime/abi/loom_abi.h"
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 struct loom_ctx {
@@ -22,6 +23,16 @@ struct loom_ctx {
   /// The first error a kernel reported in the current program call.
   bool failed = false;
   std::string errorOp, errorMessage;
+  /// Kernels may report from several threads at once; the first one wins.
+  std::mutex errorMutex;
+
+  /// Forgets a reported error (before the next program call).
+  void clearError() {
+    std::lock_guard<std::mutex> lock(errorMutex);
+    failed = false;
+    errorOp.clear();
+    errorMessage.clear();
+  }
 };
 
 #endif // LOOM_RUNTIME_CONTEXT_H

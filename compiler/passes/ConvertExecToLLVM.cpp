@@ -57,6 +57,15 @@ LogicalResult convertProgram(ModuleOp module, exec::ProgramOp program) {
   OpBuilder eb = OpBuilder::atBlockEnd(entry);
   eb.create<func::ReturnOp>(loc);
 
+  // Library calls receive data pointers: the arena's base plus the view's
+  // byte offset (computed here, not read back from the view's descriptor).
+  OpBuilder bb = OpBuilder::atBlockBegin(entry);
+  Value baseIndex =
+      bb.create<memref::ExtractAlignedPointerAsIndexOp>(loc, arena);
+  Value base = bb.create<LLVM::IntToPtrOp>(
+      loc, ptr, bb.create<arith::IndexCastOp>(loc, bb.getI64Type(), baseIndex));
+  DenseMap<Value, int64_t> viewOffsets;
+
   SmallVector<Operation *> ops;
   for (Operation &op : *entry)
     ops.push_back(&op);
@@ -67,6 +76,7 @@ LogicalResult convertProgram(ModuleOp module, exec::ProgramOp program) {
                                                        view.getOffset());
       Value m = vb.create<memref::ViewOp>(view.getLoc(), view.getType(), arena,
                                           offset, ValueRange{});
+      viewOffsets[m] = view.getOffset();
       view.getResult().replaceAllUsesWith(m);
       view.erase();
     } else if (auto call = dyn_cast<exec::CallOp>(op)) {
@@ -76,10 +86,15 @@ LogicalResult convertProgram(ModuleOp module, exec::ProgramOp program) {
       SmallVector<Type> types = {ptr};
       for (Value a : call.getArgs()) {
         if (isa<MemRefType>(a.getType())) {
-          Value idx =
-              cb.create<memref::ExtractAlignedPointerAsIndexOp>(cl, a);
-          Value i = cb.create<arith::IndexCastOp>(cl, cb.getI64Type(), idx);
-          args.push_back(cb.create<LLVM::IntToPtrOp>(cl, ptr, i));
+          auto it = viewOffsets.find(a);
+          if (it == viewOffsets.end())
+            return call.emitOpError("passes a buffer that is not an "
+                                    "exec.view of the arena");
+          // A 64-bit index: arenas of large models exceed 2 GiB.
+          Value offset = cb.create<LLVM::ConstantOp>(
+              cl, cb.getI64Type(), cb.getI64IntegerAttr(it->second));
+          args.push_back(cb.create<LLVM::GEPOp>(cl, ptr, cb.getI8Type(), base,
+                                                ArrayRef<LLVM::GEPArg>{offset}));
           types.push_back(ptr);
         } else {
           args.push_back(a);

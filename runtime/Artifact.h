@@ -1,0 +1,163 @@
+//===- Artifact.h - reading and validating a .loomx artifact ----*- C++ -*-===//
+//
+// The runtime side of runtime/ARTIFACT.md: the trailer, the checksum, the ELF
+// image, the manifest (parsed into typed structs and range-checked against
+// the arena) and the CPU features the code needs. Nothing is dlopen'ed until
+// all of it has been checked.
+//
+//===----------------------------------------------------------------------===//
+#ifndef LOOM_RUNTIME_ARTIFACT_H
+#define LOOM_RUNTIME_ARTIFACT_H
+
+#include "runtime/Json.h"
+#include "runtime/Support.h"
+#include "runtime/abi/loom_abi.h"
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace loom::runtime {
+
+/// The artifact format version this runtime reads (ARTIFACT.md).
+constexpr uint32_t kArtifactFormatVersion = 1;
+constexpr size_t kTrailerBytes = 64;
+constexpr uint64_t kMaxManifestBytes = 64ull << 20;
+/// Every arena buffer starts at a multiple of this.
+constexpr int64_t kArenaAlignment = 64;
+/// `LOOMX\0\0\1`.
+extern const unsigned char kArtifactMagic[8];
+
+enum class DType { F32, F16, BF16, F64, I32, I64, I8, U8 };
+const char *dtypeName(DType t);
+size_t dtypeSize(DType t);
+/// Parses "f32", "bf16", ...; false for an unknown name.
+bool parseDType(const std::string &name, DType &out);
+/// "f32[64, 128]", "i64[]".
+std::string formatTensorType(DType t, const std::vector<int64_t> &shape);
+
+/// A tensor at a fixed place in the arena.
+struct Buffer {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  int64_t offset = 0;
+  int64_t elements = 1; ///< product of shape (1 for a scalar)
+  int64_t bytes = 0;    ///< elements * dtypeSize(dtype)
+};
+
+/// A trainable parameter: a buffer plus how to initialise and shard it.
+struct ParamSpec : Buffer {
+  std::string init = "zeros"; ///< zeros | ones | normal | uniform | glorot
+  std::vector<double> initArgs;
+  /// One entry per dimension: "_" (replicated) or a mesh axis; empty when
+  /// the manifest gives none.
+  std::vector<std::string> shard;
+};
+
+struct Mesh {
+  int64_t dp = 1, tp = 1, pp = 1;
+  int64_t ranks() const { return dp * tp * pp; }
+};
+
+/// The manifest, typed. Field meanings are in ARTIFACT.md.
+struct Manifest {
+  int64_t formatVersion = 0, abiVersion = 0;
+  std::string model, source, target;
+  std::vector<std::string> cpuFeatures;
+  Mesh mesh;
+  int64_t arenaBytes = 0;
+  /// Planned bytes by category (params, grads, ..., peak), in manifest order.
+  std::vector<std::pair<std::string, int64_t>> memory;
+  /// Role ("train_step", "eval_step", ...) -> exported symbol.
+  std::vector<std::pair<std::string, std::string>> programs;
+  std::vector<ParamSpec> params;
+  std::vector<Buffer> state;
+  std::vector<Buffer> inputs;
+  /// Output name -> arena offset of an f32 scalar.
+  std::vector<std::pair<std::string, int64_t>> outputs;
+  /// The train block as compiled; the runtime reads its defaults (`steps`,
+  /// `data`) from it and prints the rest. Always an object.
+  json::Value train;
+
+  const std::string *program(const std::string &role) const;
+  std::optional<int64_t> output(const std::string &name) const;
+  const Buffer *input(const std::string &name) const;
+  std::optional<int64_t> memoryOf(const std::string &category) const;
+  /// train.steps, when the train block has it.
+  std::optional<int64_t> trainSteps() const;
+  /// train.data, when the train block has it.
+  std::optional<std::string> trainData() const;
+};
+
+/// The 64-byte trailer, decoded.
+struct Trailer {
+  uint32_t formatVersion = 0, abiVersion = 0;
+  uint64_t elfSize = 0, manifestOffset = 0, manifestSize = 0, checksum = 0;
+};
+
+/// Decodes and checks the trailer (the last kTrailerBytes of a file of
+/// `fileSize` bytes): magic, versions, reserved bytes, sizes adding up.
+/// Throws Error with the cause only (callers prefix the file).
+Trailer parseTrailer(const unsigned char *trailer, uint64_t fileSize);
+
+/// Encodes a trailer (used by tests and by tools that write artifacts).
+void writeTrailer(const Trailer &t, unsigned char out[kTrailerBytes]);
+
+/// Parses and validates manifest JSON text. Throws Error with the cause only,
+/// as "manifest: params[1] ('b1'): ...".
+Manifest parseManifest(std::string_view text);
+
+/// Validates a whole artifact image held in memory (trailer, checksum, ELF
+/// magic, manifest) and returns its manifest. Throws Error with the cause
+/// only. Does not check CPU features.
+Manifest validateImage(const unsigned char *data, size_t size);
+
+/// Reads `path` and validates it as validateImage does, streaming the
+/// checksum. Throws Error "PATH: cause".
+Manifest readArtifact(const std::string &path);
+
+/// Whether `name` is a CPU feature this runtime knows how to test.
+bool isKnownCpuFeature(const std::string &name);
+/// Whether this CPU (and OS) supports `name`; false for unknown names.
+bool cpuSupports(const std::string &name);
+/// The names in `required` that this CPU lacks. Throws Error for a name
+/// that is not known.
+std::vector<std::string>
+missingCpuFeatures(const std::vector<std::string> &required);
+/// Throws Error "needs avx2, fma; this CPU lacks fma; recompile with
+/// --cpu=native on this machine" when a required feature is absent.
+void checkCpuFeatures(const Manifest &m);
+
+/// The manifest in human-readable form (loom-run --describe).
+std::string describe(const Manifest &m, const std::string &path);
+
+/// A validated artifact whose native code is loaded.
+class Artifact {
+public:
+  /// readArtifact + checkCpuFeatures + dlopen + dlsym of every program.
+  /// Throws Error "PATH: cause".
+  static std::unique_ptr<Artifact> load(const std::string &path);
+  ~Artifact();
+  Artifact(const Artifact &) = delete;
+  Artifact &operator=(const Artifact &) = delete;
+
+  const Manifest &manifest() const { return manifest_; }
+  const std::string &path() const { return path_; }
+  /// The program for `role`, or null when the artifact has none.
+  loom_program_fn program(const std::string &role) const;
+
+private:
+  Artifact() = default;
+  std::string path_;
+  Manifest manifest_;
+  void *handle_ = nullptr;
+  std::vector<std::pair<std::string, loom_program_fn>> programs_;
+};
+
+} // namespace loom::runtime
+
+#endif // LOOM_RUNTIME_ARTIFACT_H

@@ -1,0 +1,292 @@
+//===- Kernels.cpp - the C ABI's CPU kernels (float32) --------------------===//
+//
+// Each loom_* function of runtime/abi/loom_abi.h (but loom_error and
+// loom_step, which Context.cpp owns) instantiates the float template of
+// Kernels.h. The GEMM goes to oneDNN's sgemm when the build found it.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/kernels/Kernels.h"
+
+#include "runtime/Context.h"
+#include "runtime/abi/loom_abi.h"
+
+#include <string>
+
+#if LOOM_HAVE_DNNL
+#include <dnnl.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace kn = loom::kernels;
+
+namespace {
+
+/// Runs the kernels of this call on ctx->threads OpenMP threads (the rank's
+/// thread budget); a context without one keeps the OpenMP default.
+void useContextThreads(loom_ctx *ctx) {
+#ifdef _OPENMP
+  if (ctx && ctx->threads > 0 && omp_get_max_threads() != ctx->threads)
+    omp_set_num_threads(ctx->threads);
+#else
+  (void)ctx;
+#endif
+}
+
+/// Turns a template's complaint into the context's error.
+void report(loom_ctx *ctx, const char *op, const std::string &problem) {
+  if (!problem.empty())
+    loom_error(ctx, op, problem.c_str());
+}
+
+/// A dropout rate outside [0, 1] is an error.
+bool checkDropoutRate(loom_ctx *ctx, float p) {
+  if (p >= 0.0f && p <= 1.0f)
+    return true;
+  loom_error(ctx, "dropout",
+             ("p = " + std::to_string(p) + " is outside [0, 1]").c_str());
+  return false;
+}
+
+} // namespace
+
+extern "C" {
+
+//===----------------------------------------------------------------------===//
+// GEMM
+//===----------------------------------------------------------------------===//
+
+void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
+               int64_t M, int64_t N, int64_t K, const float *A, int64_t strideA,
+               const float *B, int64_t strideB, float *C, int64_t strideC,
+               float alpha, float beta) {
+  useContextThreads(ctx);
+#if LOOM_HAVE_DNNL
+  // oneDNN wants K >= 1 (leading dimensions >= 1); K == 0 and empty shapes
+  // take the reference path, which handles them.
+  if (batch > 0 && M > 0 && N > 0 && K > 0) {
+    const char ta = transA ? 'T' : 'N', tb = transB ? 'T' : 'N';
+    const int64_t lda = transA ? M : K, ldb = transB ? K : N;
+    auto one = [&](int64_t b) {
+      return dnnl_sgemm(ta, tb, M, N, K, alpha, A + b * strideA, lda,
+                        B + b * strideB, ldb, beta, C + b * strideC, N);
+    };
+    dnnl_status_t status = dnnl_success;
+    // Many small products (attention-sized): one whole product per thread.
+    // Otherwise one product at a time, each parallel inside oneDNN.
+    if (batch > 1 && strideC != 0 && M * N * K <= (int64_t(1) << 18)) {
+      int failures = 0;
+#pragma omp parallel for schedule(static) reduction(+ : failures)
+      for (int64_t b = 0; b < batch; ++b)
+        failures += one(b) != dnnl_success;
+      if (failures)
+        status = dnnl_runtime_error;
+    } else {
+      for (int64_t b = 0; b < batch && status == dnnl_success; ++b)
+        status = one(b);
+    }
+    if (status != dnnl_success)
+      loom_error(
+          ctx, "gemm",
+          ("oneDNN sgemm failed with status " + std::to_string(int(status)))
+              .c_str());
+    return;
+  }
+#endif
+  kn::gemm<float>(batch, transA != 0, transB != 0, M, N, K, A, strideA, B,
+                  strideB, C, strideC, alpha, beta);
+}
+
+//===----------------------------------------------------------------------===//
+// Normalisation and softmax
+//===----------------------------------------------------------------------===//
+
+void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                         const float *x, const float *gain, const float *bias,
+                         float eps, float *y, float *mean, float *rstd) {
+  useContextThreads(ctx);
+  kn::layerNormForward<float>(rows, cols, x, gain, bias, eps, y, mean, rstd);
+}
+
+void loom_layer_norm_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                         const float *dy, const float *x, const float *gain,
+                         const float *mean, const float *rstd, float *dx,
+                         float *dgain, float *dbias) {
+  useContextThreads(ctx);
+  kn::layerNormBackward<float>(rows, cols, dy, x, gain, mean, rstd, dx, dgain,
+                               dbias);
+}
+
+void loom_rms_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                       const float *x, const float *gain, float eps, float *y,
+                       float *rstd) {
+  useContextThreads(ctx);
+  kn::rmsNormForward<float>(rows, cols, x, gain, eps, y, rstd);
+}
+
+void loom_rms_norm_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                       const float *dy, const float *x, const float *gain,
+                       const float *rstd, float *dx, float *dgain) {
+  useContextThreads(ctx);
+  kn::rmsNormBackward<float>(rows, cols, dy, x, gain, rstd, dx, dgain);
+}
+
+void loom_softmax_fwd(loom_ctx *ctx, int64_t rows, int64_t cols, const float *x,
+                      float *y) {
+  useContextThreads(ctx);
+  kn::softmaxForward<float>(rows, cols, x, y);
+}
+
+void loom_softmax_bwd(loom_ctx *ctx, int64_t rows, int64_t cols, const float *y,
+                      const float *dy, float *dx) {
+  useContextThreads(ctx);
+  kn::softmaxBackward<float>(rows, cols, y, dy, dx);
+}
+
+void loom_log_softmax_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                          const float *x, float *y) {
+  useContextThreads(ctx);
+  kn::logSoftmaxForward<float>(rows, cols, x, y);
+}
+
+void loom_log_softmax_bwd(loom_ctx *ctx, int64_t rows, int64_t cols,
+                          const float *y, const float *dy, float *dx) {
+  useContextThreads(ctx);
+  kn::logSoftmaxBackward<float>(rows, cols, y, dy, dx);
+}
+
+//===----------------------------------------------------------------------===//
+// Losses and embedding
+//===----------------------------------------------------------------------===//
+
+void loom_cross_entropy_fwd(loom_ctx *ctx, int64_t rows, int64_t classes,
+                            const float *logits, const int32_t *target,
+                            int64_t ignore_index, float *loss, float *lse,
+                            float *stats) {
+  useContextThreads(ctx);
+  report(ctx, "cross_entropy",
+         kn::crossEntropyForward<float>(rows, classes, logits, target,
+                                        ignore_index, loss, lse, stats));
+}
+
+void loom_cross_entropy_bwd(loom_ctx *ctx, int64_t rows, int64_t classes,
+                            const float *logits, const int32_t *target,
+                            int64_t ignore_index, const float *lse,
+                            const float *dloss, float *dlogits) {
+  useContextThreads(ctx);
+  report(ctx, "cross_entropy",
+         kn::crossEntropyBackward<float>(rows, classes, logits, target,
+                                         ignore_index, lse, dloss, dlogits));
+}
+
+void loom_embedding_fwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
+                        const int32_t *ids, const float *table, float *out) {
+  useContextThreads(ctx);
+  report(ctx, "embedding",
+         kn::embeddingForward<float>(n, vocab, dim, ids, table, out));
+}
+
+void loom_embedding_bwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
+                        const int32_t *ids, const float *dout, float *dtable) {
+  useContextThreads(ctx);
+  report(ctx, "embedding",
+         kn::embeddingBackward<float>(n, vocab, dim, ids, dout, dtable));
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+void loom_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
+                        int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
+                        const float *q, const float *k, const float *v,
+                        float *out, float *lse) {
+  useContextThreads(ctx);
+  kn::attentionForward<float>(B, H, Tq, Tk, D, Dv, causal != 0, q, k, v, out,
+                              lse);
+}
+
+void loom_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
+                        int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
+                        const float *q, const float *k, const float *v,
+                        const float *out, const float *lse, const float *dout,
+                        float *dq, float *dk, float *dv) {
+  useContextThreads(ctx);
+  kn::attentionBackward<float>(B, H, Tq, Tk, D, Dv, causal != 0, q, k, v, out,
+                               lse, dout, dq, dk, dv);
+}
+
+void loom_gated_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
+                              int64_t D, int64_t Dv, int32_t causal,
+                              float threshold, const float *q, const float *k,
+                              const float *v, const float *wg, const float *bg,
+                              float *out, float *lse, float *gate,
+                              float *attn) {
+  useContextThreads(ctx);
+  kn::gatedAttentionForward<float>(B, H, T, D, Dv, causal != 0, threshold, q, k,
+                                   v, wg, bg, out, lse, gate, attn);
+}
+
+void loom_gated_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
+                              int64_t D, int64_t Dv, int32_t causal,
+                              float threshold, const float *q, const float *k,
+                              const float *v, const float *wg,
+                              const float * /*bg: the saved gate has it*/,
+                              const float *lse, const float *gate,
+                              const float *attn, const float *dout, float *dq,
+                              float *dk, float *dv, float *dwg, float *dbg) {
+  useContextThreads(ctx);
+  kn::gatedAttentionBackward<float>(B, H, T, D, Dv, causal != 0, threshold, q,
+                                    k, v, wg, lse, gate, attn, dout, dq, dk, dv,
+                                    dwg, dbg);
+}
+
+//===----------------------------------------------------------------------===//
+// Dropout
+//===----------------------------------------------------------------------===//
+
+void loom_dropout_fwd(loom_ctx *ctx, int64_t n, float p, uint64_t key,
+                      const float *x, float *y) {
+  useContextThreads(ctx);
+  if (!checkDropoutRate(ctx, p))
+    return;
+  kn::dropoutForward<float>(n, p, ctx ? ctx->seed : 0, key,
+                            ctx ? loom_step(ctx) : 0, x, y);
+}
+
+void loom_dropout_bwd(loom_ctx *ctx, int64_t n, float p, uint64_t key,
+                      const float *dy, float *dx) {
+  useContextThreads(ctx);
+  if (!checkDropoutRate(ctx, p))
+    return;
+  kn::dropoutBackward<float>(n, p, ctx ? ctx->seed : 0, key,
+                             ctx ? loom_step(ctx) : 0, dy, dx);
+}
+
+//===----------------------------------------------------------------------===//
+// Optimizers
+//===----------------------------------------------------------------------===//
+
+void loom_adamw(loom_ctx *ctx, int64_t n, float *param, const float *grad,
+                float *m, float *v, float lr, float beta1, float beta2,
+                float eps, float weight_decay, float grad_scale, int64_t t) {
+  useContextThreads(ctx);
+  kn::adamwStep<float>(n, param, grad, m, v, lr, beta1, beta2, eps,
+                       weight_decay, grad_scale, t);
+}
+
+void loom_sgd(loom_ctx *ctx, int64_t n, float *param, const float *grad,
+              float *buf, float lr, float momentum, int32_t nesterov,
+              float weight_decay, float grad_scale, int32_t first) {
+  useContextThreads(ctx);
+  kn::sgdStep<float>(n, param, grad, buf, lr, momentum, nesterov != 0,
+                     weight_decay, grad_scale, first != 0);
+}
+
+double loom_sum_squares(loom_ctx *ctx, int64_t n, const float *x) {
+  useContextThreads(ctx);
+  return kn::sumSquares<float>(n, x);
+}
+
+} // extern "C"

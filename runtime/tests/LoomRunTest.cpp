@@ -1,0 +1,477 @@
+//===- LoomRunTest.cpp - loom-run end to end on a hand-written model ------===//
+//
+// TestModel.c (built as a shared object) stands in for loomc's output; the
+// test packs it into a .loomx exactly as ARTIFACT.md lays one out, writes a
+// dataset, runs the real loom-run and checks its output, metrics and errors.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/Artifact.h"
+#include "runtime/Dataset.h"
+#include "runtime/Hash.h"
+#include "runtime/Json.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace loom::runtime;
+namespace json = loom::json;
+
+namespace {
+
+#define EXPECT_HAS(haystack, needle)                                           \
+  do {                                                                         \
+    std::string h_ = (haystack);                                               \
+    EXPECT_NE(h_.find(needle), std::string::npos) << h_;                       \
+  } while (0)
+
+std::string readFile(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void writeFile(const std::string &path, const void *data, size_t n) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(static_cast<const char *>(data), static_cast<std::streamsize>(n));
+}
+
+/// Files this process made, removed when the tests end.
+std::vector<std::string> &createdFiles() {
+  static std::vector<std::string> files;
+  return files;
+}
+
+std::string tmp(const std::string &name) {
+  std::string path =
+      testing::TempDir() + "loomrun_" + std::to_string(getpid()) + "_" + name;
+  createdFiles().push_back(path);
+  return path;
+}
+
+class RemoveCreatedFiles : public testing::Environment {
+public:
+  void TearDown() override {
+    for (const std::string &f : createdFiles())
+      unlink(f.c_str());
+  }
+};
+testing::Environment *const kCleanup =
+    testing::AddGlobalTestEnvironment(new RemoveCreatedFiles);
+
+const char *kSoftmaxManifest = R"({
+  "format": "loomx", "format_version": 1, "abi_version": 1,
+  "model": "TestSoftmax", "source": "runtime/tests/TestModel.c", "target": "cpu",
+  "cpu_features": ["sse2"],
+  "mesh": {"dp": 1, "tp": 1, "pp": 1},
+  "arena_bytes": 19392,
+  "memory": {"params": 2600, "inputs": 16640, "peak": 19392},
+  "programs": {"train_step": "loom_test_train_step", "eval_step": "loom_test_eval_step"},
+  "params": [
+    {"name": "w", "dtype": "f32", "shape": [64, 10], "offset": 0, "init": "glorot", "init_args": []},
+    {"name": "b", "dtype": "f32", "shape": [10], "offset": 2560, "init": "zeros", "init_args": []}
+  ],
+  "state": [{"name": "steps", "dtype": "i64", "shape": [], "offset": 2624}],
+  "inputs": [
+    {"name": "x", "dtype": "f32", "shape": [64, 64], "offset": 2688},
+    {"name": "y", "dtype": "i32", "shape": [64], "offset": 19072}
+  ],
+  "outputs": {"loss": 19328, "grad_norm": 19332, "lr": 19336,
+              "eval_loss": 19340, "eval_count": 19344, "eval_correct": 19348},
+  "train": {"steps": 40, "data": "@DATA@", "optimizer": "sgd", "lr": 0.5}
+})";
+
+const char *kBigramManifest = R"({
+  "format": "loomx", "format_version": 1, "abi_version": 1,
+  "model": "TestBigram", "target": "cpu", "cpu_features": [],
+  "mesh": {"dp": 1, "tp": 1, "pp": 1},
+  "arena_bytes": 263296,
+  "programs": {"train_step": "loom_bigram_train_step", "eval_step": "loom_bigram_eval_step"},
+  "params": [
+    {"name": "table", "dtype": "f32", "shape": [256, 256], "offset": 0, "init": "normal", "init_args": [0.02]}
+  ],
+  "state": [{"name": "steps", "dtype": "i64", "shape": [], "offset": 262144}],
+  "inputs": [
+    {"name": "tokens", "dtype": "i32", "shape": [8, 16], "offset": 262208},
+    {"name": "targets", "dtype": "i32", "shape": [8, 16], "offset": 262720}
+  ],
+  "outputs": {"loss": 263232, "grad_norm": 263236, "lr": 263240,
+              "eval_loss": 263244, "eval_count": 263248, "eval_correct": 263252},
+  "train": {"steps": 10}
+})";
+
+std::string replaceAll(std::string s, const std::string &from,
+                       const std::string &to) {
+  for (size_t at = s.find(from); at != std::string::npos;
+       at = s.find(from, at + to.size()))
+    s.replace(at, from.size(), to);
+  return s;
+}
+
+/// Packs the test model's shared object and `manifest` into a .loomx.
+std::string pack(const std::string &name, const std::string &manifest) {
+  std::string elf = readFile(LOOM_TEST_MODEL_PATH);
+  EXPECT_GT(elf.size(), 64u);
+  std::string img = elf + manifest;
+  Trailer t;
+  t.formatVersion = 1;
+  t.abiVersion = 1;
+  t.elfSize = elf.size();
+  t.manifestOffset = elf.size();
+  t.manifestSize = manifest.size();
+  t.checksum = fnv1a64(img.data(), img.size());
+  unsigned char trailer[kTrailerBytes];
+  writeTrailer(t, trailer);
+  img.append(reinterpret_cast<const char *>(trailer), kTrailerBytes);
+  std::string path = tmp(name + ".loomx");
+  writeFile(path, img.data(), img.size());
+  return path;
+}
+
+template <typename T>
+std::vector<unsigned char> bytesOf(const std::vector<T> &v) {
+  std::vector<unsigned char> b(v.size() * sizeof(T));
+  std::memcpy(b.data(), v.data(), b.size());
+  return b;
+}
+
+/// 10 separable Gaussian clusters in [0, 1]^features.
+std::string clusters(const std::string &name, int64_t n, int features = 64,
+                     int32_t badLabel = -1) {
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> u(0, 1);
+  std::normal_distribution<float> noise(0, 0.15f);
+  std::vector<std::vector<float>> means(10, std::vector<float>(features));
+  for (auto &m : means)
+    for (float &v : m)
+      v = u(rng);
+  std::vector<float> x;
+  std::vector<int32_t> y;
+  for (int64_t r = 0; r < n; ++r) {
+    int32_t c = static_cast<int32_t>(rng() % 10);
+    for (int k = 0; k < features; ++k)
+      x.push_back(std::min(1.0f, std::max(0.0f, means[c][k] + noise(rng))));
+    y.push_back(badLabel >= 0 ? badLabel : c);
+  }
+  std::vector<unsigned char> file =
+      encodeDataset(DataKind::Records, n,
+                    {{"x", DataType::F32, {features}, bytesOf(x)},
+                     {"y", DataType::I32, {}, bytesOf(y)}});
+  std::string path = tmp(name + ".bin");
+  writeFile(path, file.data(), file.size());
+  return path;
+}
+
+/// A byte stream with strong bigram structure.
+std::string text(const std::string &name, int64_t n) {
+  std::mt19937 rng(7);
+  std::vector<unsigned char> t;
+  const char *words[] = {"the ", "cat ", "sat ", "on ", "a ", "mat. "};
+  while (int64_t(t.size()) < n) {
+    const char *w = words[rng() % 6];
+    t.insert(t.end(), w, w + std::strlen(w));
+  }
+  t.resize(n);
+  std::vector<unsigned char> file = encodeDataset(
+      DataKind::Tokens, n, {{"tokens", DataType::U8, {}, t}}, 256);
+  std::string path = tmp(name + ".bin");
+  writeFile(path, file.data(), file.size());
+  return path;
+}
+
+struct RunResult {
+  int status = -1;
+  std::string out, err;
+};
+
+RunResult loomRun(const std::string &args) {
+  std::string out = tmp("stdout"), err = tmp("stderr");
+  std::string cmd = std::string(LOOM_RUN_PATH) + " " + args + " >" + out +
+                    " 2>" + err + " </dev/null";
+  int rc = std::system(cmd.c_str());
+  RunResult r;
+  r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  r.out = readFile(out);
+  r.err = readFile(err);
+  return r;
+}
+
+std::vector<json::Value> metricsOf(const std::string &path) {
+  std::vector<json::Value> lines;
+  std::istringstream in(readFile(path));
+  std::string line;
+  while (std::getline(in, line))
+    lines.push_back(json::parse(line));
+  return lines;
+}
+
+class LoomRun : public testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    data_ = new std::string(clusters("clusters", 1280));
+    artifact_ = new std::string(
+        pack("softmax", replaceAll(kSoftmaxManifest, "@DATA@", *data_)));
+  }
+  static std::string *data_, *artifact_;
+};
+std::string *LoomRun::data_, *LoomRun::artifact_;
+
+TEST_F(LoomRun, TrainsEvaluatesAndWritesMetrics) {
+  std::string metrics = tmp("m.jsonl");
+  RunResult r = loomRun(*artifact_ +
+                        " --steps=60 --eval-every 20 --seed=1 --threads=1 "
+                        "--metrics=" +
+                        metrics);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_HAS(r.out, "loom-run: TestSoftmax");
+  EXPECT_HAS(r.out, "records: 1,280 × {x f32[64], y i32[]}");
+  EXPECT_HAS(r.out, "step 20: eval_loss ");
+  EXPECT_HAS(r.out, "loom-run: 60 steps, final loss ");
+  std::vector<json::Value> m = metricsOf(metrics);
+  ASSERT_EQ(m.size(), 60u);
+  const char *keys[] = {"step",          "loss",           "lr",
+                        "grad_norm",     "loss_scale",     "skipped",
+                        "skipped_total", "samples_per_s",  "tokens_per_s",
+                        "step_ms",       "mem_peak_bytes", "comm_ms"};
+  for (size_t i = 0; i < m.size(); ++i) {
+    const json::Object &o = m[i].asObject();
+    bool eval = (i + 1) % 20 == 0;
+    ASSERT_EQ(o.size(), eval ? 14u : 12u) << json::write(m[i]);
+    for (size_t k = 0; k < 12; ++k)
+      EXPECT_EQ(o[k].first, keys[k]);
+    EXPECT_EQ(m[i].find("step")->asInt(), int64_t(i + 1));
+    EXPECT_DOUBLE_EQ(m[i].find("lr")->asDouble(), 0.5);
+    EXPECT_DOUBLE_EQ(m[i].find("loss_scale")->asDouble(), 1.0);
+    EXPECT_FALSE(m[i].find("skipped")->asBool());
+    EXPECT_EQ(m[i].find("skipped_total")->asInt(), 0);
+    EXPECT_EQ(m[i].find("comm_ms")->asDouble(), 0.0);
+    EXPECT_GT(m[i].find("mem_peak_bytes")->asInt(), 0);
+    EXPECT_GT(m[i].find("grad_norm")->asDouble(), 0.0);
+    EXPECT_DOUBLE_EQ(m[i].find("tokens_per_s")->asDouble(),
+                     m[i].find("samples_per_s")->asDouble());
+    if (eval) {
+      EXPECT_EQ(o[12].first, "eval_loss");
+      EXPECT_EQ(o[13].first, "eval_accuracy");
+    }
+  }
+  double first = m.front().find("loss")->asDouble();
+  double last = m.back().find("loss")->asDouble();
+  EXPECT_LT(last, first * 0.5);
+  double acc = m.back().find("eval_accuracy")->asDouble();
+  EXPECT_GT(acc, 0.9);
+  // The final line repeats the last metrics.
+  char expect[128];
+  std::snprintf(expect, sizeof expect, "eval_accuracy %.4f", acc);
+  EXPECT_HAS(r.out, expect);
+}
+
+TEST_F(LoomRun, SameSeedSameRunOtherSeedDiffers) {
+  auto losses = [&](const std::string &seed) {
+    std::string metrics = tmp("seed" + seed + ".jsonl");
+    RunResult r = loomRun(*artifact_ + " --steps 5 --seed " + seed +
+                          " --metrics " + metrics);
+    EXPECT_EQ(r.status, 0) << r.err;
+    std::vector<double> v;
+    for (const json::Value &line : metricsOf(metrics))
+      v.push_back(line.find("loss")->asDouble());
+    return v;
+  };
+  std::vector<double> a = losses("3"), b = losses("3"), c = losses("4");
+  ASSERT_EQ(a.size(), 5u);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a[0], c[0]);
+}
+
+TEST_F(LoomRun, DefaultsComeFromTheTrainBlock) {
+  RunResult r = loomRun(*artifact_ + " --threads=1");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "loom-run: 40 steps, final loss ");
+  EXPECT_HAS(r.out, "eval_accuracy "); // always evaluated at the end
+}
+
+TEST_F(LoomRun, Describe) {
+  RunResult r = loomRun(*artifact_ + " --describe");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "model     TestSoftmax");
+  EXPECT_HAS(r.out, "train_step -> loom_test_train_step");
+  EXPECT_HAS(r.out, "f32[64, 10]");
+}
+
+TEST_F(LoomRun, UsageErrorsExitTwo) {
+  RunResult r = loomRun(*artifact_ + " --bogus=1");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "loom-run: error: unknown option '--bogus' (see --help)\n");
+  r = loomRun(*artifact_ + " --steps=ten");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err,
+            "loom-run: error: --steps expects an integer >= 0, got 'ten'\n");
+  r = loomRun(*artifact_ + " --steps");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_HAS(r.err, "--steps needs a value");
+  r = loomRun("");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_HAS(r.err, "no artifact given");
+  r = loomRun(*artifact_ + " --resume");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_HAS(r.err, "not implemented in this runtime yet");
+  r = loomRun(*artifact_ + " --describe=yes");
+  EXPECT_EQ(r.status, 2);
+  r = loomRun("--help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_HAS(r.out, "usage: loom-run ARTIFACT.loomx");
+  r = loomRun("--version");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_HAS(r.out, "artifact format 1, ABI 1");
+}
+
+TEST_F(LoomRun, KernelErrorsNameRankStepOpAndCause) {
+  std::string bad = clusters("badlabels", 256, 64, 12);
+  RunResult r = loomRun(*artifact_ + " --steps=3 --data=" + bad);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err,
+             "loom-run: error: rank 0, step 1, train_step: "
+             "loom_cross_entropy_fwd: target 12 outside [0, 10) in row 0");
+}
+
+TEST_F(LoomRun, DataThatDoesNotFitIsAnErrorBeforeTraining) {
+  std::string narrow = clusters("narrow", 256, 32);
+  RunResult r = loomRun(*artifact_ + " --steps=3 --data=" + narrow);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "loom-run: error: " + narrow +
+                       ": field 'x' is f32[32] per record, the model's input "
+                       "'x' expects f32[64]\n");
+  r = loomRun(*artifact_ + " --steps=3 --data=" + narrow + ".missing");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, ".missing: cannot open the dataset");
+}
+
+TEST_F(LoomRun, ArtifactProblemsAreOneLineErrors) {
+  // Corrupted.
+  std::string img = readFile(*artifact_);
+  img[img.size() / 2] ^= 0x40;
+  std::string corrupt = tmp("corrupt.loomx");
+  writeFile(corrupt, img.data(), img.size());
+  RunResult r = loomRun(corrupt);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, corrupt + ": corrupted: checksum");
+  // A mesh for more ranks than were launched.
+  std::string m = replaceAll(kSoftmaxManifest, "@DATA@", *data_);
+  std::string dp2 = pack("dp2", replaceAll(m, "\"dp\": 1", "\"dp\": 2"));
+  r = loomRun(dp2);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "world size 1 does not match the artifact's mesh dp=2 tp=1 "
+                    "pp=1 (2 ranks): launch with mpirun -np 2");
+  // A memory plan larger than the machine.
+  std::string huge =
+      pack("huge", replaceAll(m, "\"arena_bytes\": 19392",
+                              "\"arena_bytes\": 562949953421312"));
+  r = loomRun(huge);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err,
+             "the memory plan needs 512.0 TiB per rank, this machine has");
+  // A program symbol the code image lacks.
+  std::string nosym = pack("nosym", replaceAll(m, "\"loom_test_eval_step\"",
+                                               "\"loom_missing_step\""));
+  r = loomRun(nosym + " --steps=1");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "program eval_step: symbol 'loom_missing_step' not found");
+  // Not an artifact at all.
+  r = loomRun(*data_);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "not a Loom artifact");
+  for (const RunResult *x : {&r})
+    EXPECT_EQ(std::count(x->err.begin(), x->err.end(), '\n'), 1);
+}
+
+TEST_F(LoomRun, MissingCpuFeatureIsRefused) {
+  std::string lacking;
+  for (const char *f :
+       {"xop", "fma4", "sse4a", "avx512fp16", "amx-tile", "avx512f"})
+    if (!cpuSupports(f)) {
+      lacking = f;
+      break;
+    }
+  if (lacking.empty())
+    GTEST_SKIP() << "this CPU has every feature probed";
+  std::string m = replaceAll(kSoftmaxManifest, "@DATA@", *data_);
+  std::string art = pack(
+      "cpu", replaceAll(m, "[\"sse2\"]", "[\"sse2\", \"" + lacking + "\"]"));
+  RunResult r = loomRun(art + " --steps=1");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "needs sse2, " + lacking + "; this CPU lacks " + lacking +
+                        "; recompile with --cpu=native on this machine");
+}
+
+#ifdef LOOM_MPIEXEC
+TEST_F(LoomRun, WorldSizeMustMatchTheMesh) {
+  // Open MPI refuses root and more ranks than cores unless told.
+  std::string mpirun =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+      "OMPI_MCA_rmaps_base_oversubscribe=1 " LOOM_MPIEXEC;
+  std::string out = tmp("mpi.out"), err = tmp("mpi.err");
+  std::string cmd = mpirun + " -np 2 " + LOOM_RUN_PATH + " " + *artifact_ +
+                    " --steps=2 >" + out + " 2>" + err + " </dev/null";
+  int rc = std::system(cmd.c_str());
+  EXPECT_NE(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, 0);
+  std::string e = readFile(err);
+  EXPECT_HAS(e, "loom-run: error: world size 2 does not match the artifact's "
+                "mesh dp=1 tp=1 pp=1 (1 rank)");
+  // Said once (by rank 0), not once per rank.
+  size_t first = e.find("world size 2");
+  EXPECT_EQ(e.find("world size 2", first + 1), std::string::npos) << e;
+  cmd = mpirun + " -np 1 " + LOOM_RUN_PATH + " " + *artifact_ + " --steps=2 >" +
+        out + " 2>" + err + " </dev/null";
+  rc = std::system(cmd.c_str());
+  EXPECT_EQ(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, 0) << readFile(err);
+  EXPECT_HAS(readFile(out), "loom-run: 2 steps, final loss");
+}
+#endif
+
+TEST(LoomRunStream, TrainsABigramModelOnATokenStream) {
+  std::string data = text("text", 20000);
+  std::string art = pack("bigram", kBigramManifest);
+  std::string metrics = tmp("bigram.jsonl");
+  RunResult r = loomRun(art + " --data " + data +
+                        " --steps 30 --eval-batches 4 --metrics " + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "token stream: 20,000 u8 tokens, vocab 256");
+  std::vector<json::Value> m = metricsOf(metrics);
+  ASSERT_EQ(m.size(), 30u);
+  for (const json::Value &line : m)
+    EXPECT_DOUBLE_EQ(line.find("tokens_per_s")->asDouble(),
+                     line.find("samples_per_s")->asDouble() * 16);
+  EXPECT_LT(m.back().find("loss")->asDouble(),
+            m.front().find("loss")->asDouble() - 1.0);
+  EXPECT_NEAR(m.front().find("loss")->asDouble(), std::log(256.0), 0.1);
+  EXPECT_GT(m.back().find("eval_accuracy")->asDouble(), 0.3);
+}
+
+TEST(LoomRunSamples, DigitsAndText) {
+  std::string digits = std::string(LOOM_SAMPLES_DATA_DIR) + "/digits.bin";
+  std::string text = std::string(LOOM_SAMPLES_DATA_DIR) + "/text.bin";
+  if (access(digits.c_str(), R_OK) != 0 || access(text.c_str(), R_OK) != 0)
+    GTEST_SKIP() << "samples/data not prepared (run samples/prepare_data.py)";
+  std::string art =
+      pack("digits", replaceAll(kSoftmaxManifest, "@DATA@", digits));
+  RunResult r = loomRun(art + " --steps=300");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "records: 1,797 × {x f32[64], y i32[]}");
+  size_t at = r.out.find("eval_accuracy ");
+  ASSERT_NE(at, std::string::npos);
+  EXPECT_GT(std::stod(r.out.substr(at + 14)), 0.9) << r.out;
+  std::string bigram = pack("textbigram", kBigramManifest);
+  r = loomRun(bigram + " --data=" + text + " --steps=20 --eval-batches=8");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "u8 tokens, vocab 256");
+}
+
+} // namespace

@@ -1,0 +1,647 @@
+//===- loom-run.cpp - train a compiled Loom artifact
+//-----------------------===//
+//
+// loom-run ARTIFACT.loomx [options]: validates the artifact, binds the
+// dataset to its inputs, initialises the parameters and runs the training
+// program step by step, with held-out evaluation, JSONL metrics and a
+// progress line. DESIGN.md has the command-line contract, SEMANTICS.md the
+// meaning of every metric.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/Artifact.h"
+#include "runtime/Context.h"
+#include "runtime/Dataset.h"
+#include "runtime/Init.h"
+#include "runtime/Json.h"
+#include "runtime/Support.h"
+#include "runtime/Version.h"
+#include "runtime/World.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <sys/resource.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#if LOOM_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+using namespace loom::runtime;
+namespace json = loom::json;
+
+// The ABI functions the runtime itself defines must be in the executable's
+// dynamic symbol table even if nothing here calls them.
+extern "C" {
+__attribute__((used)) static void *const kAbiKeepAlive[] = {
+    reinterpret_cast<void *>(&loom_error),
+    reinterpret_cast<void *>(&loom_step)};
+}
+
+namespace {
+
+const char *kUsage = R"(usage: loom-run ARTIFACT.loomx [options]
+
+Trains a model compiled by loomc. Runs directly (one rank) or under mpirun.
+
+options (--flag=value and --flag value are both accepted):
+  --steps=N          the step the run ends at (default: the artifact's train.steps)
+  --data=PATH        dataset .bin (default: the artifact's train.data)
+  --seed=S           run seed for initialisation and data order (default 0)
+  --threads=N        threads per rank (default: all hardware threads)
+  --eval-every=N     held-out eval_loss and eval_accuracy every N steps
+                     (always also after the last step)
+  --eval-batches=N   evaluate on at most N held-out batches (default: all)
+  --metrics=FILE     one JSON object per step (keys in SEMANTICS.md)
+  --log-every=N      plain progress lines every N steps when not on a terminal
+                     (default: steps/10)
+  --describe         print the artifact's manifest and exit
+  --version          print the runtime's version and build features
+  --help             this text
+
+exit status: 0 success, 1 a run-time error, 2 a usage error
+)";
+
+/// Flags in DESIGN.md whose features have not landed: named so that using
+/// one says so instead of "unknown option".
+const char *const kNotYet[] = {"init-from",  "save",      "ckpt-dir",
+                               "ckpt-every", "ckpt-keep", "resume",
+                               "trace",      "timeout",   "check-numerics",
+                               "infer",      "batch",     "calibrate"};
+
+struct Options {
+  std::string artifact;
+  std::optional<int64_t> steps;
+  std::optional<std::string> data;
+  uint64_t seed = 0;
+  int64_t threads = 0;
+  int64_t evalEvery = 0;
+  int64_t evalBatches = -1;
+  int64_t logEvery = 0;
+  std::string metrics;
+  bool describe = false, help = false, version = false;
+};
+
+struct UsageError {
+  std::string message;
+};
+
+int64_t parseCount(const std::string &flag, const std::string &v, int64_t lo) {
+  char *end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || errno || *end != '\0' || x < lo)
+    throw UsageError{"--" + flag + " expects an integer >= " +
+                     std::to_string(lo) + ", got '" + v + "'"};
+  return x;
+}
+
+Options parseArgs(int argc, char **argv) {
+  Options o;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h")
+      arg = "--help";
+    if (arg.size() < 2 || arg[0] != '-' || arg == "-") {
+      positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      for (++i; i < argc; ++i)
+        positional.push_back(argv[i]);
+      break;
+    }
+    if (arg.rfind("--", 0) != 0)
+      throw UsageError{"unknown option '" + arg + "' (see --help)"};
+    std::string name = arg.substr(2), value;
+    bool hasValue = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      hasValue = true;
+    }
+    auto flag = [&](const char *n) { return name == n; };
+    auto boolean = [&](bool &out) {
+      if (hasValue)
+        throw UsageError{"--" + name + " takes no value"};
+      out = true;
+    };
+    auto takeValue = [&]() -> std::string {
+      if (hasValue)
+        return value;
+      if (i + 1 >= argc)
+        throw UsageError{"--" + name + " needs a value"};
+      return argv[++i];
+    };
+    if (flag("help"))
+      boolean(o.help);
+    else if (flag("describe"))
+      boolean(o.describe);
+    else if (flag("version"))
+      boolean(o.version);
+    else if (flag("steps"))
+      o.steps = parseCount(name, takeValue(), 0);
+    else if (flag("data"))
+      o.data = takeValue();
+    else if (flag("seed"))
+      o.seed = static_cast<uint64_t>(parseCount(name, takeValue(), 0));
+    else if (flag("threads"))
+      o.threads = parseCount(name, takeValue(), 1);
+    else if (flag("eval-every"))
+      o.evalEvery = parseCount(name, takeValue(), 0);
+    else if (flag("eval-batches"))
+      o.evalBatches = parseCount(name, takeValue(), 0);
+    else if (flag("log-every"))
+      o.logEvery = parseCount(name, takeValue(), 1);
+    else if (flag("metrics"))
+      o.metrics = takeValue();
+    else {
+      for (const char *n : kNotYet)
+        if (name == n)
+          throw UsageError{"--" + name +
+                           " is part of loom-run's contract but not "
+                           "implemented in this runtime yet"};
+      throw UsageError{"unknown option '--" + name + "' (see --help)"};
+    }
+  }
+  if (o.help || o.version)
+    return o;
+  if (positional.empty())
+    throw UsageError{"no artifact given (usage: loom-run ARTIFACT.loomx "
+                     "[options]; see --help)"};
+  if (positional.size() > 1)
+    throw UsageError{"one artifact expected, got '" + positional[0] +
+                     "' and '" + positional[1] + "'"};
+  o.artifact = positional[0];
+  return o;
+}
+
+std::atomic<int> gStopSignal{0};
+extern "C" void onStopSignal(int sig) { gStopSignal.store(sig); }
+
+double nowSeconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+uint64_t peakResidentBytes() {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0)
+    return 0;
+  return static_cast<uint64_t>(ru.ru_maxrss) * 1024; // Linux: KiB
+}
+
+uint64_t physicalMemoryBytes() {
+  long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || size <= 0)
+    return 0;
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(size);
+}
+
+std::string formatDuration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0)
+    return "?";
+  long s = std::lround(seconds);
+  char buf[32];
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60,
+                  s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
+  return buf;
+}
+
+std::string fmt(const char *format, double v) {
+  if (!std::isfinite(v))
+    return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, v);
+  return buf;
+}
+
+/// A number for the metrics file: non-finite values become null.
+json::Value metricNumber(double v) {
+  return std::isfinite(v) ? json::Value(v) : json::Value();
+}
+
+/// Where the data path of the train block points: as given, else relative
+/// to the artifact's folder.
+std::string resolveManifestData(const std::string &data,
+                                const std::string &artifact) {
+  if (data.empty() || data[0] == '/' || access(data.c_str(), F_OK) == 0)
+    return data;
+  size_t slash = artifact.rfind('/');
+  if (slash == std::string::npos)
+    return data;
+  std::string beside = artifact.substr(0, slash + 1) + data;
+  return access(beside.c_str(), F_OK) == 0 ? beside : data;
+}
+
+struct EvalResult {
+  double loss = NAN, accuracy = NAN;
+  double count = 0;
+};
+
+class Trainer {
+public:
+  Trainer(const World &world, const Options &opts)
+      : world_(world), opts_(opts) {}
+  int run();
+
+private:
+  /// A failure of this rank: every rank that meets one says so, and the
+  /// world is taken down.
+  [[noreturn]] void fail(const std::string &message) {
+    std::string rank = world_.size > 1 && message.rfind("rank ", 0) != 0
+                           ? "rank " + std::to_string(world_.rank) + ": "
+                           : "";
+    std::fprintf(stderr, "%sloom-run: error: %s%s\n",
+                 progressShown_ ? "\n" : "", rank.c_str(), message.c_str());
+    abortWorld(world_, 1);
+  }
+  /// A failure every rank meets alike (the artifact, the mesh, the flags):
+  /// rank 0 says it once and every rank ends cleanly.
+  [[noreturn]] void failEverywhere(const std::string &message) {
+    if (world_.rank == 0)
+      std::fprintf(stderr, "loom-run: error: %s\n", message.c_str());
+    std::fflush(stderr);
+    finalizeWorld(world_);
+    std::exit(1);
+  }
+  void callProgram(loom_program_fn fn, const char *role);
+  float readOutput(const std::string &name) const;
+  EvalResult evaluate();
+  void progress(int64_t step, int64_t steps, double loss, double stepTokens,
+                double stepSeconds, double lr, double eta, bool final);
+
+  const World &world_;
+  const Options &opts_;
+  std::unique_ptr<Artifact> artifact_;
+  std::unique_ptr<Dataset> data_;
+  std::unique_ptr<DataLoader> loader_;
+  loom_ctx ctx_;
+  unsigned char *arena_ = nullptr;
+  bool tty_ = false, progressShown_ = false;
+  double lastProgress_ = 0;
+  /// Tokens and training seconds since the last progress line: its rate is
+  /// their ratio, steadier than one step's.
+  double intervalTokens_ = 0, intervalSeconds_ = 0;
+};
+
+void Trainer::callProgram(loom_program_fn fn, const char *role) {
+  ctx_.clearError();
+  fn(&ctx_, arena_);
+  if (ctx_.failed)
+    fail("rank " + std::to_string(world_.rank) + ", step " +
+         std::to_string(ctx_.step) + ", " + role + ": " + ctx_.errorOp + ": " +
+         ctx_.errorMessage);
+}
+
+float Trainer::readOutput(const std::string &name) const {
+  std::optional<int64_t> off = artifact_->manifest().output(name);
+  if (!off)
+    return NAN;
+  float v;
+  std::memcpy(&v, arena_ + *off, sizeof v);
+  return v;
+}
+
+EvalResult Trainer::evaluate() {
+  EvalResult r;
+  loom_program_fn eval = artifact_->program("eval_step");
+  int64_t batches = loader_->evalBatches();
+  if (opts_.evalBatches >= 0)
+    batches = std::min(batches, opts_.evalBatches);
+  double lossSum = 0, correct = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    loader_->evalBatch(i, arena_);
+    callProgram(eval, "eval_step");
+    double count = readOutput("eval_count");
+    lossSum += static_cast<double>(readOutput("eval_loss")) * count;
+    correct += readOutput("eval_correct");
+    r.count += count;
+  }
+  if (r.count > 0) {
+    r.loss = lossSum / r.count;
+    r.accuracy = correct / r.count;
+  }
+  return r;
+}
+
+void Trainer::progress(int64_t step, int64_t steps, double loss,
+                       double stepTokens, double stepSeconds, double lr,
+                       double eta, bool final) {
+  if (world_.rank != 0)
+    return;
+  intervalTokens_ += stepTokens;
+  intervalSeconds_ += stepSeconds;
+  int64_t every =
+      opts_.logEvery > 0 ? opts_.logEvery : std::max<int64_t>(1, steps / 10);
+  double now = nowSeconds();
+  bool show = tty_ ? (final || now - lastProgress_ >= 0.1)
+                   : (final || step % every == 0);
+  if (!show)
+    return;
+  double tokensPerS =
+      intervalSeconds_ > 0 ? intervalTokens_ / intervalSeconds_ : 0.0;
+  intervalTokens_ = intervalSeconds_ = 0;
+  lastProgress_ = now;
+  if (tty_) {
+    std::printf("\rstep %lld/%lld  loss %s  %s tok/s  lr %s  ETA %s\x1b[K",
+                static_cast<long long>(step), static_cast<long long>(steps),
+                fmt("%.4f", loss).c_str(),
+                formatCount(static_cast<uint64_t>(tokensPerS)).c_str(),
+                fmt("%.3g", lr).c_str(), formatDuration(eta).c_str());
+    progressShown_ = !final;
+    if (final)
+      std::printf("\n");
+  } else {
+    std::printf("step %lld/%lld loss %s tokens/s %.0f lr %s eta %s\n",
+                static_cast<long long>(step), static_cast<long long>(steps),
+                fmt("%.4f", loss).c_str(), tokensPerS, fmt("%.3g", lr).c_str(),
+                formatDuration(eta).c_str());
+  }
+  std::fflush(stdout);
+}
+
+int Trainer::run() {
+  const std::string &path = opts_.artifact;
+  Manifest manifest;
+  try {
+    manifest = readArtifact(path);
+  } catch (const Error &e) {
+    failEverywhere(e.what());
+  }
+  if (opts_.describe) {
+    if (world_.rank == 0)
+      std::fputs(describe(manifest, path).c_str(), stdout);
+    return 0;
+  }
+
+  // Everything that can be checked before any work.
+  const Mesh &mesh = manifest.mesh;
+  std::string meshText = "dp=" + std::to_string(mesh.dp) +
+                         " tp=" + std::to_string(mesh.tp) +
+                         " pp=" + std::to_string(mesh.pp);
+  if (world_.size != mesh.ranks())
+    failEverywhere("world size " + std::to_string(world_.size) +
+                   " does not match the artifact's mesh " + meshText + " (" +
+                   std::to_string(mesh.ranks()) + " rank" +
+                   (mesh.ranks() == 1 ? "" : "s") + "): launch " +
+                   (mesh.ranks() == 1
+                        ? std::string("without mpirun or with mpirun -np 1")
+                        : "with mpirun -np " + std::to_string(mesh.ranks())));
+  if (mesh.ranks() > 1)
+    failEverywhere(
+        path + ": mesh " + meshText +
+        ": this runtime runs one rank only (data, tensor and pipeline "
+        "parallel execution have not landed); compile with --mesh=dp=1");
+  if (manifest.target != "cpu")
+    failEverywhere(path + ": target " + manifest.target +
+                   ": this runtime executes CPU artifacts only (recompile with "
+                   "--target=cpu)");
+  if (!manifest.program("train_step"))
+    failEverywhere(path + ": no train_step program (an inference artifact?)");
+  uint64_t physical = physicalMemoryBytes();
+  if (physical && uint64_t(manifest.arenaBytes) > physical)
+    failEverywhere(
+        path + ": the memory plan needs " + formatBytes(manifest.arenaBytes) +
+        " per rank, this machine has " + formatBytes(physical) +
+        " of memory; shrink the model or the batch, or shard it over more "
+        "ranks");
+  bool hasEval = manifest.program("eval_step") != nullptr;
+  if (opts_.evalEvery > 0 && !hasEval)
+    failEverywhere(path +
+                   ": --eval-every given but the artifact has no eval_step "
+                   "program");
+
+  int64_t steps;
+  if (opts_.steps)
+    steps = *opts_.steps;
+  else if (manifest.trainSteps())
+    steps = *manifest.trainSteps();
+  else
+    failEverywhere(path +
+                   ": no --steps given and the artifact's train block has no "
+                   "steps");
+  std::string dataPath;
+  if (opts_.data)
+    dataPath = *opts_.data;
+  else if (manifest.trainData())
+    dataPath = resolveManifestData(*manifest.trainData(), path);
+  else
+    failEverywhere(path +
+                   ": no --data given and the artifact's train block names no "
+                   "data");
+
+  try {
+    data_ = Dataset::open(dataPath);
+    artifact_ = Artifact::load(path);
+    loader_ = std::make_unique<DataLoader>(*data_, artifact_->manifest().inputs,
+                                           opts_.seed);
+  } catch (const Error &e) {
+    fail(e.what());
+  }
+  const Manifest &m = artifact_->manifest();
+  int64_t evalBatches = hasEval ? loader_->evalBatches() : 0;
+  if (opts_.evalBatches >= 0)
+    evalBatches = std::min(evalBatches, opts_.evalBatches);
+  bool evaluating = hasEval && evalBatches > 0;
+  if (hasEval && !evaluating && world_.rank == 0)
+    std::fprintf(stderr,
+                 "loom-run: note: no evaluation: the held-out split of %s "
+                 "(%lld %s) is less than one batch\n",
+                 dataPath.c_str(),
+                 static_cast<long long>(loader_->heldOutSize()),
+                 data_->kind() == DataKind::Tokens ? "tokens" : "records");
+
+  int threads =
+      opts_.threads > 0
+          ? static_cast<int>(opts_.threads)
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#if LOOM_HAVE_OPENMP
+  omp_set_num_threads(threads);
+#endif
+  ctx_.rank = world_.rank;
+  ctx_.worldSize = world_.size;
+  ctx_.seed = opts_.seed;
+  ctx_.threads = threads;
+
+  size_t arenaBytes =
+      (static_cast<size_t>(m.arenaBytes) + kArenaAlignment - 1) /
+      kArenaAlignment * kArenaAlignment;
+  arena_ = static_cast<unsigned char *>(
+      std::aligned_alloc(kArenaAlignment, arenaBytes));
+  if (!arena_)
+    fail("rank " + std::to_string(world_.rank) + ": cannot allocate the " +
+         formatBytes(arenaBytes) + " arena");
+  std::memset(arena_, 0, arenaBytes);
+  try {
+    initParams(m, opts_.seed, arena_);
+  } catch (const Error &e) {
+    fail(e.what());
+  }
+  zeroState(m, arena_);
+
+  std::ofstream metrics;
+  if (!opts_.metrics.empty() && world_.rank == 0) {
+    metrics.open(opts_.metrics, std::ios::out | std::ios::trunc);
+    if (!metrics)
+      fail("cannot write the metrics file " + opts_.metrics + ": " +
+           std::strerror(errno));
+  }
+
+  tty_ = isatty(fileno(stdout)) != 0;
+  std::signal(SIGINT, onStopSignal);
+  std::signal(SIGTERM, onStopSignal);
+
+  if (world_.rank == 0 && !tty_)
+    std::printf("loom-run: %s (%s), %s, %lld steps, batch %lld, seed %llu, "
+                "%d threads\n",
+                m.model.c_str(), path.c_str(), data_->summary().c_str(),
+                static_cast<long long>(steps),
+                static_cast<long long>(loader_->batchSize()),
+                static_cast<unsigned long long>(opts_.seed), threads);
+
+  loom_program_fn train = artifact_->program("train_step");
+  double trainSeconds = 0;
+  double lastLoss = NAN;
+  EvalResult lastEval;
+  bool evaluated = false;
+  int64_t skippedTotal = 0, done = 0;
+  for (int64_t s = 1; s <= steps; ++s) {
+    double t0 = nowSeconds();
+    loader_->nextTrainBatch(arena_);
+    ctx_.step = s;
+    callProgram(train, "train_step");
+    double stepSeconds = nowSeconds() - t0;
+    trainSeconds += stepSeconds;
+    done = s;
+
+    double loss = readOutput("loss");
+    double lr = readOutput("lr");
+    double gradNorm = readOutput("grad_norm");
+    double lossScale = m.output("loss_scale") ? readOutput("loss_scale") : 1.0;
+    bool skipped = m.output("skipped") && readOutput("skipped") != 0;
+    skippedTotal += skipped;
+    lastLoss = loss;
+    double samplesPerS = loader_->batchSize() / stepSeconds;
+    double tokensPerS = loader_->tokensPerBatch() / stepSeconds;
+
+    bool evalNow =
+        evaluating &&
+        (s == steps || (opts_.evalEvery > 0 && s % opts_.evalEvery == 0));
+    EvalResult ev;
+    if (evalNow) {
+      ev = evaluate();
+      lastEval = ev;
+      evaluated = true;
+    }
+
+    if (metrics.is_open()) {
+      json::Object line{{"step", json::Value(s)},
+                        {"loss", metricNumber(loss)},
+                        {"lr", metricNumber(lr)},
+                        {"grad_norm", metricNumber(gradNorm)},
+                        {"loss_scale", metricNumber(lossScale)},
+                        {"skipped", json::Value(skipped)},
+                        {"skipped_total", json::Value(skippedTotal)},
+                        {"samples_per_s", metricNumber(samplesPerS)},
+                        {"tokens_per_s", metricNumber(tokensPerS)},
+                        {"step_ms", metricNumber(stepSeconds * 1e3)},
+                        {"mem_peak_bytes", json::Value(static_cast<int64_t>(
+                                               peakResidentBytes()))},
+                        {"comm_ms", json::Value(0.0)}};
+      if (evalNow) {
+        line.emplace_back("eval_loss", metricNumber(ev.loss));
+        line.emplace_back("eval_accuracy", metricNumber(ev.accuracy));
+      }
+      metrics << json::write(json::Value(std::move(line))) << "\n";
+      metrics.flush();
+    }
+
+    bool stopping = gStopSignal.load() != 0;
+    double eta = trainSeconds / s * (steps - s);
+    progress(s, steps, loss, double(loader_->tokensPerBatch()), stepSeconds, lr,
+             eta, s == steps || stopping);
+    if (evalNow && world_.rank == 0 && s != steps) {
+      if (tty_) {
+        std::printf("\r\x1b[K");
+        progressShown_ = false;
+      }
+      std::printf("step %lld: eval_loss %s, eval_accuracy %s\n",
+                  static_cast<long long>(s), fmt("%.4f", ev.loss).c_str(),
+                  fmt("%.4f", ev.accuracy).c_str());
+      std::fflush(stdout);
+    }
+    if (stopping)
+      break;
+  }
+
+  int sig = gStopSignal.load();
+  if (world_.rank == 0) {
+    std::string line = "loom-run: " + std::to_string(done) + " steps";
+    if (sig)
+      line += " (stopped by " +
+              std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") +
+              " after step " + std::to_string(done) + " of " +
+              std::to_string(steps) + ")";
+    line += ", final loss " + fmt("%.4f", lastLoss);
+    if (evaluated)
+      line += ", eval_loss " + fmt("%.4f", lastEval.loss) + ", eval_accuracy " +
+              fmt("%.4f", lastEval.accuracy);
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  }
+  std::free(arena_);
+  arena_ = nullptr;
+  return sig ? 128 + sig : 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  World world;
+  try {
+    world = initWorld(&argc, &argv);
+  } catch (const Error &e) {
+    std::fprintf(stderr, "loom-run: error: %s\n", e.what());
+    return 1;
+  }
+  Options opts;
+  try {
+    opts = parseArgs(argc, argv);
+  } catch (const UsageError &e) {
+    if (world.rank == 0)
+      std::fprintf(stderr, "loom-run: error: %s\n", e.message.c_str());
+    finalizeWorld(world);
+    return 2;
+  }
+  if (opts.help) {
+    if (world.rank == 0)
+      std::fputs(kUsage, stdout);
+    finalizeWorld(world);
+    return 0;
+  }
+  if (opts.version) {
+    if (world.rank == 0)
+      std::printf("loom-run: artifact format %u, ABI %d, %s\n",
+                  kArtifactFormatVersion, LOOM_ABI_VERSION,
+                  describeBuild().c_str());
+    finalizeWorld(world);
+    return 0;
+  }
+  int rc = Trainer(world, opts).run();
+  finalizeWorld(world);
+  return rc;
+}
