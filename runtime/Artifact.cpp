@@ -566,7 +566,9 @@ Manifest parseManifest(std::string_view text) {
                 std::string("missing (the ") + role + " program writes it)");
   };
   needOutputs("train_step", {"loss", "grad_norm", "lr"});
-  needOutputs("eval_step", {"eval_loss", "eval_count", "eval_correct"});
+  // eval_count and eval_correct exist when the loss is a cross-entropy;
+  // other losses report eval_loss alone (accuracy is then undefined).
+  needOutputs("eval_step", {"eval_loss"});
 
   if (const json::Value *train = doc.find("train")) {
     R::object(*train, "train");

@@ -323,17 +323,21 @@ EvalResult Trainer::evaluate() {
   if (opts_.evalBatches >= 0)
     batches = std::min(batches, opts_.evalBatches);
   double lossSum = 0, correct = 0;
+  bool counted = artifact_->manifest().output("eval_count").has_value();
+  bool hasAccuracy = artifact_->manifest().output("eval_correct").has_value();
   for (int64_t i = 0; i < batches; ++i) {
     loader_->evalBatch(i, arena_);
     callProgram(eval, "eval_step");
-    double count = readOutput("eval_count");
+    // Without counted rows (a non-classification loss) every batch weighs 1.
+    double count = counted ? readOutput("eval_count") : 1.0;
     lossSum += static_cast<double>(readOutput("eval_loss")) * count;
-    correct += readOutput("eval_correct");
+    if (hasAccuracy)
+      correct += readOutput("eval_correct");
     r.count += count;
   }
   if (r.count > 0) {
     r.loss = lossSum / r.count;
-    r.accuracy = correct / r.count;
+    r.accuracy = hasAccuracy ? correct / r.count : NAN;
   }
   return r;
 }
