@@ -341,9 +341,14 @@ public:
                            {tb.attr("ignore_index", attr("ignore_index"))}));
     } else if (k == "loom.mse") {
       int64_t n = TensorBuilder::st(x(0)).numElements();
-      Value d = tb.mul(tb.mul(tb.sub(x(0), x(1)),
-                              tb.scalarLike(2.0 / static_cast<double>(n), x(0))),
-                       g);
+      // The loss is f32; the operands may be bf16/f16/f64.
+      // The scale 2/n is formed in f32 (the loss's type) and cast once, so
+      // low-precision operands do not round the constant itself.
+      Type et = cast<RankedTensorType>(x(0).getType()).getElementType();
+      Value scale = tb.mul(g, tb.scalarLike(2.0 / static_cast<double>(n), g));
+      if (et != cast<RankedTensorType>(g.getType()).getElementType())
+        scale = tb.create1("loom.cast", {scale}, RankedTensorType::get({}, et));
+      Value d = tb.mul(tb.sub(x(0), x(1)), scale);
       acc(x(0), d);
       acc(x(1), tb.neg(d));
     } else {

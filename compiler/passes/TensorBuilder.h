@@ -14,6 +14,7 @@
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/Support/ErrorHandling.h"
 
 namespace loom {
 
@@ -62,7 +63,9 @@ public:
   mlir::Value binary(llvm::StringRef op, mlir::Value a, mlir::Value b) {
     std::string err;
     auto t = shape::broadcastBinary(st(a), st(b), err);
-    assert(t && "binary operands must broadcast");
+    if (!t) // A pass built mismatched operands: a compiler bug, not user error.
+      llvm::report_fatal_error(llvm::Twine("loom: internal error building ") +
+                               op + ": " + err);
     return create1(("loom." + op).str(), {a, b}, type(*t));
   }
   mlir::Value add(mlir::Value a, mlir::Value b) { return binary("add", a, b); }
@@ -119,7 +122,8 @@ public:
   mlir::Value transpose(mlir::Value x, llvm::ArrayRef<int64_t> perm) {
     std::string err;
     auto t = shape::transpose(st(x), perm, err);
-    assert(t && "bad permutation");
+    if (!t)
+      llvm::report_fatal_error(llvm::Twine("loom: internal error: ") + err);
     return create1("loom.transpose", {x}, type(*t),
                    {attr("permutation", b_.getDenseI64ArrayAttr(perm))});
   }
@@ -129,7 +133,8 @@ public:
       return x;
     std::string err;
     auto t = shape::reduce(st(x), dims, keepdim, err);
-    assert(t && "bad reduction");
+    if (!t)
+      llvm::report_fatal_error(llvm::Twine("loom: internal error: ") + err);
     return create1("loom.reduce_sum", {x}, type(*t),
                    {attr("dims", b_.getDenseI64ArrayAttr(dims)),
                     attr("keepdim", b_.getBoolAttr(keepdim))});
@@ -162,7 +167,8 @@ public:
     };
     std::string err;
     auto t = shape::matmul(swap(st(a), ta), swap(st(b), tb), err);
-    assert(t && "bad gemm");
+    if (!t)
+      llvm::report_fatal_error(llvm::Twine("loom: internal error: ") + err);
     return create1("train.gemm", {a, b}, type(*t),
                    {attr("transpose_a", b_.getBoolAttr(ta)),
                     attr("transpose_b", b_.getBoolAttr(tb))});

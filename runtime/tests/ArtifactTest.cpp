@@ -269,8 +269,8 @@ TEST(Artifact, ManifestFieldErrors) {
              "outputs.loss: offset 4096 + 4 bytes exceeds arena_bytes");
   EXPECT_HAS(manifestError("\"loss\": 4000, ", ""),
              "outputs.loss: missing (the train_step program writes it)");
-  EXPECT_HAS(manifestError("\"eval_count\": 4016, ", ""),
-             "outputs.eval_count: missing");
+  EXPECT_HAS(manifestError("\"eval_loss\": 4012, ", ""),
+             "outputs.eval_loss: missing");
   EXPECT_HAS(manifestError("[\"sse2\"]", "[\"sse2\", \"avx9000\"]"),
              "cpu_features[1]: unknown CPU feature 'avx9000'");
   EXPECT_HAS(manifestError("\"target\": \"cpu\"", "\"target\": \"tpu\""),
