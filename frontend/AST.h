@@ -42,6 +42,10 @@ struct Expr {
   std::vector<Arg> args;     ///< Call arguments
   std::vector<ExprPtr> elems; ///< List elements
 
+  /// Height of the tree under this node: flat chains (`a + b + ... + z`)
+  /// are as deep as they are long for every recursive walk.
+  unsigned depth = 1;
+
   Expr(Kind k, SourceLoc l) : kind(k), loc(l) {}
 };
 

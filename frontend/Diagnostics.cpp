@@ -36,6 +36,9 @@ std::string SourceFile::lineText(unsigned line) const {
 }
 
 void DiagnosticEngine::error(SourceLoc loc, std::string msg) {
+  skippingNotes_ = !seen_.insert({loc.file, loc.offset, msg}).second;
+  if (skippingNotes_)
+    return;
   if (numErrors_ >= kMaxErrors) {
     if (!dropping_)
       diags_.push_back({Severity::Note, SourceLoc{},
@@ -50,11 +53,12 @@ void DiagnosticEngine::error(SourceLoc loc, std::string msg) {
 }
 
 void DiagnosticEngine::warning(SourceLoc loc, std::string msg) {
+  skippingNotes_ = false;
   diags_.push_back({Severity::Warning, loc, std::move(msg)});
 }
 
 void DiagnosticEngine::note(SourceLoc loc, std::string msg) {
-  if (dropping_)
+  if (dropping_ || skippingNotes_)
     return;
   diags_.push_back({Severity::Note, loc, std::move(msg)});
 }

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 #include <memory>
+#include <set>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -86,6 +88,10 @@ public:
 private:
   std::vector<Diagnostic> diags_;
   std::vector<std::unique_ptr<SourceFile>> files_;
+  /// (file, offset, message) of every error so far: an error repeated by an
+  /// unrolled repeat or a layer instantiated many times is reported once.
+  std::set<std::tuple<const SourceFile *, size_t, std::string>> seen_;
+  bool skippingNotes_ = false;
   unsigned numErrors_ = 0;
   bool dropping_ = false;
 };

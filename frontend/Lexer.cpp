@@ -116,7 +116,15 @@ size_t utf8Length(const std::string &s, size_t i) {
   for (size_t k = 1; k < n; ++k)
     if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2)
       return 0;
+  unsigned char c1 = static_cast<unsigned char>(s[i + 1 < s.size() ? i + 1 : i]);
   if (n == 2 && c < 0xc2) // overlong
+    return 0;
+  if (n == 3 && ((c == 0xe0 && c1 < 0xa0) ||   // overlong
+                 (c == 0xed && c1 > 0x9f)))    // UTF-16 surrogates
+    return 0;
+  if (n == 4 && ((c == 0xf0 && c1 < 0x90) ||   // overlong
+                 (c == 0xf4 && c1 > 0x8f) ||   // above U+10FFFF
+                 c > 0xf4))
     return 0;
   return n;
 }

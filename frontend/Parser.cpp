@@ -142,16 +142,20 @@ private:
   /// current block.
   void syncStatement() {
     int depth = 0;
-    take();
+    bool first = true;
     while (!at(Tok::Eof)) {
       Tok k = cur().kind;
-      if (depth == 0 &&
+      // The block's own closing brace ends recovery without being consumed.
+      if (depth == 0 && k == Tok::RBrace)
+        return;
+      if (!first && depth == 0 &&
           (k == Tok::KwLet || k == Tok::KwInput || k == Tok::KwParam ||
            k == Tok::KwReturn || k == Tok::KwLoss || k == Tok::KwRepeat ||
            k == Tok::RBrace || k == Tok::KwFn || k == Tok::KwModel ||
            k == Tok::KwLayer || k == Tok::KwTrain ||
            (k == Tok::Ident && peek().kind == Tok::Equal)))
         return;
+      first = false;
       if (k == Tok::LBrace)
         ++depth;
       if (k == Tok::RBrace)
@@ -456,6 +460,28 @@ private:
     return expect(Tok::RBracket, "to close the shape");
   }
 
+  /// Sets a node's height from its children; false (with an error) when the
+  /// tree grows past kMaxExprDepth.
+  bool height(Expr &e) {
+    unsigned h = 0;
+    for (const Expr *c : {e.lhs.get(), e.rhs.get(), e.callee.get()})
+      if (c)
+        h = std::max(h, c->depth);
+    for (const Arg &a : e.args)
+      h = std::max(h, a.value->depth);
+    for (const ExprPtr &x : e.elems)
+      h = std::max(h, x->depth);
+    e.depth = h + 1;
+    if (e.depth <= kMaxExprDepth)
+      return true;
+    if (!tooDeep_)
+      diag_.error(e.loc, "expression is too long (more than " +
+                             std::to_string(kMaxExprDepth) +
+                             " levels of operators); split it with 'let'");
+    tooDeep_ = true;
+    return false;
+  }
+
   // Expressions.
   ExprPtr expr(unsigned depth = 0) {
     if (depth > kMaxNesting) {
@@ -470,7 +496,7 @@ private:
       take();
       e->lhs = std::move(lhs);
       e->rhs = product(depth);
-      if (!e->rhs)
+      if (!e->rhs || !height(*e))
         return nullptr;
       lhs = std::move(e);
     }
@@ -485,7 +511,7 @@ private:
       take();
       e->lhs = std::move(lhs);
       e->rhs = unary(depth);
-      if (!e->rhs)
+      if (!e->rhs || !height(*e))
         return nullptr;
       lhs = std::move(e);
     }
@@ -501,7 +527,7 @@ private:
       auto e = std::make_unique<Expr>(Expr::Neg, cur().loc);
       take();
       e->lhs = unary(depth + 1);
-      return e->lhs ? std::move(e) : nullptr;
+      return e->lhs && height(*e) ? std::move(e) : nullptr;
     }
     return postfix(depth);
   }
@@ -531,7 +557,7 @@ private:
           call->args.push_back(std::move(a));
         } while (accept(Tok::Comma));
       }
-      if (!expect(Tok::RParen, "to close the call"))
+      if (!expect(Tok::RParen, "to close the call") || !height(*call))
         return nullptr;
       e = std::move(call);
     }
@@ -587,7 +613,7 @@ private:
           e->elems.push_back(std::move(el));
         } while (accept(Tok::Comma));
       }
-      if (!expect(Tok::RBracket, "to close the list"))
+      if (!expect(Tok::RBracket, "to close the list") || !height(*e))
         return nullptr;
       return e;
     }
@@ -602,6 +628,7 @@ private:
   DiagnosticEngine &diag_;
   std::vector<Token> toks_;
   size_t pos_ = 0;
+  bool tooDeep_ = false;
 };
 
 } // namespace

@@ -9,6 +9,9 @@ namespace loom::frontend {
 /// Expression and block nesting deeper than this is an error, so that no
 /// input can overflow the parser's (or sema's) stack.
 constexpr unsigned kMaxNesting = 128;
+/// An expression tree higher than this (a very long operator chain) is an
+/// error too: every later walk of the tree recurses once per level.
+constexpr unsigned kMaxExprDepth = 1000;
 
 /// Parses a whole file. Always returns a module (possibly partial); errors
 /// are in `diag`.

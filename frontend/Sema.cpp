@@ -213,7 +213,11 @@ private:
     n.attrs = std::move(attrs);
     n.loc = loc;
     region_->nodes.push_back(std::move(n));
-    ++numNodes_;
+    if (++numNodes_ > kMaxNodes && !tooBig_) {
+      diag_.error(loc, "the model elaborates to more than " +
+                           std::to_string(kMaxNodes) + " ops");
+      tooBig_ = true;
+    }
     return id;
   }
   int constant(double v, DType t, SourceLoc loc) {
@@ -232,13 +236,8 @@ private:
       diag_.error(loc, named ? err : op + ": " + err);
       return std::nullopt;
     }
-    if (numNodes_ > kMaxNodes) {
-      if (!tooBig_)
-        diag_.error(loc, "the model elaborates to more than " +
-                             std::to_string(kMaxNodes) + " ops");
-      tooBig_ = true;
+    if (tooBig_)
       return std::nullopt;
-    }
     return Val::ofTensor(emit(op, std::move(operands), *r, std::move(attrs),
                               loc));
   }
@@ -1079,6 +1078,12 @@ std::optional<Val> Elaborator::instantiate(const LayerDecl &decl,
   auto ref = std::make_shared<LayerRef>();
   ref->decl = &decl;
   ref->loc = call.loc;
+  if (!ctx_) {
+    diag_.error(call.loc, "layer '" + decl.name +
+                              "' cannot be instantiated here; layers are "
+                              "applied in a model or layer body");
+    return std::nullopt;
+  }
   // Bind the layer's header arguments (compile-time numbers).
   std::map<std::string, Val> bound;
   size_t next = 0;

@@ -145,6 +145,11 @@ std::optional<Dims> broadcastDims(const Dims &a, const Dims &b,
     }
     out[i] = da == 1 ? db : da;
   }
+  if (!checkedElements(out)) {
+    error = "broadcasting " + str(a) + " and " + str(b) +
+            " gives more than 2^40 elements";
+    return std::nullopt;
+  }
   return out;
 }
 
@@ -180,6 +185,9 @@ Result matmul(const TensorType &a, const TensorType &b, std::string &error) {
   }
   batch->push_back(m);
   batch->push_back(n);
+  if (!checkedElements(*batch))
+    return fail(error, "matmul result " + str(*batch) +
+                           " has more than 2^40 elements");
   return TensorType{a.dtype, *batch};
 }
 
