@@ -64,8 +64,6 @@ LogicalResult build(train::StepOp step) {
            << precision << " is not supported by this build yet; use fp32";
   if (cfg.s("quantize", "none") != "none")
     return step.emitOpError("quantization is not supported by this build yet");
-  if (cfg.s("recompute", "none") != "none")
-    return step.emitOpError("recomputation is not supported by this build yet");
 
   OpBuilder b = OpBuilder::atBlockEnd(&body);
   TensorBuilder tb(b, step.getLoc());

@@ -834,6 +834,14 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
     manifest.append("memory", memory.getDictionary(&getContext()));
     if (auto cfg = programs.front().getConfigAttr())
       manifest.append("train", cfg);
+    for (auto p : programs)
+      if (auto layers = p->getAttrOfType<ArrayAttr>("loom.recomputed_layers")) {
+        NamedAttrList rc;
+        rc.append("layers", layers);
+        rc.append("freed_bytes", p->getAttr("loom.recompute_freed_bytes"));
+        rc.append("extra_flops", p->getAttr("loom.recompute_flops"));
+        manifest.append("recompute", rc.getDictionary(&getContext()));
+      }
     if (auto mesh = module.lookupSymbol<dist::MeshOp>("mesh"))
       manifest.append("mesh", mesh.getShapeAttr());
     module->setAttr("loom.manifest", manifest.getDictionary(&getContext()));

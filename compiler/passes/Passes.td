@@ -39,6 +39,18 @@ def Partition : Pass<"loom-partition", "mlir::ModuleOp"> {
   let dependentDialects = ["loom::dist::DistDialect"];
 }
 
+def Recompute : Pass<"loom-recompute", "mlir::ModuleOp"> {
+  let summary = "Recompute layer activations in the backward pass";
+  let description = [{
+    `recompute every = N` recomputes chunks of N consecutive layers from
+    their saved inputs right before their backward ops; `recompute budget =
+    SIZE` picks single layers, cheapest FLOPs per byte freed first, until
+    the estimated peak fits. Gradients are bitwise unchanged (same ops, same
+    inputs; dropout masks are keyed by op and step). The choice is recorded
+    as `loom.recomputed_layers` on each program.
+  }];
+}
+
 def FuseElementwise : Pass<"loom-fuse-elementwise", "mlir::ModuleOp"> {
   let summary = "Elementwise loom ops to linalg, chains fused into one loop nest";
   let description = [{

@@ -18,6 +18,7 @@ void loom::buildLoomToTrainPipeline(OpPassManager &pm) {
 
 void loom::buildTrainToDistPipeline(OpPassManager &pm) {
   pm.addPass(createPartition());
+  pm.addPass(createRecompute());
 }
 
 void loom::buildDistToExecPipeline(OpPassManager &pm) {

@@ -190,6 +190,19 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson) {
                        humanBytes(get("peak")).c_str());
     os << llvm::format("FLOPs per step (GEMM + attention, fwd+bwd): %.3g\n",
                        static_cast<double>(flops));
+    if (auto rc = manifest.getAs<mlir::DictionaryAttr>("recompute")) {
+      auto layers = rc.getAs<mlir::ArrayAttr>("layers");
+      os << "recompute: " << layers.size() << " layer(s) recomputed in the "
+         << "backward pass, freeing "
+         << humanBytes(rc.getAs<mlir::IntegerAttr>("freed_bytes").getInt())
+         << " of activations for "
+         << llvm::format("%.3g", static_cast<double>(
+                                     rc.getAs<mlir::IntegerAttr>("extra_flops").getInt()))
+         << " extra FLOPs per step:";
+      for (mlir::Attribute l : layers)
+        os << " " << mlir::cast<mlir::StringAttr>(l).getValue();
+      os << "\n";
+    }
     os << "communication per step: 0 bytes (one rank)\n";
   });
 }
