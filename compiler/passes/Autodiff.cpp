@@ -391,7 +391,10 @@ LogicalResult buildTrainStep(OpBuilder &top, ModelOp model) {
             {tb.attr("name", b.getStringAttr("loss"))});
 
   Backward bwd(b);
-  bwd.seed(fwd.loss, tb.scalar(1.0, b.getF32Type()));
+  // d loss / d loss = 1; loss scaling replaces this seed by the scale.
+  Value seed = tb.scalar(1.0, b.getF32Type());
+  seed.getDefiningOp()->setAttr("loom.loss_seed", b.getUnitAttr());
+  bwd.seed(fwd.loss, seed);
   for (const ForwardOp &f : llvm::reverse(fwd.ops))
     if (failed(bwd.vjp(f)))
       return failure();

@@ -55,9 +55,6 @@ LogicalResult build(train::StepOp step) {
     params[p.getName()] = p;
 
   std::string clip = cfg.s("clip", "none");
-  if (clip == "adaptive")
-    return step.emitOpError("clip adaptive(...) is not supported by this "
-                            "build yet; use clip global_norm(max = ...)");
   std::string precision = cfg.s("precision", "fp32");
   if (precision != "fp32")
     return step.emitOpError("precision ")
@@ -79,11 +76,31 @@ LogicalResult build(train::StepOp step) {
     gradValues.push_back(g.getValue());
   Value norm = tb.create1("train.global_norm", gradValues, f32);
   output("grad_norm", norm);
-  Value scale = clip == "global_norm"
-                    ? tb.create1("train.clip_coef", {norm}, f32,
-                                 {tb.attr("max", b.getF64FloatAttr(
-                                                     cfg.f("clip_max", 1.0)))})
-                    : tb.scalar(1.0, b.getF32Type());
+  Value scale;
+  if (clip == "global_norm") {
+    scale = tb.create1("train.clip_coef", {norm}, f32,
+                       {tb.attr("max", b.getF64FloatAttr(cfg.f("clip_max", 1.0)))});
+  } else if (clip == "adaptive") {
+    // The norm history is model state: checkpointed with the moments.
+    int64_t window = cfg.i("clip_window", 100);
+    auto histType = RankedTensorType::get({window}, b.getF32Type());
+    Value hist = tb.create1("train.state", {}, histType,
+                            {tb.attr("name", str("clip.history"))});
+    Value count = tb.create1("train.state", {}, i64,
+                             {tb.attr("name", str("clip.count"))});
+    Operation *ac = tb.create(
+        "train.adaptive_clip", {norm, hist, count}, {f32, histType, i64},
+        {tb.attr("window", b.getI64IntegerAttr(window)),
+         tb.attr("sigmas", b.getF64FloatAttr(cfg.f("clip_sigmas", 3.0))),
+         tb.attr("max", b.getF64FloatAttr(cfg.f("clip_max", 0.0)))});
+    tb.create("train.update", {ac->getResult(1)}, {},
+              {tb.attr("name", str("clip.history"))});
+    tb.create("train.update", {ac->getResult(2)}, {},
+              {tb.attr("name", str("clip.count"))});
+    scale = ac->getResult(0);
+  } else {
+    scale = tb.scalar(1.0, b.getF32Type());
+  }
   Value lr = tb.create1(
       "train.learning_rate", {}, f32,
       {tb.attr("lr", b.getF64FloatAttr(cfg.f("lr", 1e-3))),

@@ -66,9 +66,12 @@ LogicalResult convertProgram(ModuleOp module, exec::ProgramOp program) {
       loc, ptr, bb.create<arith::IndexCastOp>(loc, bb.getI64Type(), baseIndex));
   DenseMap<Value, int64_t> viewOffsets;
 
+  // Calls may sit inside scf.if (predicated updates): walk the whole body.
   SmallVector<Operation *> ops;
-  for (Operation &op : *entry)
-    ops.push_back(&op);
+  body.walk([&](Operation *op) {
+    if (isa<exec::ViewOp, exec::CallOp>(op))
+      ops.push_back(op);
+  });
   for (Operation *op : ops) {
     if (auto view = dyn_cast<exec::ViewOp>(op)) {
       OpBuilder vb(view);

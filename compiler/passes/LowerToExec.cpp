@@ -20,6 +20,7 @@
 
 #include "dialects/Loom/LoomOps.h"
 
+#include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/IRMapping.h"
 
 #include <map>
@@ -228,6 +229,10 @@ LogicalResult ProgramLowering::plan() {
       alias(op.getResult(1), op.getOperand(2));
     } else if (n == "train.increment") {
       alias(op.getResult(0), op.getOperand(0));
+    } else if (n == "train.adaptive_clip") {
+      newBuffer(op.getResult(0), index, category);
+      alias(op.getResult(1), op.getOperand(1));
+      alias(op.getResult(2), op.getOperand(2));
     } else if (n == "arith.constant") {
       // Scalars for fills; no buffer.
     } else {
@@ -673,20 +678,130 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
   }
   if (n == "train.increment") {
     Value v = loadScalar(b, op->getOperand(0));
-    b.create<memref::StoreOp>(loc, b.create<arith::AddIOp>(loc, v, i64(b, 1)),
-                              R(0), ValueRange{});
+    Value next = b.create<arith::AddIOp>(loc, v, i64(b, 1));
+    if (op->getNumOperands() > 1) {
+      Value skip = loadScalar(b, op->getOperand(1));
+      Value clean = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ,
+                                            skip, f32(b, 0.0));
+      next = b.create<arith::SelectOp>(loc, clean, next, v);
+    }
+    b.create<memref::StoreOp>(loc, next, R(0), ValueRange{});
+    return success();
+  }
+  // With a skip flag (loss scaling), an update runs only on clean steps.
+  auto applied = [&](unsigned skipIndex, auto body) {
+    if (op->getNumOperands() <= skipIndex) {
+      body(b);
+      return;
+    }
+    Value skip = loadScalar(b, op->getOperand(skipIndex));
+    Value clean = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, skip,
+                                          f32(b, 0.0));
+    auto ifOp = b.create<scf::IfOp>(loc, clean, /*withElseRegion=*/false);
+    OpBuilder ib = ifOp.getThenBodyBuilder();
+    body(ib);
+  };
+  if (n == "train.nonfinite") {
+    // x - x is 0 for finite x and NaN for inf or NaN.
+    Value x = loadScalar(b, op->getOperand(0));
+    Value d = b.create<arith::SubFOp>(loc, x, x);
+    Value bad = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::UNE, d,
+                                        f32(b, 0.0));
+    b.create<memref::StoreOp>(
+        loc, b.create<arith::SelectOp>(loc, bad, f32(b, 1.0), f32(b, 0.0)),
+        R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.loss_scale_value") {
+    Value s = loadScalar(b, op->getOperand(0));
+    Value unset = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, s,
+                                          f32(b, 0.0));
+    b.create<memref::StoreOp>(
+        loc, b.create<arith::SelectOp>(loc, unset, f32(b, fattr("init")), s),
+        R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.loss_scale_update") {
+    Value s = loadScalar(b, op->getOperand(0));
+    Value good = loadScalar(b, op->getOperand(1));
+    Value used = loadScalar(b, op->getOperand(2));
+    Value skip = loadScalar(b, op->getOperand(3));
+    Value newS = s, newGood = good, newUsed = used, under = f32(b, 0.0);
+    if (battr("dynamic")) {
+      auto iattr = [&](StringRef k) {
+        return cast<IntegerAttr>(op->getAttr(k)).getInt();
+      };
+      Value overflow = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::ONE,
+                                               skip, f32(b, 0.0));
+      // Overflow: clean count resets, hysteresis is spent; when none is
+      // left, back off (below `min`: stop the run, scale held at min).
+      Value spent = b.create<arith::MinSIOp>(
+          loc, b.create<arith::AddIOp>(loc, used, i64(b, 1)),
+          i64(b, iattr("hysteresis")));
+      Value backOff = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge,
+                                              spent, i64(b, iattr("hysteresis")));
+      Value backed = b.create<arith::MulFOp>(loc, s, f32(b, fattr("backoff")));
+      Value tooLow = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OLT,
+                                             backed, f32(b, fattr("min")));
+      Value floored = b.create<arith::SelectOp>(loc, tooLow, f32(b, fattr("min")),
+                                                backed);
+      Value sOverflow = b.create<arith::SelectOp>(loc, backOff, floored, s);
+      Value underOverflow = b.create<arith::SelectOp>(
+          loc, b.create<arith::AndIOp>(loc, backOff, tooLow), f32(b, 1.0),
+          f32(b, 0.0));
+      // Clean: count up; at `interval`, grow, reset, refill hysteresis.
+      Value next = b.create<arith::AddIOp>(loc, good, i64(b, 1));
+      Value grow = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::sge, next,
+                                           i64(b, iattr("interval")));
+      Value sClean = b.create<arith::SelectOp>(
+          loc, grow, b.create<arith::MulFOp>(loc, s, f32(b, fattr("growth"))), s);
+      Value goodClean = b.create<arith::SelectOp>(loc, grow, i64(b, 0), next);
+      Value usedClean = b.create<arith::SelectOp>(loc, grow, i64(b, 0), used);
+      newS = b.create<arith::SelectOp>(loc, overflow, sOverflow, sClean);
+      newGood = b.create<arith::SelectOp>(loc, overflow, i64(b, 0), goodClean);
+      newUsed = b.create<arith::SelectOp>(loc, overflow, spent, usedClean);
+      under = b.create<arith::SelectOp>(loc, overflow, underOverflow, f32(b, 0.0));
+    }
+    b.create<memref::StoreOp>(loc, newS, R(0), ValueRange{});
+    b.create<memref::StoreOp>(loc, newGood, R(1), ValueRange{});
+    b.create<memref::StoreOp>(loc, newUsed, R(2), ValueRange{});
+    b.create<memref::StoreOp>(loc, under, R(3), ValueRange{});
+    return success();
+  }
+  if (n == "train.adaptive_clip") {
+    Value record = i32(b, 1);
+    if (op->getNumOperands() > 3) {
+      Value skip = loadScalar(b, op->getOperand(3));
+      record = b.create<arith::ExtUIOp>(
+          loc, b.getI32Type(),
+          b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::OEQ, skip,
+                                  f32(b, 0.0)));
+    }
+    OperationState state(loc, "exec.call");
+    state.addAttribute("callee",
+                       FlatSymbolRefAttr::get(b.getContext(), "loom_adaptive_clip"));
+    state.addOperands({loadScalar(b, op->getOperand(0)), V(1),
+                       i64(b, cast<IntegerAttr>(op->getAttr("window")).getInt()),
+                       V(2), f32(b, fattr("sigmas")), f32(b, fattr("max")),
+                       record});
+    state.addTypes(b.getF32Type());
+    Value coef = b.create(state)->getResult(0);
+    b.create<memref::StoreOp>(loc, coef, R(0), ValueRange{});
     return success();
   }
   if (n == "train.adamw") {
+    applied(7, [&](OpBuilder &b) {
     call(b, loc, "loom_adamw",
          {i64(b, numel(op->getOperand(0))), V(0), V(1), V(2), V(3),
           loadScalar(b, op->getOperand(5)), f32(b, fattr("beta1")),
           f32(b, fattr("beta2")), f32(b, fattr("eps")),
           f32(b, fattr("weight_decay")), loadScalar(b, op->getOperand(6)),
           loadScalar(b, op->getOperand(4))});
+    });
     return success();
   }
   if (n == "train.sgd") {
+    applied(6, [&](OpBuilder &b) {
     Value t = loadScalar(b, op->getOperand(3));
     Value first = b.create<arith::ExtUIOp>(
         loc, b.getI32Type(),
@@ -696,6 +811,7 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
           loadScalar(b, op->getOperand(4)), f32(b, fattr("momentum")),
           i32(b, battr("nesterov")), f32(b, fattr("weight_decay")),
           loadScalar(b, op->getOperand(5)), first});
+    });
     return success();
   }
   return op->emitOpError("has no lowering to exec in this build");

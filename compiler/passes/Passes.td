@@ -28,6 +28,18 @@ def BuildTrainStep : Pass<"loom-build-train-step", "mlir::ModuleOp"> {
   }];
 }
 
+def LossScaling : Pass<"loom-loss-scaling", "mlir::ModuleOp"> {
+  let summary = "Compile static or dynamic loss scaling into the step";
+  let description = [{
+    Seeds the backward pass with the loss scale, reports the unscaled
+    gradient norm, checks it for overflow (one fused check), unscales
+    through the optimizers' grad_scale, predicates every update on the
+    check, and updates the scale as Megatron's DynamicGradScaler does
+    (SEMANTICS.md). Outputs `loss_scale`, `skipped`, `next_loss_scale`,
+    `loss_scale_underflow`.
+  }];
+}
+
 def Partition : Pass<"loom-partition", "mlir::ModuleOp"> {
   let summary = "Turn train steps into per-rank dist programs on the mesh";
   let description = [{
@@ -78,6 +90,7 @@ def LowerToExec : Pass<"loom-lower-to-exec", "mlir::ModuleOp"> {
   }];
   let dependentDialects = ["loom::exec::ExecDialect",
                            "mlir::memref::MemRefDialect",
+                           "mlir::scf::SCFDialect",
                            "mlir::LLVM::LLVMDialect"];
 }
 

@@ -13,6 +13,7 @@ using namespace mlir;
 void loom::buildLoomToTrainPipeline(OpPassManager &pm) {
   pm.addPass(createAutodiff());
   pm.addPass(createBuildTrainStep());
+  pm.addPass(createLossScaling());
   pm.addPass(createCSEPass());
 }
 

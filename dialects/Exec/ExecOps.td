@@ -43,7 +43,7 @@ def Exec_ViewOp : Exec_Op<"view", [Pure, HasParent<"ProgramOp">]> {
   let hasVerifier = 1;
 }
 
-def Exec_CallOp : Exec_Op<"call", [HasParent<"ProgramOp">]> {
+def Exec_CallOp : Exec_Op<"call", []> {
   let summary = "A call into the runtime's C ABI";
   let description = [{
     Calls `callee` (a function of runtime/abi/loom_abi.h) with the runtime

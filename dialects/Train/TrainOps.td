@@ -287,9 +287,13 @@ def Train_LearningRateOp : Train_Op<"learning_rate", [Pure]> {
 
 def Train_IncrementOp : Train_Op<"increment", [Pure]> {
   let summary = "A counter plus one (Adam's bias-correction count)";
-  let arguments = (ins Train_Counter:$counter);
+  let description = [{
+    With `skip` (a 0/1 f32 flag, 1 on a step whose gradients overflowed) the
+    counter is unchanged when the flag is set.
+  }];
+  let arguments = (ins Train_Counter:$counter, Optional<Train_Scalar>:$skip);
   let results = (outs Train_Counter:$result);
-  let assemblyFormat = "$counter attr-dict `:` type($counter) `->` type($result)";
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
 def Train_AdamWOp : Train_Op<"adamw", [Pure]> {
@@ -297,10 +301,74 @@ def Train_AdamWOp : Train_Op<"adamw", [Pure]> {
   let arguments = (ins Train_AnyTensor:$param, Train_AnyTensor:$grad,
                        Train_AnyTensor:$exp_avg, Train_AnyTensor:$exp_avg_sq,
                        Train_Counter:$count, Train_Scalar:$lr,
-                       Train_Scalar:$grad_scale, F64Attr:$beta1,
-                       F64Attr:$beta2, F64Attr:$eps, F64Attr:$weight_decay);
+                       Train_Scalar:$grad_scale, Optional<Train_Scalar>:$skip,
+                       F64Attr:$beta1, F64Attr:$beta2, F64Attr:$eps,
+                       F64Attr:$weight_decay);
   let results = (outs Train_AnyTensor:$new_param, Train_AnyTensor:$new_exp_avg,
                       Train_AnyTensor:$new_exp_avg_sq);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_NonFiniteOp : Train_Op<"nonfinite", [Pure]> {
+  let summary = "1.0 if a scalar is inf or NaN, else 0.0";
+  let description = [{
+    Applied to the global gradient norm, this is the one fused overflow check
+    of loss scaling: the sum of squares (accumulated in f64) is non-finite
+    exactly when some gradient element is inf or NaN.
+  }];
+  let arguments = (ins Train_Scalar:$value);
+  let results = (outs Train_Scalar:$result);
+  let assemblyFormat = "$value attr-dict `:` type($value) `->` type($result)";
+}
+
+def Train_LossScaleValueOp : Train_Op<"loss_scale_value", [Pure]> {
+  let summary = "The loss scale of this step from its stored state";
+  let description = [{
+    State starts zeroed, so a stored 0 means "not yet set": the scale is
+    `init` then, the stored value afterwards.
+  }];
+  let arguments = (ins Train_Scalar:$stored, F64Attr:$init);
+  let results = (outs Train_Scalar:$result);
+  let assemblyFormat = "$stored attr-dict `:` type($stored) `->` type($result)";
+}
+
+def Train_LossScaleUpdateOp : Train_Op<"loss_scale_update", [Pure]> {
+  let summary = "Megatron's DynamicGradScaler update (SEMANTICS.md)";
+  let description = [{
+    Operands: the scale this step used, the clean-step counter, the
+    hysteresis used (0 = full), and the skip flag of this step. Results: the
+    scale, counter and hysteresis for the next step, and 1.0 when a backoff
+    went below `min` (the run must stop; the scale stays at `min`). On an overflow the counter resets and the
+    hysteresis is spent; when it runs out the scale is multiplied by
+    `backoff`. After `interval` clean steps the scale is multiplied by
+    `growth`, the counter resets and the hysteresis refills. A static scale
+    (`dynamic` false) never changes.
+  }];
+  let arguments = (ins Train_Scalar:$scale, Train_Counter:$good_steps,
+                       Train_Counter:$hysteresis_used, Train_Scalar:$skip,
+                       F64Attr:$init, F64Attr:$growth, F64Attr:$backoff,
+                       I64Attr:$interval, I64Attr:$hysteresis, F64Attr:$min,
+                       BoolAttr:$dynamic);
+  let results = (outs Train_Scalar:$new_scale, Train_Counter:$new_good_steps,
+                      Train_Counter:$new_hysteresis_used,
+                      Train_Scalar:$underflow);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_AdaptiveClipOp : Train_Op<"adaptive_clip", [Pure]> {
+  let summary = "Adaptive clipping coefficient and history update";
+  let description = [{
+    SEMANTICS.md: threshold = mean + sigmas · std (population) of the pre-clip
+    global norms of the previous `window` applied steps; before `window`
+    such steps exist, the fixed bound `max` (0: none). The coefficient is
+    min(1, threshold / (norm + 1e-6)). The norm joins the history (a ring
+    buffer, with its count) only when the step is applied (`skip` is 0).
+  }];
+  let arguments = (ins Train_Scalar:$norm, Train_AnyTensor:$history,
+                       Train_Counter:$count, Optional<Train_Scalar>:$skip,
+                       I64Attr:$window, F64Attr:$sigmas, F64Attr:$max);
+  let results = (outs Train_Scalar:$coef, Train_AnyTensor:$new_history,
+                      Train_Counter:$new_count);
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
@@ -309,6 +377,7 @@ def Train_SgdOp : Train_Op<"sgd", [Pure]> {
   let arguments = (ins Train_AnyTensor:$param, Train_AnyTensor:$grad,
                        Train_AnyTensor:$momentum_buffer, Train_Counter:$count,
                        Train_Scalar:$lr, Train_Scalar:$grad_scale,
+                       Optional<Train_Scalar>:$skip,
                        F64Attr:$momentum, BoolAttr:$nesterov,
                        F64Attr:$weight_decay);
   let results = (outs Train_AnyTensor:$new_param,

@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 /** Bumped whenever a signature below changes; artifacts record it. */
-#define LOOM_ABI_VERSION 1
+#define LOOM_ABI_VERSION 2
 
 typedef struct loom_ctx loom_ctx;
 
@@ -154,6 +154,16 @@ void loom_sgd(loom_ctx *ctx, int64_t n, float *param, const float *grad,
               float weight_decay, float grad_scale, int32_t first);
 /** Sum of squares of x, accumulated in double, returned as double. */
 double loom_sum_squares(loom_ctx *ctx, int64_t n, const float *x);
+
+/** Adaptive clipping (SEMANTICS.md, since ABI 2). history is a ring of
+ *  `window` pre-clip norms, *count how many steps were recorded (it may
+ *  exceed window). Returns min(1, threshold / (norm + 1e-6)) with threshold =
+ *  mean + sigmas * std (population) of the last `window` norms once
+ *  *count >= window, else max_norm (<= 0: no bound, coefficient 1). When
+ *  `record` is non-zero the norm is then appended and *count incremented. */
+float loom_adaptive_clip(loom_ctx *ctx, float norm, float *history,
+                         int64_t window, int64_t *count, float sigmas,
+                         float max_norm, int32_t record);
 
 /* --- Entry points an artifact exports ------------------------------------- */
 /** A program: one call runs one training step (or one evaluation batch) on
