@@ -15,7 +15,7 @@ dist.program @train_step "train" on @mesh attributes {loom.model = "Tiny"} {
   %lr = train.learning_rate {decay = "none", lr = 0.1 : f64, min = 0.0 : f64, total = 0 : i64, warmup = 0 : i64} : tensor<f32>
   %one = loom.constant dense<1.0> : tensor<f32>
   %t = train.state "optimizer.step" : tensor<i64>
-  %t1 = train.increment %t : tensor<i64> -> tensor<i64>
+  %t1 = train.increment %t : (tensor<i64>) -> tensor<i64>
   train.update "optimizer.step", %t1 : tensor<i64>
   %buf = train.state "w.momentum_buffer" : tensor<16x16xf32>
   %p, %b2 = train.sgd %w, %g, %buf, %t1, %lr, %one {momentum = 0.9 : f64, nesterov = false, weight_decay = 0.0 : f64} : (tensor<16x16xf32>, tensor<16x16xf32>, tensor<16x16xf32>, tensor<i64>, tensor<f32>, tensor<f32>) -> (tensor<16x16xf32>, tensor<16x16xf32>)
