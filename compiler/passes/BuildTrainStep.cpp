@@ -55,10 +55,6 @@ LogicalResult build(train::StepOp step) {
     params[p.getName()] = p;
 
   std::string clip = cfg.s("clip", "none");
-  std::string precision = cfg.s("precision", "fp32");
-  if (precision != "fp32")
-    return step.emitOpError("precision ")
-           << precision << " is not supported by this build yet; use fp32";
   if (cfg.s("quantize", "none") != "none")
     return step.emitOpError("quantization is not supported by this build yet");
 

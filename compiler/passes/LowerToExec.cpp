@@ -350,11 +350,21 @@ LogicalResult ProgramLowering::lowerGemm(OpBuilder &b, Operation *op, bool ta,
                            "operands is not supported yet; broadcast_to one "
                            "operand first");
   }
-  call(b, loc, "loom_gemm",
-       {i64(b, batch), i32(b, ta), i32(b, tb), i64(b, M), i64(b, N),
-        i64(b, K), view(b, op->getOperand(0)), i64(b, sa),
-        view(b, op->getOperand(1)), i64(b, sb), view(b, op->getResult(0)),
-        i64(b, sc), f32(b, 1.0), f32(b, 0.0)});
+  Type et = ct.getElementType();
+  SmallVector<Value> args = {i64(b, batch), i32(b, ta), i32(b, tb), i64(b, M),
+                             i64(b, N), i64(b, K), view(b, op->getOperand(0)),
+                             i64(b, sa), view(b, op->getOperand(1)),
+                             i64(b, sb), view(b, op->getResult(0)),
+                             i64(b, sc)};
+  if (et.isF32()) {
+    args.append({f32(b, 1.0), f32(b, 0.0)});
+    call(b, loc, "loom_gemm", args);
+  } else if (et.isBF16() || et.isF16()) {
+    call(b, loc, et.isBF16() ? "loom_gemm_bf16" : "loom_gemm_f16", args);
+  } else {
+    return op->emitOpError("matmul on ")
+           << et << " has no kernel (f32, bf16 and f16 do)";
+  }
   return success();
 }
 

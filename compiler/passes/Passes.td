@@ -5,6 +5,15 @@
 
 include "mlir/Pass/PassBase.td"
 
+def MixedPrecision : Pass<"loom-mixed-precision", "mlir::ModuleOp"> {
+  let summary = "bf16/fp16 matmuls with fp32 accumulation and master weights";
+  let description = [{
+    With `precision bf16` or `fp16`: every fp32 matmul reads its operands
+    cast to the low type (one cast per value) and its result is cast back to
+    fp32; norms, softmax, attention, the loss and the optimizer stay fp32.
+  }];
+}
+
 def Autodiff : Pass<"loom-autodiff", "mlir::ModuleOp"> {
   let summary = "Lower each loom.model to its training and evaluation steps";
   let description = [{

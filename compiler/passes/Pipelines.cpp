@@ -3,6 +3,7 @@
 #include "compiler/passes/Passes.h"
 
 #include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
 #include "mlir/Dialect/Linalg/Passes.h"
 #include "mlir/Dialect/MemRef/Transforms/Passes.h"
 #include "mlir/Pass/PassManager.h"
@@ -11,6 +12,7 @@
 using namespace mlir;
 
 void loom::buildLoomToTrainPipeline(OpPassManager &pm) {
+  pm.addPass(createMixedPrecision());
   pm.addPass(createAutodiff());
   pm.addPass(createBuildTrainStep());
   pm.addPass(createLossScaling());
@@ -34,6 +36,15 @@ void loom::buildExecToLLVMPipeline(OpPassManager &pm) {
   pm.addPass(createLowerAffinePass());
   pm.addPass(createConvertSCFToCFPass());
   pm.addPass(createConvertMathToLLVMPass());
+  // bf16/f16 arithmetic is done in f32; bf16 conversions become integer ops
+  // (no compiler-rt helpers needed in the artifact).
+  arith::ArithEmulateUnsupportedFloatsOptions emulate;
+  static const std::string lowTypes[] = {"bf16", "f16"};
+  emulate.sourceTypeStrs = lowTypes;
+  pm.addPass(arith::createArithEmulateUnsupportedFloats(emulate));
+  arith::ArithExpandOpsPassOptions expand;
+  expand.includeBf16 = true;
+  pm.addPass(arith::createArithExpandOpsPass(expand));
   pm.addPass(memref::createExpandStridedMetadataPass());
   pm.addPass(createLowerAffinePass());
   pm.addPass(createFinalizeMemRefToLLVMConversionPass());

@@ -47,6 +47,18 @@ void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
                int64_t strideA, const float *B, int64_t strideB, float *C,
                int64_t strideC, float alpha, float beta);
 
+/** The same with bf16 (or IEEE f16) operands and result, stored as 16-bit
+ *  patterns: products accumulate in f32 and each output is rounded once to
+ *  nearest-even (since ABI 2; alpha = 1, beta = 0). */
+void loom_gemm_bf16(loom_ctx *ctx, int64_t batch, int32_t transA,
+                    int32_t transB, int64_t M, int64_t N, int64_t K,
+                    const uint16_t *A, int64_t strideA, const uint16_t *B,
+                    int64_t strideB, uint16_t *C, int64_t strideC);
+void loom_gemm_f16(loom_ctx *ctx, int64_t batch, int32_t transA,
+                   int32_t transB, int64_t M, int64_t N, int64_t K,
+                   const uint16_t *A, int64_t strideA, const uint16_t *B,
+                   int64_t strideB, uint16_t *C, int64_t strideC);
+
 /* --- Normalisation and softmax (over the last dimension, `cols`) --------- */
 void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
                          const float *x, const float *gain, const float *bias,
