@@ -8,6 +8,7 @@
 
 #include "compiler/codegen/Codegen.h"
 #include "compiler/passes/Passes.h"
+#include "dialects/Loom/LoomOps.h"
 #include "compiler/registration/Registration.h"
 #include "frontend/AST.h"
 #include "frontend/Graph.h"
@@ -158,7 +159,8 @@ std::string humanBytes(int64_t b) {
 }
 
 /// `--report`: the memory plan by category and the FLOPs of one step.
-bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson) {
+bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
+                 int64_t fp32Peak) {
   auto manifest = module->getAttrOfType<mlir::DictionaryAttr>("loom.manifest");
   auto memory = manifest.getAs<mlir::DictionaryAttr>("memory");
   auto get = [&](llvm::StringRef k) {
@@ -176,7 +178,10 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson) {
       for (size_t i = 0; i < std::size(keys); ++i)
         os << (i ? ", " : "") << "\"" << keys[i] << "\": " << get(keys[i]);
       os << "}, \"flops_per_step\": " << flops
-         << ", \"comm_bytes_per_step\": 0}]}\n";
+         << ", \"comm_bytes_per_step\": 0";
+      if (fp32Peak >= 0)
+        os << ", \"fp32_peak\": " << fp32Peak;
+      os << "}]}\n";
       return;
     }
     os << "model " << model << ", mesh 1x1x1 (1 rank)\n";
@@ -188,6 +193,12 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson) {
     os << llvm::format("  %-12s %12lld  (%s)  arena size\n", (const char *)"peak",
                        static_cast<long long>(get("peak")),
                        humanBytes(get("peak")).c_str());
+    if (fp32Peak > 0)
+      os << llvm::format("mixed precision: peak %s against %s in fp32 "
+                         "(%.1f%% less)\n",
+                         humanBytes(get("peak")).c_str(),
+                         humanBytes(fp32Peak).c_str(),
+                         100.0 * (1.0 - double(get("peak")) / double(fp32Peak)));
     os << llvm::format("FLOPs per step (GEMM + attention, fwd+bwd): %.3g\n",
                        static_cast<double>(flops));
     if (auto rc = manifest.getAs<mlir::DictionaryAttr>("recompute")) {
@@ -388,6 +399,32 @@ int main(int argc, char **argv) {
     build(pm);
     return succeeded(pm.run(*ir));
   };
+  // For --report of a bf16/fp16 model: the same model's fp32 plan, to show
+  // what mixed precision saves.
+  int64_t fp32Peak = -1;
+  if (report.getNumOccurrences()) {
+    for (auto model : ir->getOps<loom::ModelOp>()) {
+      auto cfg = model.getConfigAttr();
+      auto prec = cfg ? cfg.getAs<mlir::StringAttr>("precision") : nullptr;
+      if (!prec || prec.getValue() == "fp32")
+        continue;
+      mlir::OwningOpRef<mlir::ModuleOp> twin = ir->clone();
+      for (auto m : twin->getOps<loom::ModelOp>()) {
+        mlir::NamedAttrList c(m.getConfigAttr());
+        c.set("precision", mlir::StringAttr::get(&context, "fp32"));
+        m.setConfigAttr(c.getDictionary(&context));
+      }
+      mlir::PassManager pm(&context);
+      loom::buildLoomToTrainPipeline(pm);
+      loom::buildTrainToDistPipeline(pm);
+      loom::buildDistToExecPipeline(pm);
+      if (succeeded(pm.run(*twin)))
+        if (auto man = (*twin)->getAttrOfType<mlir::DictionaryAttr>("loom.manifest"))
+          fp32Peak = man.getAs<mlir::DictionaryAttr>("memory")
+                         .getAs<mlir::IntegerAttr>("peak")
+                         .getInt();
+    }
+  }
   if (!stage(loom::buildLoomToTrainPipeline))
     return 1;
   uint64_t flops = countFlops(*ir);
@@ -400,7 +437,7 @@ int main(int argc, char **argv) {
   if (!stage(loom::buildDistToExecPipeline))
     return 1;
   if (report.getNumOccurrences())
-    return printReport(*ir, flops, report == "json") ? 0 : 1;
+    return printReport(*ir, flops, report == "json", fp32Peak) ? 0 : 1;
   if (emit == Emit::Exec)
     return print();
   if (target == "cuda")
