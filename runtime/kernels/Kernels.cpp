@@ -10,6 +10,8 @@
 #include "runtime/Context.h"
 #include "runtime/abi/loom_abi.h"
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #if LOOM_HAVE_DNNL
@@ -38,6 +40,117 @@ void useContextThreads(loom_ctx *ctx) {
 void report(loom_ctx *ctx, const char *op, const std::string &problem) {
   if (!problem.empty())
     loom_error(ctx, op, problem.c_str());
+}
+
+//===----------------------------------------------------------------------===//
+// Attention heads, compiled for the CPU's vector ISA
+//===----------------------------------------------------------------------===//
+//
+// The per-head attention functions of Kernels.h, instantiated for float with
+// the portable SIMD shape and, on x86-64, for AVX2+FMA and AVX-512; the CPU
+// picks one at the first call (LOOM_ATTENTION_ISA=portable|avx2|avx512 asks
+// for one the CPU supports, for benchmarks). The helpers are forced inline,
+// so each wrapper compiles them for its ISA. Results are the same for any
+// thread count on one CPU; the portable build (no FMA contraction) differs
+// from the AVX ones in the last bits.
+
+using AttentionProblemF = kn::detail::AttentionProblem<float>;
+
+struct AttentionHeadsF {
+  kn::detail::AttentionForwardHead<float> forward;
+  kn::detail::AttentionBackwardHead<float> backward;
+};
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#define LOOM_ATTENTION_X86 1
+#define LOOM_AVX2 __attribute__((target("avx2,fma")))
+#define LOOM_AVX512                                                            \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+
+/// SmallGemm's counterpart for one ISA: the same smallGemm, with the
+/// shape that suits the ISA's registers, compiled for it.
+#define LOOM_SMALL_GEMM(Name, Target, Simd)                                    \
+  struct Name {                                                                \
+    Target __attribute__((noinline)) static void                               \
+    nn(int64_t M, int64_t N, int64_t kDim, const float *A, int64_t lda,        \
+       const float *B, int64_t ldb, float *C, int64_t ldc, float alpha) {      \
+      kn::detail::smallGemm<float, Simd, false, false>(M, N, kDim, A, lda, B,  \
+                                                       ldb, C, ldc, alpha);    \
+    }                                                                          \
+    Target __attribute__((noinline)) static void                               \
+    nnAdd(int64_t M, int64_t N, int64_t kDim, const float *A, int64_t lda,     \
+          const float *B, int64_t ldb, float *C, int64_t ldc) {                \
+      kn::detail::smallGemm<float, Simd, false, true>(M, N, kDim, A, lda, B,   \
+                                                      ldb, C, ldc, 1.0f);      \
+    }                                                                          \
+    Target __attribute__((noinline)) static void                               \
+    tn(int64_t M, int64_t N, int64_t kDim, const float *A, int64_t lda,        \
+       const float *B, int64_t ldb, float *C, int64_t ldc, float alpha) {      \
+      kn::detail::smallGemm<float, Simd, true, false>(M, N, kDim, A, lda, B,   \
+                                                      ldb, C, ldc, alpha);     \
+    }                                                                          \
+  };
+
+// Register tiles: 6 x 16 floats in 12 of AVX2's 16 registers, 8 x 32 in 16
+// of AVX-512's 32 (measured best of the shapes tried on these sizes).
+using Avx2Simd = kn::detail::SimdShape<32, 2, 6>;
+using Avx512Simd = kn::detail::SimdShape<64, 2, 8>;
+LOOM_SMALL_GEMM(Avx2Gemm, LOOM_AVX2, Avx2Simd)
+LOOM_SMALL_GEMM(Avx512Gemm, LOOM_AVX512, Avx512Simd)
+
+LOOM_AVX2 void forwardHeadAvx2(const AttentionProblemF &p, int64_t bh,
+                               float *scratch) {
+  kn::detail::attentionHeadForward<float, Avx2Gemm>(p, bh, scratch);
+}
+LOOM_AVX2 void backwardHeadAvx2(const AttentionProblemF &p, int64_t bh,
+                                float *scratch, double *scratchDouble) {
+  kn::detail::attentionHeadBackward<float, Avx2Gemm>(p, bh, scratch,
+                                                     scratchDouble);
+}
+LOOM_AVX512 void forwardHeadAvx512(const AttentionProblemF &p, int64_t bh,
+                                   float *scratch) {
+  kn::detail::attentionHeadForward<float, Avx512Gemm>(p, bh, scratch);
+}
+LOOM_AVX512 void backwardHeadAvx512(const AttentionProblemF &p, int64_t bh,
+                                    float *scratch, double *scratchDouble) {
+  kn::detail::attentionHeadBackward<float, Avx512Gemm>(p, bh, scratch,
+                                                       scratchDouble);
+}
+#endif
+
+AttentionHeadsF pickAttentionHeads() {
+  using Portable = kn::detail::AttentionHeads<
+      float, kn::detail::SmallGemm<float, kn::detail::PortableSimd>>;
+  const AttentionHeadsF portable = {&Portable::forward, &Portable::backward};
+#ifdef LOOM_ATTENTION_X86
+  __builtin_cpu_init();
+  const bool avx2 =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                      __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq");
+  const AttentionHeadsF avx2Heads = {&forwardHeadAvx2, &backwardHeadAvx2};
+  const AttentionHeadsF avx512Heads = {&forwardHeadAvx512, &backwardHeadAvx512};
+  if (const char *wanted = std::getenv("LOOM_ATTENTION_ISA")) {
+    if (std::strcmp(wanted, "portable") == 0)
+      return portable;
+    if (std::strcmp(wanted, "avx2") == 0 && avx2)
+      return avx2Heads;
+    if (std::strcmp(wanted, "avx512") == 0 && avx512)
+      return avx512Heads;
+  }
+  if (avx512)
+    return avx512Heads;
+  if (avx2)
+    return avx2Heads;
+#endif
+  return portable;
+}
+
+const AttentionHeadsF &attentionHeads() {
+  static const AttentionHeadsF heads = pickAttentionHeads();
+  return heads;
 }
 
 /// A dropout rate outside [0, 1] is an error.
@@ -203,8 +316,10 @@ void loom_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
                         const float *q, const float *k, const float *v,
                         float *out, float *lse) {
   useContextThreads(ctx);
-  kn::attentionForward<float>(B, H, Tq, Tk, D, Dv, causal != 0, q, k, v, out,
-                              lse);
+  auto p = kn::detail::attentionProblem<float>(B, H, Tq, Tk, D, Dv, causal != 0,
+                                               q, k, v);
+  p.out = out, p.lse = lse;
+  kn::detail::attentionForwardWith(p, attentionHeads().forward);
 }
 
 void loom_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
@@ -213,8 +328,11 @@ void loom_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t Tq,
                         const float *out, const float *lse, const float *dout,
                         float *dq, float *dk, float *dv) {
   useContextThreads(ctx);
-  kn::attentionBackward<float>(B, H, Tq, Tk, D, Dv, causal != 0, q, k, v, out,
-                               lse, dout, dq, dk, dv);
+  auto p = kn::detail::attentionProblem<float>(B, H, Tq, Tk, D, Dv, causal != 0,
+                                               q, k, v);
+  p.savedOut = out, p.savedLse = lse;
+  p.dout = dout, p.dq = dq, p.dk = dk, p.dv = dv;
+  kn::detail::attentionBackwardWith(p, attentionHeads().backward);
 }
 
 void loom_gated_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
@@ -224,8 +342,11 @@ void loom_gated_attention_fwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
                               float *out, float *lse, float *gate,
                               float *attn) {
   useContextThreads(ctx);
-  kn::gatedAttentionForward<float>(B, H, T, D, Dv, causal != 0, threshold, q, k,
-                                   v, wg, bg, out, lse, gate, attn);
+  auto p = kn::detail::gatedAttentionProblem<float>(B, H, T, D, Dv, causal != 0,
+                                                    threshold, q, k, v, wg, bg);
+  p.out = attn, p.lse = lse, p.gate = gate, p.gateOut = gate;
+  p.gatedOut = out;
+  kn::detail::attentionForwardWith(p, attentionHeads().forward);
 }
 
 void loom_gated_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
@@ -237,9 +358,11 @@ void loom_gated_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
                               const float *attn, const float *dout, float *dq,
                               float *dk, float *dv, float *dwg, float *dbg) {
   useContextThreads(ctx);
-  kn::gatedAttentionBackward<float>(B, H, T, D, Dv, causal != 0, threshold, q,
-                                    k, v, wg, lse, gate, attn, dout, dq, dk, dv,
-                                    dwg, dbg);
+  auto p = kn::detail::gatedAttentionProblem<float>(
+      B, H, T, D, Dv, causal != 0, threshold, q, k, v, wg, nullptr);
+  p.savedOut = attn, p.savedLse = lse, p.gate = gate;
+  p.dout = dout, p.dq = dq, p.dk = dk, p.dv = dv;
+  kn::detail::attentionBackwardWith(p, attentionHeads().backward, dwg, dbg);
 }
 
 //===----------------------------------------------------------------------===//

@@ -17,10 +17,15 @@
 
 using namespace loom::runtime;
 
+// The manifests follow the runtime's ABI version.
+#define LOOM_TEST_STR2(x) #x
+#define LOOM_TEST_STR(x) LOOM_TEST_STR2(x)
+
 namespace {
 
 const char *kManifest = R"({
-  "format": "loomx", "format_version": 1, "abi_version": 1,
+  "format": "loomx", "format_version": 1, "abi_version": )" LOOM_TEST_STR(
+    LOOM_ABI_VERSION) R"(,
   "model": "Mlp", "source": "samples/mlp.loom", "target": "cpu",
   "cpu_features": ["sse2"],
   "mesh": {"dp": 1, "tp": 1, "pp": 1},
@@ -67,7 +72,7 @@ image(const std::string &manifest,
   std::vector<unsigned char> out = std::move(elf);
   Trailer t;
   t.formatVersion = 1;
-  t.abiVersion = 1;
+  t.abiVersion = LOOM_ABI_VERSION;
   t.elfSize = out.size();
   t.manifestOffset = out.size();
   t.manifestSize = manifest.size();

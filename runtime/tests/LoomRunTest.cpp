@@ -6,23 +6,32 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/Artifact.h"
+#include "runtime/Checkpoint.h"
 #include "runtime/Dataset.h"
 #include "runtime/Hash.h"
 #include "runtime/Json.h"
+#include "runtime/Safetensors.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <fstream>
+#include <ftw.h>
 #include <random>
 #include <sstream>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 using namespace loom::runtime;
 namespace json = loom::json;
+
+// The manifests follow the runtime's ABI version.
+#define LOOM_TEST_STR2(x) #x
+#define LOOM_TEST_STR(x) LOOM_TEST_STR2(x)
 
 namespace {
 
@@ -57,18 +66,31 @@ std::string tmp(const std::string &name) {
   return path;
 }
 
+/// Removes a file, or a folder with everything in it.
+void removeTree(const std::string &path) {
+  nftw(
+      path.c_str(),
+      [](const char *p, const struct stat *, int, struct FTW *) {
+        ::remove(p);
+        return 0;
+      },
+      16, FTW_DEPTH | FTW_PHYS);
+}
+
 class RemoveCreatedFiles : public testing::Environment {
 public:
   void TearDown() override {
+    // Folders too (checkpoint tests), even when a test stopped early.
     for (const std::string &f : createdFiles())
-      unlink(f.c_str());
+      removeTree(f);
   }
 };
 testing::Environment *const kCleanup =
     testing::AddGlobalTestEnvironment(new RemoveCreatedFiles);
 
 const char *kSoftmaxManifest = R"({
-  "format": "loomx", "format_version": 1, "abi_version": 1,
+  "format": "loomx", "format_version": 1, "abi_version": )" LOOM_TEST_STR(
+    LOOM_ABI_VERSION) R"(,
   "model": "TestSoftmax", "source": "runtime/tests/TestModel.c", "target": "cpu",
   "cpu_features": ["sse2"],
   "mesh": {"dp": 1, "tp": 1, "pp": 1},
@@ -90,7 +112,8 @@ const char *kSoftmaxManifest = R"({
 })";
 
 const char *kBigramManifest = R"({
-  "format": "loomx", "format_version": 1, "abi_version": 1,
+  "format": "loomx", "format_version": 1, "abi_version": )" LOOM_TEST_STR(
+    LOOM_ABI_VERSION) R"(,
   "model": "TestBigram", "target": "cpu", "cpu_features": [],
   "mesh": {"dp": 1, "tp": 1, "pp": 1},
   "arena_bytes": 263296,
@@ -123,7 +146,7 @@ std::string pack(const std::string &name, const std::string &manifest) {
   std::string img = elf + manifest;
   Trailer t;
   t.formatVersion = 1;
-  t.abiVersion = 1;
+  t.abiVersion = LOOM_ABI_VERSION;
   t.elfSize = elf.size();
   t.manifestOffset = elf.size();
   t.manifestSize = manifest.size();
@@ -320,9 +343,20 @@ TEST_F(LoomRun, UsageErrorsExitTwo) {
   r = loomRun("");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "no artifact given");
-  r = loomRun(*artifact_ + " --resume");
+  r = loomRun(*artifact_ + " --trace=t.json");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "not implemented in this runtime yet");
+  r = loomRun(*artifact_ + " --resume");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "loom-run: error: --resume needs --ckpt-dir=DIR (where the "
+                   "checkpoints are)\n");
+  r = loomRun(*artifact_ + " --ckpt-every=5");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_HAS(r.err, "--ckpt-every needs --ckpt-dir");
+  r = loomRun(*artifact_ + " --ckpt-dir=x --ckpt-keep=-1");
+  EXPECT_EQ(r.status, 2);
+  r = loomRun(*artifact_ + " --save=");
+  EXPECT_EQ(r.status, 2);
   r = loomRun(*artifact_ + " --describe=yes");
   EXPECT_EQ(r.status, 2);
   r = loomRun("--help");
@@ -330,7 +364,8 @@ TEST_F(LoomRun, UsageErrorsExitTwo) {
   EXPECT_HAS(r.out, "usage: loom-run ARTIFACT.loomx");
   r = loomRun("--version");
   EXPECT_EQ(r.status, 0);
-  EXPECT_HAS(r.out, "artifact format 1, ABI 1");
+  EXPECT_HAS(r.out,
+             "artifact format 1, ABI " + std::to_string(LOOM_ABI_VERSION));
 }
 
 TEST_F(LoomRun, KernelErrorsNameRankStepOpAndCause) {
@@ -435,6 +470,180 @@ TEST_F(LoomRun, WorldSizeMustMatchTheMesh) {
   EXPECT_HAS(readFile(out), "loom-run: 2 steps, final loss");
 }
 #endif
+
+//===----------------------------------------------------------------------===//
+// Weights and checkpoints
+//===----------------------------------------------------------------------===//
+
+/// A fresh folder, removed with its contents when the tests end.
+std::string tmpDir(const std::string &name) {
+  std::string path = tmp(name);
+  mkdir(path.c_str(), 0755);
+  return path;
+}
+
+TEST_F(LoomRun, SaveThenInitFromIsBitwise) {
+  std::string a = tmp("init.safetensors"), b = tmp("again.safetensors");
+  RunResult r = loomRun(*artifact_ + " --steps=0 --save=" + a);
+  ASSERT_EQ(r.status, 0) << r.err;
+  // The initial weights, by manifest name, [in, out].
+  safetensors::Header h = safetensors::validateBytes(
+      reinterpret_cast<const unsigned char *>(readFile(a).data()),
+      readFile(a).size(), true);
+  ASSERT_EQ(h.tensors.size(), 2u);
+  EXPECT_EQ(h.find("w")->shape, (std::vector<int64_t>{64, 10}));
+  EXPECT_EQ(*h.meta("model"), "TestSoftmax");
+  EXPECT_EQ(*h.meta("step"), "0");
+  r = loomRun(*artifact_ + " --steps=0 --seed=7 --init-from=" + a +
+              " --save=" + b);
+  ASSERT_EQ(r.status, 0) << r.err;
+  // Same tensors; only the seed in the metadata differs.
+  std::string x = readFile(a), y = readFile(b);
+  ASSERT_EQ(x.size(), y.size());
+  EXPECT_EQ(x.substr(x.size() - 2600), y.substr(y.size() - 2600));
+  // Training from loaded weights equals training from the initialisation.
+  std::string m1 = tmp("init1.jsonl"), m2 = tmp("init2.jsonl");
+  ASSERT_EQ(loomRun(*artifact_ + " --steps=3 --metrics=" + m1).status, 0);
+  ASSERT_EQ(
+      loomRun(*artifact_ + " --steps=3 --init-from=" + b + " --metrics=" + m2)
+          .status,
+      0);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(metricsOf(m1)[i].find("loss")->asDouble(),
+              metricsOf(m2)[i].find("loss")->asDouble());
+}
+
+TEST_F(LoomRun, InitFromNamesTheFileAndTheTensor) {
+  std::vector<float> wT(10 * 64, 0.0f), bias(10, 0.0f);
+  std::string bad = tmp("transposed.safetensors");
+  safetensors::write(bad, {{"w", safetensors::DType::F32, {10, 64}, wT.data()},
+                           {"b", safetensors::DType::F32, {10}, bias.data()}});
+  RunResult r = loomRun(*artifact_ + " --steps=1 --init-from=" + bad);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "loom-run: error: " + bad +
+                       ": tensor 'w' has shape [10, 64], the model needs "
+                       "[64, 10]\n");
+  EXPECT_EQ(r.out.find("step 1"), std::string::npos) << "trained anyway";
+  r = loomRun(*artifact_ + " --steps=1 --init-from=" + bad + ".missing");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, ".missing: cannot open: No such file or directory");
+  std::string dir = tmpDir("nosave");
+  r = loomRun(*artifact_ + " --steps=1 --save=" + dir +
+              "/no/such/folder/w.safetensors");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "cannot write --save file");
+  EXPECT_EQ(r.out, "") << "the error comes before any work";
+  removeTree(dir);
+}
+
+TEST_F(LoomRun, ResumeContinuesBitwise) {
+  std::string dir = tmpDir("ckpt");
+  std::string ckpt = dir + "/run";
+  std::string a = tmp("straight.safetensors"), b = tmp("resumed.safetensors");
+  std::string metrics = tmp("resume.jsonl");
+  // The test model checks that loom_step continues its own step counter (an
+  // i64 state tensor): a resumed run must restore both.
+  RunResult r =
+      loomRun(*artifact_ + " --steps=40 --seed=3 --threads=1 --save=" + a);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = loomRun(*artifact_ + " --steps=15 --seed=3 --threads=1 --ckpt-dir=" +
+              ckpt + " --ckpt-every=4 --metrics=" + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "loom-run: checkpoint " + ckpt + "/step-000004");
+  EXPECT_HAS(r.out, "loom-run: checkpoint " + ckpt + "/step-000015");
+  // Without --seed the checkpoint's seed is used.
+  r = loomRun(*artifact_ + " --steps=40 --threads=1 --ckpt-dir=" + ckpt +
+              " --resume --save=" + b + " --metrics=" + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_HAS(r.out, "loom-run: resuming from " + ckpt +
+                        "/step-000015 (step 15 of 40)");
+  EXPECT_EQ(readFile(a), readFile(b));
+  // The metrics continue in the same file: steps 1..40 once each.
+  std::vector<json::Value> m = metricsOf(metrics);
+  ASSERT_EQ(m.size(), 40u);
+  for (size_t i = 0; i < m.size(); ++i)
+    EXPECT_EQ(m[i].find("step")->asInt(), int64_t(i + 1));
+  // --ckpt-keep's default, 3; the resumed run (no --ckpt-every) wrote only
+  // the final one.
+  std::vector<int64_t> steps;
+  for (const auto &[step, path] : listCheckpoints(ckpt))
+    steps.push_back(step);
+  EXPECT_EQ(steps, (std::vector<int64_t>{40, 15, 12}));
+  // Another seed than the checkpoint's is refused; so is a fresh run into
+  // a folder of checkpoints, and a target already passed.
+  r = loomRun(*artifact_ + " --steps=50 --seed=4 --ckpt-dir=" + ckpt +
+              " --resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err,
+             "was written by a run with --seed=3, this run has --seed=4");
+  r = loomRun(*artifact_ + " --steps=50 --ckpt-dir=" + ckpt);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "already holds checkpoints");
+  r = loomRun(*artifact_ + " --steps=20 --ckpt-dir=" + ckpt + " --resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "is at step 40, past --steps=20");
+  // Another model's checkpoints.
+  std::string bigram = pack("ckptbigram", kBigramManifest);
+  r = loomRun(bigram + " --data=" + text("ckpttext", 4000) +
+              " --steps=50 --ckpt-dir=" + ckpt + " --resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "loom-run: error: " + ckpt +
+                       "/step-000040: a checkpoint of model 'TestSoftmax', "
+                       "this artifact is model 'TestBigram'; use another "
+                       "--ckpt-dir\n");
+  // No checkpoint yet: start fresh, and say so.
+  std::string fresh = dir + "/fresh";
+  r = loomRun(*artifact_ + " --steps=2 --ckpt-dir=" + fresh + " --resume");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.err, "loom-run: note: no checkpoint to resume in " + fresh +
+                       "; starting from step 0\n");
+  // A folder that cannot be made.
+  r = loomRun(*artifact_ + " --steps=2 --ckpt-dir=/proc/x");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_EQ(r.err, "loom-run: error: cannot create the checkpoint folder "
+                   "/proc/x: No such file or directory\n");
+  EXPECT_EQ(r.out, "");
+  removeTree(dir);
+}
+
+TEST_F(LoomRun, SigtermWritesACheckpointAndResumes) {
+  std::string dir = tmpDir("sigterm");
+  std::string ckpt = dir + "/ckpt", metrics = dir + "/m.jsonl";
+  std::string out = dir + "/out", err = dir + "/err";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    freopen(out.c_str(), "w", stdout);
+    freopen(err.c_str(), "w", stderr);
+    std::string a1 = "--steps=100000000", a2 = "--ckpt-dir=" + ckpt,
+                a3 = "--metrics=" + metrics;
+    execl(LOOM_RUN_PATH, LOOM_RUN_PATH, artifact_->c_str(), a1.c_str(),
+          a2.c_str(), a3.c_str(), "--threads=1", static_cast<char *>(nullptr));
+    _exit(127);
+  }
+  // Wait for a few steps, then stop it as a cluster's scheduler would.
+  for (int i = 0; i < 3000 && metricsOf(metrics).size() < 5; ++i)
+    usleep(10000);
+  ASSERT_GE(metricsOf(metrics).size(), 5u);
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  EXPECT_HAS(readFile(out), "(stopped by SIGTERM after step ");
+  std::vector<std::pair<int64_t, std::string>> found = listCheckpoints(ckpt);
+  ASSERT_EQ(found.size(), 1u);
+  int64_t step = found[0].first;
+  EXPECT_EQ(int64_t(metricsOf(metrics).size()), step);
+  RunResult r =
+      loomRun(*artifact_ + " --threads=1 --steps=" + std::to_string(step + 3) +
+              " --ckpt-dir=" + ckpt + " --resume --metrics=" + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "resuming from " + found[0].second);
+  EXPECT_EQ(int64_t(metricsOf(metrics).size()), step + 3);
+  removeTree(dir);
+}
 
 TEST(LoomRunStream, TrainsABigramModelOnATokenStream) {
   std::string data = text("text", 20000);

@@ -21,7 +21,8 @@ llvm_config.use_default_substitutions()
 tool_dirs = [config.loom_tools_dir, config.llvm_tools_dir]
 llvm_config.add_tool_substitutions(["loomc", "loom-opt", "loom-run", "FileCheck", "not", "count", "split-file"], tool_dirs)
 config.substitutions.append(("%data", os.path.join(config.loom_src_root, "samples", "data")))
-config.substitutions.append(("%python", "/usr/bin/python3"))
+# Debian's python3 (numpy, PyTorch), ahead of lit's own %python.
+config.substitutions.insert(0, ("%python", "/usr/bin/python3"))
 # Open MPI as root and with more ranks than cores, for the mpirun tests.
 for k, v in [("OMPI_ALLOW_RUN_AS_ROOT", "1"), ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"), ("OMPI_MCA_rmaps_base_oversubscribe", "1")]:
     config.environment[k] = v

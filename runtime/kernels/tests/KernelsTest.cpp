@@ -1118,6 +1118,112 @@ TEST(GatedAttention, FloatAbiMatchesDoubleTemplate) {
   }
 }
 
+TEST(Attention, FloatAbiMatchesDoubleTemplateOverSeveralRowBlocks) {
+  // Shapes with several blocks of kAttentionRowBlock query rows, ragged
+  // last blocks, more keys than queries and (causal) fully masked rows.
+  std::mt19937_64 rng(24);
+  for (const AttentionShape &s :
+       {AttentionShape{2, 2, 70, 70, 16, 12, true},
+        AttentionShape{1, 2, 45, 77, 9, 8, true},
+        AttentionShape{1, 2, 77, 45, 8, 9, true},
+        AttentionShape{2, 1, 65, 33, 32, 32, false}}) {
+    SCOPED_TRACE(describe(s));
+    Vec q = randomVec(rng, s.B * s.H * s.Tq * s.D, -2, 2),
+        k = randomVec(rng, s.B * s.H * s.Tk * s.D, -2, 2),
+        v = randomVec(rng, s.B * s.H * s.Tk * s.Dv),
+        dout = randomVec(rng, s.B * s.H * s.Tq * s.Dv);
+    Vec out(dout.size()), lse(s.B * s.H * s.Tq), dq(q.size()), dk(k.size()),
+        dv(v.size());
+    attentionForward<double>(s.B, s.H, s.Tq, s.Tk, s.D, s.Dv, s.causal,
+                             q.data(), k.data(), v.data(), out.data(),
+                             lse.data());
+    attentionBackward<double>(
+        s.B, s.H, s.Tq, s.Tk, s.D, s.Dv, s.causal, q.data(), k.data(), v.data(),
+        out.data(), lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
+    Vec expectedOut, expectedLse;
+    naiveAttention(s, q, k, v, expectedOut, expectedLse);
+    EXPECT_LT(relativeError(out, expectedOut), 1e-14);
+    TestContext ctx(3);
+    FVec qf = toFloat(q), kf = toFloat(k), vf = toFloat(v),
+         doutf = toFloat(dout), outf(out.size()), lsef(lse.size()),
+         dqf(q.size()), dkf(k.size()), dvf(v.size());
+    loom_attention_fwd(&ctx, s.B, s.H, s.Tq, s.Tk, s.D, s.Dv, s.causal,
+                       qf.data(), kf.data(), vf.data(), outf.data(),
+                       lsef.data());
+    loom_attention_bwd(&ctx, s.B, s.H, s.Tq, s.Tk, s.D, s.Dv, s.causal,
+                       qf.data(), kf.data(), vf.data(), outf.data(),
+                       lsef.data(), doutf.data(), dqf.data(), dkf.data(),
+                       dvf.data());
+    for (size_t r = 0; r < lse.size(); ++r) { // Masked rows agree exactly.
+      if (lse[r] == -kInf) {
+        EXPECT_EQ(lsef[r], -std::numeric_limits<float>::infinity());
+      }
+    }
+    for (double &l : lse) // -inf - -inf is NaN: compare the finite ones.
+      l = l == -kInf ? 0.0 : l;
+    for (float &l : lsef)
+      l = l == -std::numeric_limits<float>::infinity() ? 0.0f : l;
+    expectAgrees(outf, out, "out");
+    expectAgrees(lsef, lse, "lse");
+    expectAgrees(dqf, dq, "dq");
+    expectAgrees(dkf, dk, "dk");
+    expectAgrees(dvf, dv, "dv");
+  }
+}
+
+TEST(GatedAttention, FloatAbiMatchesDoubleTemplateOverSeveralRowBlocks) {
+  std::mt19937_64 rng(25);
+  for (double threshold : {-1.0, 0.5}) {
+    SCOPED_TRACE(testing::Message() << "threshold " << threshold);
+    GatedInputs in(rng, 2, 2, 70, 16, 12, true);
+    Vec dout = randomVec(rng, in.rows() * in.Dv);
+    Vec lse, gate, attn;
+    Vec out = in.forward(threshold, lse, gate, attn);
+    for (double g : gate) // The float gates must fall on the same side.
+      ASSERT_GT(std::abs(g - 0.5), 1e-4) << "pick another seed";
+    Vec dq(in.q.size()), dk(in.k.size()), dv(in.v.size()), dwg(in.wg.size()),
+        dbg(in.bg.size());
+    gatedAttentionBackward<double>(
+        in.B, in.H, in.T, in.D, in.Dv, true, threshold, in.q.data(),
+        in.k.data(), in.v.data(), in.wg.data(), lse.data(), gate.data(),
+        attn.data(), dout.data(), dq.data(), dk.data(), dv.data(), dwg.data(),
+        dbg.data());
+    TestContext ctx(2);
+    FVec qf = toFloat(in.q), kf = toFloat(in.k), vf = toFloat(in.v),
+         wgf = toFloat(in.wg), bgf = toFloat(in.bg), doutf = toFloat(dout);
+    FVec outf(out.size()), lsef(lse.size()), gatef(gate.size()),
+        attnf(attn.size()), dqf(dq.size()), dkf(dk.size()), dvf(dv.size()),
+        dwgf(dwg.size()), dbgf(dbg.size());
+    loom_gated_attention_fwd(&ctx, in.B, in.H, in.T, in.D, in.Dv, true,
+                             float(threshold), qf.data(), kf.data(), vf.data(),
+                             wgf.data(), bgf.data(), outf.data(), lsef.data(),
+                             gatef.data(), attnf.data());
+    loom_gated_attention_bwd(&ctx, in.B, in.H, in.T, in.D, in.Dv, true,
+                             float(threshold), qf.data(), kf.data(), vf.data(),
+                             wgf.data(), bgf.data(), lsef.data(), gatef.data(),
+                             attnf.data(), doutf.data(), dqf.data(), dkf.data(),
+                             dvf.data(), dwgf.data(), dbgf.data());
+    int skipped = 0;
+    for (size_t r = 0; r < lse.size(); ++r)
+      if (lse[r] == -kInf) {
+        ++skipped;
+        EXPECT_EQ(lsef[r], -std::numeric_limits<float>::infinity());
+        lse[r] = 0;
+        lsef[r] = 0;
+      }
+    EXPECT_EQ(skipped > 0, threshold >= 0);
+    expectAgrees(outf, out, "out");
+    expectAgrees(lsef, lse, "lse");
+    expectAgrees(gatef, gate, "gate");
+    expectAgrees(attnf, attn, "attn");
+    expectAgrees(dqf, dq, "dq");
+    expectAgrees(dkf, dk, "dk");
+    expectAgrees(dvf, dv, "dv");
+    expectAgrees(dwgf, dwg, "dwg");
+    expectAgrees(dbgf, dbg, "dbg");
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Dropout
 //===----------------------------------------------------------------------===//

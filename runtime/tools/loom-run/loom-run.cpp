@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/Artifact.h"
+#include "runtime/Checkpoint.h"
 #include "runtime/Context.h"
 #include "runtime/Dataset.h"
 #include "runtime/Init.h"
@@ -17,6 +18,7 @@
 #include "runtime/Version.h"
 #include "runtime/World.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -28,6 +30,7 @@
 #include <optional>
 #include <string>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -61,7 +64,19 @@ options (--flag=value and --flag value are both accepted):
   --eval-every=N     held-out eval_loss and eval_accuracy every N steps
                      (always also after the last step)
   --eval-batches=N   evaluate on at most N held-out batches (default: all)
-  --metrics=FILE     one JSON object per step (keys in SEMANTICS.md)
+  --metrics=FILE     one JSON object per step (keys in SEMANTICS.md); with
+                     --resume the file is appended to, never truncated
+  --init-from=W.safetensors
+                     after initialisation, load every parameter from W (each
+                     one present by name, exact shape and dtype, nothing else)
+  --save=W.safetensors
+                     write the final parameters (--steps=0: the initial ones)
+  --ckpt-dir=DIR     write checkpoints into DIR (created if missing): at the
+                     end, on SIGINT/SIGTERM, and every --ckpt-every steps
+  --ckpt-every=N     also checkpoint after every N-th step
+  --ckpt-keep=K      keep the newest K checkpoints (default 3; 0 keeps all)
+  --resume           continue from the newest complete checkpoint in
+                     --ckpt-dir up to --steps (none there: start fresh)
   --log-every=N      plain progress lines every N steps when not on a terminal
                      (default: steps/10)
   --describe         print the artifact's manifest and exit
@@ -73,21 +88,24 @@ exit status: 0 success, 1 a run-time error, 2 a usage error
 
 /// Flags in DESIGN.md whose features have not landed: named so that using
 /// one says so instead of "unknown option".
-const char *const kNotYet[] = {"init-from",  "save",      "ckpt-dir",
-                               "ckpt-every", "ckpt-keep", "resume",
-                               "trace",      "timeout",   "check-numerics",
-                               "infer",      "batch",     "calibrate"};
+const char *const kNotYet[] = {"trace", "timeout", "check-numerics",
+                               "infer", "batch",   "calibrate"};
 
 struct Options {
   std::string artifact;
   std::optional<int64_t> steps;
   std::optional<std::string> data;
   uint64_t seed = 0;
+  bool seedGiven = false;
   int64_t threads = 0;
   int64_t evalEvery = 0;
   int64_t evalBatches = -1;
   int64_t logEvery = 0;
   std::string metrics;
+  std::string initFrom, save, ckptDir;
+  int64_t ckptEvery = 0, ckptKeep = 3;
+  bool ckptEveryGiven = false, ckptKeepGiven = false;
+  bool resume = false;
   bool describe = false, help = false, version = false;
 };
 
@@ -103,6 +121,12 @@ int64_t parseCount(const std::string &flag, const std::string &v, int64_t lo) {
     throw UsageError{"--" + flag + " expects an integer >= " +
                      std::to_string(lo) + ", got '" + v + "'"};
   return x;
+}
+
+std::string nonEmpty(const std::string &flag, const std::string &v) {
+  if (v.empty())
+    throw UsageError{"--" + flag + " expects a path, got ''"};
+  return v;
 }
 
 Options parseArgs(int argc, char **argv) {
@@ -153,9 +177,10 @@ Options parseArgs(int argc, char **argv) {
       o.steps = parseCount(name, takeValue(), 0);
     else if (flag("data"))
       o.data = takeValue();
-    else if (flag("seed"))
+    else if (flag("seed")) {
       o.seed = static_cast<uint64_t>(parseCount(name, takeValue(), 0));
-    else if (flag("threads"))
+      o.seedGiven = true;
+    } else if (flag("threads"))
       o.threads = parseCount(name, takeValue(), 1);
     else if (flag("eval-every"))
       o.evalEvery = parseCount(name, takeValue(), 0);
@@ -165,6 +190,20 @@ Options parseArgs(int argc, char **argv) {
       o.logEvery = parseCount(name, takeValue(), 1);
     else if (flag("metrics"))
       o.metrics = takeValue();
+    else if (flag("init-from"))
+      o.initFrom = nonEmpty(name, takeValue());
+    else if (flag("save"))
+      o.save = nonEmpty(name, takeValue());
+    else if (flag("ckpt-dir"))
+      o.ckptDir = nonEmpty(name, takeValue());
+    else if (flag("ckpt-every")) {
+      o.ckptEvery = parseCount(name, takeValue(), 1);
+      o.ckptEveryGiven = true;
+    } else if (flag("ckpt-keep")) {
+      o.ckptKeep = parseCount(name, takeValue(), 0);
+      o.ckptKeepGiven = true;
+    } else if (flag("resume"))
+      boolean(o.resume);
     else {
       for (const char *n : kNotYet)
         if (name == n)
@@ -176,6 +215,15 @@ Options parseArgs(int argc, char **argv) {
   }
   if (o.help || o.version)
     return o;
+  if (o.ckptDir.empty()) {
+    if (o.resume)
+      throw UsageError{"--resume needs --ckpt-dir=DIR (where the checkpoints "
+                       "are)"};
+    if (o.ckptEveryGiven)
+      throw UsageError{"--ckpt-every needs --ckpt-dir=DIR"};
+    if (o.ckptKeepGiven)
+      throw UsageError{"--ckpt-keep needs --ckpt-dir=DIR"};
+  }
   if (positional.empty())
     throw UsageError{"no artifact given (usage: loom-run ARTIFACT.loomx "
                      "[options]; see --help)"};
@@ -247,6 +295,48 @@ std::string resolveManifestData(const std::string &data,
   return access(beside.c_str(), F_OK) == 0 ? beside : data;
 }
 
+/// The artifact's checksum, from its trailer (a checkpoint records which
+/// build of the model wrote it). The artifact has been validated already.
+uint64_t artifactChecksum(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(0, std::ios::end);
+  uint64_t size = static_cast<uint64_t>(in.tellg());
+  unsigned char trailer[kTrailerBytes];
+  in.seekg(static_cast<std::streamoff>(size - kTrailerBytes));
+  in.read(reinterpret_cast<char *>(trailer), kTrailerBytes);
+  return parseTrailer(trailer, size).checksum;
+}
+
+/// Lines in a text file (0 when it does not exist).
+int64_t countLines(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  int64_t n = 0;
+  char buf[1 << 16];
+  while (in) {
+    in.read(buf, sizeof buf);
+    n += std::count(buf, buf + in.gcount(), '\n');
+  }
+  return n;
+}
+
+/// Why `path` cannot be created as a file, or "" when its folder takes it.
+std::string cannotCreate(const std::string &path) {
+  size_t slash = path.rfind('/');
+  std::string folder = slash == std::string::npos ? "."
+                       : slash == 0               ? "/"
+                                                  : path.substr(0, slash);
+  struct stat st;
+  if (::stat(folder.c_str(), &st) != 0)
+    return "folder " + folder + ": " + std::strerror(errno);
+  if (!S_ISDIR(st.st_mode))
+    return folder + " is not a folder";
+  if (access(folder.c_str(), W_OK) != 0)
+    return "folder " + folder + ": " + std::strerror(errno);
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    return "it is a folder";
+  return "";
+}
+
 struct EvalResult {
   double loss = NAN, accuracy = NAN;
   double count = 0;
@@ -283,6 +373,9 @@ private:
   EvalResult evaluate();
   void progress(int64_t step, int64_t steps, double loss, double stepTokens,
                 double stepSeconds, double lr, double eta, bool final);
+  /// A line of its own between progress updates (rank 0).
+  void say(const std::string &line);
+  void checkpoint(int64_t step, int64_t steps, int64_t skippedTotal);
 
   const World &world_;
   const Options &opts_;
@@ -296,7 +389,49 @@ private:
   /// Tokens and training seconds since the last progress line: its rate is
   /// their ratio, steadier than one step's.
   double intervalTokens_ = 0, intervalSeconds_ = 0;
+  /// What a checkpoint records besides the arena.
+  uint64_t seed_ = 0, artifactChecksum_ = 0;
+  int threads_ = 1;
+  std::string dataPath_;
+  int64_t metricsLines_ = 0;
 };
+
+void Trainer::say(const std::string &line) {
+  if (world_.rank != 0)
+    return;
+  if (tty_ && progressShown_) {
+    std::printf("\r\x1b[K");
+    progressShown_ = false;
+  }
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
+  const Manifest &m = artifact_->manifest();
+  CheckpointIndex index;
+  index.model = m.model;
+  index.layout = layoutFingerprint(m);
+  index.artifactChecksum = artifactChecksum_;
+  index.artifact = opts_.artifact;
+  index.step = step;
+  index.targetSteps = steps;
+  index.seed = seed_;
+  index.threads = threads_;
+  index.dataPath = dataPath_;
+  index.cursor = loader_->cursor();
+  index.skippedTotal = skippedTotal;
+  index.metricsLines = metricsLines_;
+  std::string path;
+  try {
+    path = writeCheckpoint(opts_.ckptDir, m, arena_, index, opts_.ckptKeep);
+  } catch (const Error &e) {
+    fail("rank " + std::to_string(world_.rank) + ", step " +
+         std::to_string(step) + ": " + e.what());
+  }
+  if (!tty_)
+    say("loom-run: checkpoint " + path);
+}
 
 void Trainer::callProgram(loom_program_fn fn, const char *role) {
   ctx_.clearError();
@@ -448,11 +583,65 @@ int Trainer::run() {
                    ": no --data given and the artifact's train block names no "
                    "data");
 
+  // Weights and checkpoints: every problem that can be seen now is reported
+  // before any work.
+  if (!opts_.save.empty())
+    if (std::string why = cannotCreate(opts_.save); !why.empty())
+      failEverywhere("cannot write --save file " + opts_.save + ": " + why);
+  std::optional<FoundCheckpoint> resumeFrom;
+  if (!opts_.ckptDir.empty()) {
+    try {
+      prepareCheckpointDir(opts_.ckptDir);
+      if (opts_.resume) {
+        std::vector<std::string> skipped;
+        resumeFrom = findCheckpoint(opts_.ckptDir, manifest, &skipped);
+        if (world_.rank == 0)
+          for (const std::string &why : skipped)
+            std::fprintf(stderr, "loom-run: note: skipping checkpoint %s\n",
+                         why.c_str());
+      } else if (auto existing = listCheckpoints(opts_.ckptDir);
+                 !existing.empty()) {
+        throw Error(opts_.ckptDir + " already holds checkpoints (the newest " +
+                    existing.front().second +
+                    "); pass --resume to continue from it, or use another "
+                    "--ckpt-dir");
+      }
+    } catch (const Error &e) {
+      failEverywhere(e.what());
+    }
+  }
+  seed_ = opts_.seed;
+  if (resumeFrom) {
+    const CheckpointIndex &ix = resumeFrom->index;
+    if (opts_.seedGiven && opts_.seed != ix.seed)
+      failEverywhere(resumeFrom->path + " was written by a run with --seed=" +
+                     std::to_string(ix.seed) +
+                     ", this run has --seed=" + std::to_string(opts_.seed) +
+                     "; resume with the same seed (or none)");
+    seed_ = ix.seed;
+    if (ix.step > steps)
+      failEverywhere(resumeFrom->path + " is at step " +
+                     std::to_string(ix.step) +
+                     ", past --steps=" + std::to_string(steps) +
+                     "; give --steps of at least " + std::to_string(ix.step));
+  } else if (opts_.resume && world_.rank == 0) {
+    std::fprintf(stderr,
+                 "loom-run: note: no checkpoint to resume in %s; starting "
+                 "from step 0\n",
+                 opts_.ckptDir.c_str());
+  }
+  if (resumeFrom && !opts_.initFrom.empty() && world_.rank == 0)
+    std::fprintf(stderr,
+                 "loom-run: note: --init-from=%s is ignored: the weights come "
+                 "from the checkpoint\n",
+                 opts_.initFrom.c_str());
+
   try {
     data_ = Dataset::open(dataPath);
     artifact_ = Artifact::load(path);
     loader_ = std::make_unique<DataLoader>(*data_, artifact_->manifest().inputs,
-                                           opts_.seed);
+                                           seed_);
+    artifactChecksum_ = artifactChecksum(path);
   } catch (const Error &e) {
     fail(e.what());
   }
@@ -478,8 +667,10 @@ int Trainer::run() {
 #endif
   ctx_.rank = world_.rank;
   ctx_.worldSize = world_.size;
-  ctx_.seed = opts_.seed;
+  ctx_.seed = seed_;
   ctx_.threads = threads;
+  threads_ = threads;
+  dataPath_ = dataPath;
 
   size_t arenaBytes =
       (static_cast<size_t>(m.arenaBytes) + kArenaAlignment - 1) /
@@ -490,19 +681,41 @@ int Trainer::run() {
     fail("rank " + std::to_string(world_.rank) + ": cannot allocate the " +
          formatBytes(arenaBytes) + " arena");
   std::memset(arena_, 0, arenaBytes);
+  int64_t start = 0, skippedTotal = 0;
   try {
-    initParams(m, opts_.seed, arena_);
+    initParams(m, seed_, arena_);
+    zeroState(m, arena_);
+    if (resumeFrom) {
+      const CheckpointIndex &ix = resumeFrom->index;
+      loadCheckpoint(*resumeFrom, m, arena_);
+      loader_->restore(ix.cursor);
+      start = ix.step;
+      skippedTotal = ix.skippedTotal;
+    } else if (!opts_.initFrom.empty()) {
+      loadWeights(opts_.initFrom, m, arena_);
+    }
   } catch (const Error &e) {
     fail(e.what());
   }
-  zeroState(m, arena_);
 
   std::ofstream metrics;
   if (!opts_.metrics.empty() && world_.rank == 0) {
-    metrics.open(opts_.metrics, std::ios::out | std::ios::trunc);
+    // A resumed run continues the file: never truncated.
+    metricsLines_ = opts_.resume ? countLines(opts_.metrics) : 0;
+    metrics.open(opts_.metrics,
+                 std::ios::out |
+                     (opts_.resume ? std::ios::app : std::ios::trunc));
     if (!metrics)
       fail("cannot write the metrics file " + opts_.metrics + ": " +
            std::strerror(errno));
+    if (resumeFrom && metricsLines_ != resumeFrom->index.metricsLines)
+      std::fprintf(stderr,
+                   "loom-run: note: %s has %lld lines, the checkpoint at step "
+                   "%lld was taken at %lld; the resumed steps are appended "
+                   "after them\n",
+                   opts_.metrics.c_str(), static_cast<long long>(metricsLines_),
+                   static_cast<long long>(start),
+                   static_cast<long long>(resumeFrom->index.metricsLines));
   }
 
   tty_ = isatty(fileno(stdout)) != 0;
@@ -515,15 +728,32 @@ int Trainer::run() {
                 m.model.c_str(), path.c_str(), data_->summary().c_str(),
                 static_cast<long long>(steps),
                 static_cast<long long>(loader_->batchSize()),
-                static_cast<unsigned long long>(opts_.seed), threads);
+                static_cast<unsigned long long>(seed_), threads);
+  if (resumeFrom) {
+    say("loom-run: resuming from " + resumeFrom->path + " (step " +
+        std::to_string(start) + " of " + std::to_string(steps) + ")");
+    if (resumeFrom->index.threads != threads && world_.rank == 0)
+      std::fprintf(stderr,
+                   "loom-run: note: the checkpoint was written with %lld "
+                   "threads, this run has %d: the continuation is not bitwise "
+                   "the same as an uninterrupted run\n",
+                   static_cast<long long>(resumeFrom->index.threads), threads);
+    if (resumeFrom->index.artifactChecksum != artifactChecksum_ &&
+        world_.rank == 0)
+      std::fprintf(stderr,
+                   "loom-run: note: the checkpoint was written by another "
+                   "build of model '%s' (%s, artifact checksum differs); its "
+                   "layout matches, resuming with this one\n",
+                   m.model.c_str(), resumeFrom->index.artifact.c_str());
+  }
 
   loom_program_fn train = artifact_->program("train_step");
   double trainSeconds = 0;
   double lastLoss = NAN;
   EvalResult lastEval;
   bool evaluated = false;
-  int64_t skippedTotal = 0, done = 0;
-  for (int64_t s = 1; s <= steps; ++s) {
+  int64_t done = start;
+  for (int64_t s = start + 1; s <= steps; ++s) {
     double t0 = nowSeconds();
     loader_->nextTrainBatch(arena_);
     ctx_.step = s;
@@ -572,10 +802,11 @@ int Trainer::run() {
       }
       metrics << json::write(json::Value(std::move(line))) << "\n";
       metrics.flush();
+      ++metricsLines_;
     }
 
     bool stopping = gStopSignal.load() != 0;
-    double eta = trainSeconds / s * (steps - s);
+    double eta = trainSeconds / double(s - start) * double(steps - s);
     progress(s, steps, loss, double(loader_->tokensPerBatch()), stepSeconds, lr,
              eta, s == steps || stopping);
     if (evalNow && world_.rank == 0 && s != steps) {
@@ -588,11 +819,29 @@ int Trainer::run() {
                   fmt("%.4f", ev.accuracy).c_str());
       std::fflush(stdout);
     }
+    if (!opts_.ckptDir.empty() &&
+        (stopping || s == steps ||
+         (opts_.ckptEvery > 0 && s % opts_.ckptEvery == 0)))
+      checkpoint(s, steps, skippedTotal);
     if (stopping)
       break;
   }
 
   int sig = gStopSignal.load();
+  // The final weights of a run that reached --steps; one stopped early has
+  // its checkpoint instead.
+  if (!opts_.save.empty() && done == steps && world_.rank == 0) {
+    try {
+      saveWeights(opts_.save, m, arena_,
+                  {{"format", "pt"},
+                   {"model", m.model},
+                   {"step", std::to_string(done)},
+                   {"seed", std::to_string(seed_)}});
+    } catch (const Error &e) {
+      fail(e.what());
+    }
+  }
+
   if (world_.rank == 0) {
     std::string line = "loom-run: " + std::to_string(done) + " steps";
     if (sig)
