@@ -20,6 +20,11 @@ struct loom_ctx {
   /// The optimizer step s being run (1-based); 0 before training starts.
   int64_t step = 0;
   int threads = 1;
+  /// Test hook (`loom-run --debug-poison-grads=STEP[-LAST][@RANK]`): on
+  /// those steps and that rank the gradients' overflow check sees NaN, as if
+  /// a gradient had overflowed. 0: off.
+  int64_t poisonStep = 0, poisonLast = 0;
+  int poisonRank = -1; ///< -1: every rank
   /// The first error a kernel reported in the current program call.
   bool failed = false;
   std::string errorOp, errorMessage;

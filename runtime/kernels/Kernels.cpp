@@ -7,6 +7,8 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/kernels/Kernels.h"
 
+#include <limits>
+
 #include "runtime/Context.h"
 #include "runtime/abi/loom_abi.h"
 
@@ -49,10 +51,11 @@ void report(loom_ctx *ctx, const char *op, const std::string &problem) {
 // The per-head attention functions of Kernels.h, instantiated for float with
 // the portable SIMD shape and, on x86-64, for AVX2+FMA and AVX-512; the CPU
 // picks one at the first call (LOOM_ATTENTION_ISA=portable|avx2|avx512 asks
-// for one the CPU supports, for benchmarks). The helpers are forced inline,
-// so each wrapper compiles them for its ISA. Results are the same for any
-// thread count on one CPU; the portable build (no FMA contraction) differs
-// from the AVX ones in the last bits.
+// for one the CPU supports, for benchmarks). The per-head templates' helpers
+// are forced inline, so each wrapper below compiles them for its ISA; the
+// GEMMs are compiled once per ISA (Avx2Gemm, Avx512Gemm). Results are the
+// same for any thread count on one CPU; the portable build (no FMA
+// contraction) differs from the AVX ones in the last bits.
 
 using AttentionProblemF = kn::detail::AttentionProblem<float>;
 
@@ -409,6 +412,11 @@ void loom_sgd(loom_ctx *ctx, int64_t n, float *param, const float *grad,
 
 double loom_sum_squares(loom_ctx *ctx, int64_t n, const float *x) {
   useContextThreads(ctx);
+  // The documented poison hook: the sum of squares feeds the overflow check.
+  if (ctx && ctx->poisonStep != 0 && ctx->step >= ctx->poisonStep &&
+      ctx->step <= ctx->poisonLast &&
+      (ctx->poisonRank < 0 || ctx->poisonRank == ctx->rank))
+    return std::numeric_limits<double>::quiet_NaN();
   return kn::sumSquares<float>(n, x);
 }
 

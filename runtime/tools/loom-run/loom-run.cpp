@@ -64,6 +64,10 @@ options (--flag=value and --flag value are both accepted):
   --eval-every=N     held-out eval_loss and eval_accuracy every N steps
                      (always also after the last step)
   --eval-batches=N   evaluate on at most N held-out batches (default: all)
+  --debug-poison-grads=STEP[-LAST][@RANK]
+                     test hook: the gradients of steps STEP..LAST (on RANK,
+                     default every rank) count as overflowed, so loss
+                     scaling skips them
   --metrics=FILE     one JSON object per step (keys in SEMANTICS.md); with
                      --resume the file is appended to, never truncated
   --init-from=W.safetensors
@@ -107,6 +111,8 @@ struct Options {
   bool ckptEveryGiven = false, ckptKeepGiven = false;
   bool resume = false;
   bool describe = false, help = false, version = false;
+  int64_t poisonStep = 0, poisonLast = 0;
+  int poisonRank = -1;
 };
 
 struct UsageError {
@@ -186,6 +192,18 @@ Options parseArgs(int argc, char **argv) {
       o.evalEvery = parseCount(name, takeValue(), 0);
     else if (flag("eval-batches"))
       o.evalBatches = parseCount(name, takeValue(), 0);
+    else if (flag("debug-poison-grads")) {
+      std::string v = takeValue();
+      size_t at = v.find('@');
+      std::string range = v.substr(0, at);
+      size_t dash = range.find('-');
+      o.poisonStep = parseCount(name, range.substr(0, dash), 1);
+      o.poisonLast = dash == std::string::npos
+                         ? o.poisonStep
+                         : parseCount(name, range.substr(dash + 1), o.poisonStep);
+      if (at != std::string::npos)
+        o.poisonRank = static_cast<int>(parseCount(name, v.substr(at + 1), 0));
+    }
     else if (flag("log-every"))
       o.logEvery = parseCount(name, takeValue(), 1);
     else if (flag("metrics"))
@@ -669,6 +687,9 @@ int Trainer::run() {
   ctx_.worldSize = world_.size;
   ctx_.seed = seed_;
   ctx_.threads = threads;
+  ctx_.poisonStep = opts_.poisonStep;
+  ctx_.poisonLast = opts_.poisonLast;
+  ctx_.poisonRank = opts_.poisonRank;
   threads_ = threads;
   dataPath_ = dataPath;
 
@@ -769,6 +790,32 @@ int Trainer::run() {
     bool skipped = m.output("skipped") && readOutput("skipped") != 0;
     skippedTotal += skipped;
     lastLoss = loss;
+    if (skipped && world_.rank == 0) {
+      // SEMANTICS.md: the step changed nothing; the scale may have backed off.
+      double next = m.output("next_loss_scale") ? readOutput("next_loss_scale")
+                                                : lossScale;
+      if (tty_ && progressShown_) {
+        std::printf("\r\x1b[K");
+        progressShown_ = false;
+      }
+      std::printf("step %lld: overflow, skipped; loss scale %s -> %s\n",
+                  static_cast<long long>(s), fmt("%g", lossScale).c_str(),
+                  fmt("%g", next).c_str());
+      std::fflush(stdout);
+    }
+    if (m.output("loss_scale_underflow") &&
+        readOutput("loss_scale_underflow") != 0) {
+      // Every scale overflows: stop before this state reaches a checkpoint,
+      // so the last one stays the last good one.
+      fail("rank " + std::to_string(world_.rank) + ", step " +
+                  std::to_string(s) +
+                  ": the loss scale backed off below its minimum (gradients "
+                  "overflow at every scale); stopping" +
+                  (opts_.ckptDir.empty()
+                       ? std::string()
+                       : "; the last checkpoint in " + opts_.ckptDir +
+                             " is intact"));
+    }
     double samplesPerS = loader_->batchSize() / stepSeconds;
     double tokensPerS = loader_->tokensPerBatch() / stepSeconds;
 
