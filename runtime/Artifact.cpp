@@ -432,6 +432,12 @@ Manifest parseManifest(std::string_view text) {
   if (m.target != "cpu" && m.target != "cuda")
     R::fail("target", "'" + m.target + "', expected 'cpu' or 'cuda'");
 
+  if (const json::Value *ops = doc.find("ops")) {
+    const json::Array &a = R::array(*ops, "ops");
+    for (size_t i = 0; i < a.size(); ++i)
+      m.ops.push_back(R::string(a[i], "ops[" + std::to_string(i) + "]"));
+  }
+
   if (const json::Value *f = doc.find("cpu_features")) {
     const json::Array &a = R::array(*f, "cpu_features");
     for (size_t i = 0; i < a.size(); ++i) {

@@ -68,6 +68,9 @@ struct Manifest {
   int64_t formatVersion = 0, abiVersion = 0;
   std::string model, source, target;
   std::vector<std::string> cpuFeatures;
+  /// For --check-numerics: what op k of the programs is, with its DSL line
+  /// ("loom.matmul at gpt.loom:29:24"); optional.
+  std::vector<std::string> ops;
   Mesh mesh;
   int64_t arenaBytes = 0;
   /// Planned bytes by category (params, grads, ..., peak), in manifest order.

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <vector>
 
 struct loom_ctx {
   int rank = 0;
@@ -25,6 +26,10 @@ struct loom_ctx {
   /// a gradient had overflowed. 0: off.
   int64_t poisonStep = 0, poisonLast = 0;
   int poisonRank = -1; ///< -1: every rank
+  /// `loom-run --check-numerics`: every checked op's outputs are scanned and
+  /// the first inf/NaN stops the step, naming the op (opNames) and its line.
+  bool checkNumerics = false;
+  const std::vector<std::string> *opNames = nullptr;
   /// The first error a kernel reported in the current program call.
   bool failed = false;
   std::string errorOp, errorMessage;

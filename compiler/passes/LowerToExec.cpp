@@ -98,8 +98,9 @@ struct PersistentPlan {
 /// Plans and lowers one dist.program.
 class ProgramLowering {
 public:
-  ProgramLowering(dist::ProgramOp program, PersistentPlan &persistent)
-      : program_(program), persistent_(persistent) {}
+  ProgramLowering(dist::ProgramOp program, PersistentPlan &persistent,
+                  std::vector<std::string> &opTable)
+      : program_(program), persistent_(persistent), opTable_(opTable) {}
 
   LogicalResult plan();
   LogicalResult emit(OpBuilder &moduleBuilder, int64_t arenaBytes);
@@ -155,8 +156,12 @@ private:
   LogicalResult lowerOp(OpBuilder &b, Operation *op);
   LogicalResult lowerGemm(OpBuilder &b, Operation *op, bool ta, bool tb);
 
+  /// After an op, a --check-numerics probe of each floating-point result.
+  void checkResults(OpBuilder &b, Operation *op);
+
   dist::ProgramOp program_;
   PersistentPlan &persistent_;
+  std::vector<std::string> &opTable_;
   std::vector<Buffer> buffers_;
   DenseMap<Value, int> bufOf_;
   DenseMap<Value, Value> views_;
@@ -827,6 +832,53 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
   return op->emitOpError("has no lowering to exec in this build");
 }
 
+/// "file:line:col" of the first file location inside `loc`.
+std::string where(Location loc) {
+  std::string out;
+  loc->walk([&](Location l) {
+    if (auto f = dyn_cast<FileLineColLoc>(l)) {
+      out = (f.getFilename().getValue() + ":" + Twine(f.getLine()) + ":" +
+             Twine(f.getColumn()))
+                .str();
+      return WalkResult::interrupt();
+    }
+    return WalkResult::advance();
+  });
+  return out;
+}
+
+void ProgramLowering::checkResults(OpBuilder &b, Operation *op) {
+  StringRef n = op->getName().getStringRef();
+  if (isOneOf(op, {"train.param", "train.state", "train.input", "tensor.empty",
+                   "loom.reshape", "linalg.fill", "loom.constant",
+                   "arith.constant", "train.output", "train.update"}) ||
+      (n == "loom.dropout" && program_.getKind() == "eval"))
+    return;
+  for (Value r : op->getResults()) {
+    auto t = dyn_cast<RankedTensorType>(r.getType());
+    if (!t || !isa<FloatType>(t.getElementType()) || !bufOf_.count(r))
+      continue;
+    Type et = t.getElementType();
+    int dtype = et.isF32() ? 0 : et.isBF16() ? 1 : et.isF16() ? 2 : -1;
+    if (dtype < 0)
+      continue;
+    std::string what = isa<linalg::GenericOp>(op) ? "fused elementwise loop"
+                                                  : n.str();
+    std::string at = where(op->getLoc());
+    if (!at.empty())
+      what += " at " + at;
+    if (auto tag = op->getAttrOfType<StringAttr>("loom.layer"))
+      what += " (" + tag.str() + ")";
+    if (op->getNumResults() > 1)
+      what += ", result " + std::to_string(cast<OpResult>(r).getResultNumber());
+    what += " in " + program_.getSymName().str();
+    int64_t id = static_cast<int64_t>(opTable_.size());
+    opTable_.push_back(what);
+    call(b, op->getLoc(), "loom_check_finite",
+         {view(b, r), i64(b, t.getNumElements()), i32(b, dtype), i64(b, id)});
+  }
+}
+
 LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
   OperationState state(program_.getLoc(), "exec.program");
   std::string sym = ("loom_" + program_.getSymName()).str();
@@ -836,9 +888,11 @@ LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
   state.addRegion()->push_back(new Block());
   Operation *exec = mb.create(state);
   OpBuilder b = OpBuilder::atBlockEnd(&exec->getRegion(0).front());
-  for (Operation &op : program_.getBody().front())
+  for (Operation &op : program_.getBody().front()) {
     if (failed(lowerOp(b, &op)))
       return failure();
+    checkResults(b, &op);
+  }
   return success();
 }
 
@@ -884,9 +938,10 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
       }
 
     std::vector<std::unique_ptr<ProgramLowering>> lowerings;
+    std::vector<std::string> opTable;
     int64_t arena = plan.end;
     for (auto p : programs) {
-      lowerings.push_back(std::make_unique<ProgramLowering>(p, plan));
+      lowerings.push_back(std::make_unique<ProgramLowering>(p, plan, opTable));
       if (failed(lowerings.back()->plan()))
         return signalPassFailure();
       arena = std::max(arena, lowerings.back()->transientEnd());
@@ -958,6 +1013,10 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
     manifest.append("outputs", outputs.getDictionary(&getContext()));
     manifest.append("programs", programsAttr.getDictionary(&getContext()));
     manifest.append("memory", memory.getDictionary(&getContext()));
+    SmallVector<Attribute> ops;
+    for (const std::string &o : opTable)
+      ops.push_back(b.getStringAttr(o));
+    manifest.append("ops", b.getArrayAttr(ops));
     if (auto cfg = programs.front().getConfigAttr())
       manifest.append("train", cfg);
     for (auto p : programs)

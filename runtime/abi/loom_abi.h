@@ -177,6 +177,13 @@ float loom_adaptive_clip(loom_ctx *ctx, float norm, float *history,
                          int64_t window, int64_t *count, float sigmas,
                          float max_norm, int32_t record);
 
+/** --check-numerics (since ABI 2): when the runtime enables it, scans the n
+ *  elements of an op's output (dtype 0 f32, 1 bf16, 2 f16) and reports the
+ *  first inf/NaN as an error naming op `op` of the manifest's "ops" table.
+ *  A no-op otherwise, and after the step's first error. */
+void loom_check_finite(loom_ctx *ctx, const void *data, int64_t n,
+                       int32_t dtype, int64_t op);
+
 /* --- Entry points an artifact exports ------------------------------------- */
 /** A program: one call runs one training step (or one evaluation batch) on
  *  the arena laid out by the artifact's memory plan. */

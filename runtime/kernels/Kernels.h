@@ -1173,7 +1173,7 @@ void attentionBackwardWith(AttentionProblem<T> p, AttentionBackwardHead<T> head,
   for (int64_t h = 0; h < p.H; ++h)
     for (int64_t j = 0; j < width; ++j) {
       double sum = 0;
-      for (int64_t b = 0; b < p.B && p.Tq > 0 && p.Tk > 0; ++b)
+      for (int64_t b = 0; b < p.B; ++b)
         sum += dgate[(b * p.H + h) * width + j];
       if (j < 2 * p.D)
         dwg[h * 2 * p.D + j] = T(sum);
@@ -1182,6 +1182,7 @@ void attentionBackwardWith(AttentionProblem<T> p, AttentionBackwardHead<T> head,
     }
 }
 
+/// The problem of attentionForward/Backward's arguments (outputs not set).
 template <class T>
 AttentionProblem<T>
 attentionProblem(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D,
@@ -1193,6 +1194,8 @@ attentionProblem(int64_t B, int64_t H, int64_t Tq, int64_t Tk, int64_t D,
   return p;
 }
 
+/// The problem of gatedAttentionForward/Backward's arguments (outputs and
+/// gate not set).
 template <class T>
 AttentionProblem<T>
 gatedAttentionProblem(int64_t B, int64_t H, int64_t seqLen, int64_t D,

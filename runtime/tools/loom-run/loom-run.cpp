@@ -64,6 +64,8 @@ options (--flag=value and --flag value are both accepted):
   --eval-every=N     held-out eval_loss and eval_accuracy every N steps
                      (always also after the last step)
   --eval-batches=N   evaluate on at most N held-out batches (default: all)
+  --check-numerics    stop at the first op that produces inf/NaN, naming it
+                     and its DSL line
   --debug-poison-grads=STEP[-LAST][@RANK]
                      test hook: the gradients of steps STEP..LAST (on RANK,
                      default every rank) count as overflowed, so loss
@@ -92,8 +94,8 @@ exit status: 0 success, 1 a run-time error, 2 a usage error
 
 /// Flags in DESIGN.md whose features have not landed: named so that using
 /// one says so instead of "unknown option".
-const char *const kNotYet[] = {"trace", "timeout", "check-numerics",
-                               "infer", "batch",   "calibrate"};
+const char *const kNotYet[] = {"trace", "timeout", "infer", "batch",
+                               "calibrate"};
 
 struct Options {
   std::string artifact;
@@ -113,6 +115,7 @@ struct Options {
   bool describe = false, help = false, version = false;
   int64_t poisonStep = 0, poisonLast = 0;
   int poisonRank = -1;
+  bool checkNumerics = false;
 };
 
 struct UsageError {
@@ -192,6 +195,8 @@ Options parseArgs(int argc, char **argv) {
       o.evalEvery = parseCount(name, takeValue(), 0);
     else if (flag("eval-batches"))
       o.evalBatches = parseCount(name, takeValue(), 0);
+    else if (flag("check-numerics"))
+      o.checkNumerics = true;
     else if (flag("debug-poison-grads")) {
       std::string v = takeValue();
       size_t at = v.find('@');
@@ -687,6 +692,8 @@ int Trainer::run() {
   ctx_.worldSize = world_.size;
   ctx_.seed = seed_;
   ctx_.threads = threads;
+  ctx_.checkNumerics = opts_.checkNumerics;
+  ctx_.opNames = &artifact_->manifest().ops;
   ctx_.poisonStep = opts_.poisonStep;
   ctx_.poisonLast = opts_.poisonLast;
   ctx_.poisonRank = opts_.poisonRank;

@@ -1,4 +1,4 @@
-// RUN: loom-opt %s --loom-fuse-elementwise --loom-lower-to-exec | FileCheck %s
+// RUN: loom-opt %s --loom-fuse-elementwise --loom-lower-to-exec --cse | FileCheck %s
 
 // Persistent buffers (in order of first appearance, then output slots) come
 // first; the
