@@ -16,8 +16,9 @@
 // `recompute every = N`: chunks of N consecutive layers, all recomputed.
 // `recompute budget = SIZE`: chunks of one layer; layers are recomputed in
 // order of forward FLOPs per byte of activation freed (cheapest first) until
-// the estimated peak — persistent state plus the activations still saved —
-// fits the budget. The choice is recorded on the program.
+// the estimated peak — persistent state, the activations still saved, the
+// parameters' gradients and two backward temporaries — fits the budget. The
+// choice is recorded on the program.
 //
 //===----------------------------------------------------------------------===//
 
@@ -167,7 +168,13 @@ LogicalResult recompute(dist::ProgramOp program) {
           largest = std::max(largest, bytesOf(r));
         }
       }
-    int64_t estimate = live + largest;
+    // Gradients of every parameter coexist with the saved activations until
+    // the optimizer runs, and a backward op reads one temporary while
+    // writing another.
+    int64_t grads = 0;
+    for (auto p : body.getOps<train::ParamOp>())
+      grads += bytesOf(p.getResult());
+    int64_t estimate = live + grads + 2 * largest;
     std::vector<size_t> byCost(chunks.size());
     for (size_t k = 0; k < chunks.size(); ++k)
       byCost[k] = k;
