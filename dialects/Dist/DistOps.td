@@ -12,6 +12,7 @@
 
 include "mlir/IR/OpBase.td"
 include "mlir/IR/SymbolInterfaces.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
 
 def Dist_Dialect : Dialect {
   let name = "dist";
@@ -50,6 +51,76 @@ def Dist_ProgramOp : Dist_Op<"program", [Symbol, IsolatedFromAbove,
   let assemblyFormat =
       "$sym_name $kind `on` $mesh attr-dict-with-keyword $body";
   let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Collectives. `axis` names a mesh axis of the enclosing program's mesh; the
+// group is the ranks that share the other coordinates. Shapes are per rank.
+//===----------------------------------------------------------------------===//
+
+class Dist_CollectiveOp<string mnemonic, list<Trait> traits = []>
+    : Dist_Op<mnemonic, traits # [HasParent<"ProgramOp">]> {
+  let hasVerifier = 1;
+}
+
+def Dist_AllReduceOp : Dist_CollectiveOp<"all_reduce", [SameOperandsAndResultType]> {
+  let summary = "Reduce a tensor over a mesh axis; every rank gets the result";
+  let description = [{
+    `reduction` is "sum", "mean" or "max". Data parallelism sums gradients
+    over `dp`; a row-parallel matmul sums partial products over `tp`.
+    PyTorch: `dist.all_reduce`.
+  }];
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis, StrAttr:$reduction);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input `over` $axis $reduction attr-dict `:` type($input)";
+}
+
+def Dist_AllGatherOp : Dist_CollectiveOp<"all_gather"> {
+  let summary = "Concatenate every rank's shard along `dim`, in axis order";
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis, I64Attr:$dim);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input `over` $axis `dim` $dim attr-dict `:` type($input) `->` type($result)";
+}
+
+def Dist_ReduceScatterOp : Dist_CollectiveOp<"reduce_scatter"> {
+  let summary = "Sum over a mesh axis, each rank keeping its slice of `dim`";
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis, I64Attr:$dim);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input `over` $axis `dim` $dim attr-dict `:` type($input) `->` type($result)";
+}
+
+def Dist_AllToAllOp : Dist_CollectiveOp<"all_to_all"> {
+  let summary = "Split `split_dim` across the group, concatenate along `concat_dim`";
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis,
+                       I64Attr:$split_dim, I64Attr:$concat_dim);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input `over` $axis `split` $split_dim `concat` $concat_dim attr-dict `:` type($input) `->` type($result)";
+}
+
+def Dist_BroadcastOp : Dist_CollectiveOp<"broadcast", [SameOperandsAndResultType]> {
+  let summary = "Every rank of the group gets `root`'s tensor";
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis, I64Attr:$root);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input `over` $axis `from` $root attr-dict `:` type($input)";
+}
+
+def Dist_SendOp : Dist_CollectiveOp<"send"> {
+  let summary = "Send a tensor to the rank `peer` steps along a mesh axis";
+  let description = [{
+    Pipeline stages pass activations forward (peer = +1) and gradients
+    backward (peer = -1) along `pp`. Pairs with a `dist.recv` of the same
+    type and `tag` on the peer.
+  }];
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis, I64Attr:$peer,
+                       I64Attr:$tag);
+  let assemblyFormat = "$input `to` $peer `over` $axis `tag` $tag attr-dict `:` type($input)";
+}
+
+def Dist_RecvOp : Dist_CollectiveOp<"recv"> {
+  let summary = "Receive a tensor from the rank `peer` steps along a mesh axis";
+  let arguments = (ins StrAttr:$axis, I64Attr:$peer, I64Attr:$tag);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "`from` $peer `over` $axis `tag` $tag attr-dict `:` type($result)";
 }
 
 #endif // LOOM_DIALECTS_DIST_DISTOPS_TD
