@@ -30,6 +30,10 @@ struct loom_ctx {
   /// the first inf/NaN stops the step, naming the op (opNames) and its line.
   bool checkNumerics = false;
   const std::vector<std::string> *opNames = nullptr;
+  /// The run's mesh and its communicators (loom::runtime::CommMesh,
+  /// runtime/Collectives.h), owned by the runtime; the collectives use it.
+  /// nullptr: a world of one rank.
+  void *mesh = nullptr;
   /// The first error a kernel reported in the current program call.
   bool failed = false;
   std::string errorOp, errorMessage;

@@ -184,6 +184,30 @@ float loom_adaptive_clip(loom_ctx *ctx, float norm, float *history,
 void loom_check_finite(loom_ctx *ctx, const void *data, int64_t n,
                        int32_t dtype, int64_t op);
 
+/* --- Collectives (additions within ABI 2) -------------------------------- */
+/** Over the ranks of this rank's group on mesh axis `axis` (0 dp, 1 tp,
+ *  2 pp): the ranks that share the other two mesh coordinates, ordered by
+ *  their coordinate on `axis` (runtime/README.md has the rank mapping). Every
+ *  member must make the same calls in the same order with the same n. Float32,
+ *  n <= INT32_MAX. The result is deterministic: the same inputs give bitwise
+ *  the same output on every member and on every call. A group of one rank
+ *  copies. Errors (bad axis, op, root or count; an MPI failure) are reported
+ *  through loom_error naming the collective and the axis. */
+/** In place: data = sum (op 0) or max (op 1) of every member's data[0..n). */
+void loom_all_reduce(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
+                     int32_t op);
+/** out[k*n .. (k+1)*n) = member k's in[0..n); out holds group-size * n. */
+void loom_all_gather(loom_ctx *ctx, const float *in, int64_t n, float *out,
+                     int32_t axis);
+/** in holds group-size * n; out[0..n) = sum over members of their
+ *  in[r*n .. (r+1)*n), r this rank's coordinate (out == in: in place, the
+ *  result at the start). */
+void loom_reduce_scatter(loom_ctx *ctx, const float *in, int64_t n,
+                         float *out, int32_t axis);
+/** data[0..n) = member `root`'s data (root: a coordinate on `axis`). */
+void loom_broadcast(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
+                    int32_t root);
+
 /* --- Entry points an artifact exports ------------------------------------- */
 /** A program: one call runs one training step (or one evaluation batch) on
  *  the arena laid out by the artifact's memory plan. */

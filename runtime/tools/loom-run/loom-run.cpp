@@ -10,6 +10,7 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/Artifact.h"
 #include "runtime/Checkpoint.h"
+#include "runtime/Collectives.h"
 #include "runtime/Context.h"
 #include "runtime/Dataset.h"
 #include "runtime/Init.h"
@@ -406,6 +407,8 @@ private:
   std::unique_ptr<Dataset> data_;
   std::unique_ptr<DataLoader> loader_;
   loom_ctx ctx_;
+  /// The mesh's communicators, behind ctx_.mesh; freed before MPI_Finalize.
+  std::unique_ptr<CommMesh> mesh_;
   unsigned char *arena_ = nullptr;
   bool tty_ = false, progressShown_ = false;
   double lastProgress_ = 0;
@@ -697,6 +700,14 @@ int Trainer::run() {
   ctx_.poisonStep = opts_.poisonStep;
   ctx_.poisonLast = opts_.poisonLast;
   ctx_.poisonRank = opts_.poisonRank;
+  try {
+    const Mesh &m = artifact_->manifest().mesh;
+    mesh_ = std::make_unique<CommMesh>(m.dp, m.tp, m.pp, world_.rank,
+                                       world_.size);
+  } catch (const Error &e) {
+    fail(e.what());
+  }
+  ctx_.mesh = mesh_.get();
   threads_ = threads;
   dataPath_ = dataPath;
 
