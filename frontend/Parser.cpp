@@ -489,28 +489,33 @@ private:
                                  std::to_string(kMaxNesting) + " levels)");
       return nullptr;
     }
-    ExprPtr lhs = product(depth);
-    while (lhs && (at(Tok::Plus) || at(Tok::Minus))) {
-      auto e = std::make_unique<Expr>(Expr::Binary, cur().loc);
-      e->text = at(Tok::Plus) ? "+" : "-";
-      take();
-      e->lhs = std::move(lhs);
-      e->rhs = product(depth);
-      if (!e->rhs || !height(*e))
-        return nullptr;
-      lhs = std::move(e);
-    }
-    return lhs;
+    return binaryLevel(depth, {{Tok::Plus, "+"}, {Tok::Minus, "-"}},
+                       &Parser::product);
   }
 
   ExprPtr product(unsigned depth) {
-    ExprPtr lhs = unary(depth);
-    while (lhs && (at(Tok::Star) || at(Tok::Slash) || at(Tok::At))) {
+    return binaryLevel(depth, {{Tok::Star, "*"}, {Tok::Slash, "/"}, {Tok::At, "@"}},
+                       &Parser::unary);
+  }
+
+  /// One left-associative precedence level: `next (op next)*`, built
+  /// iteratively (the tree's height is still bounded by `height`).
+  ExprPtr binaryLevel(unsigned depth,
+                      std::initializer_list<std::pair<Tok, const char *>> ops,
+                      ExprPtr (Parser::*next)(unsigned)) {
+    ExprPtr lhs = (this->*next)(depth);
+    while (lhs) {
+      const char *spelling = nullptr;
+      for (const auto &[tok, text] : ops)
+        if (at(tok))
+          spelling = text;
+      if (!spelling)
+        break;
       auto e = std::make_unique<Expr>(Expr::Binary, cur().loc);
-      e->text = at(Tok::Star) ? "*" : at(Tok::Slash) ? "/" : "@";
+      e->text = spelling;
       take();
       e->lhs = std::move(lhs);
-      e->rhs = unary(depth);
+      e->rhs = (this->*next)(depth);
       if (!e->rhs || !height(*e))
         return nullptr;
       lhs = std::move(e);

@@ -1,5 +1,6 @@
 //===- Dataset.cpp - the .bin dataset format and the data loader ----------===//
 #include "runtime/Dataset.h"
+#include "runtime/Support.h"
 
 #include "runtime/Hash.h"
 #include "runtime/Random.h"
@@ -70,21 +71,6 @@ static std::string fieldType(DataType t, const std::vector<int64_t> &shape) {
   return s + ']';
 }
 
-static uint32_t readU32(const unsigned char *p) {
-  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
-         uint32_t(p[3]) << 24;
-}
-static uint64_t readU64(const unsigned char *p) {
-  return uint64_t(readU32(p)) | uint64_t(readU32(p + 4)) << 32;
-}
-static void putU32(unsigned char *p, uint32_t v) {
-  for (int i = 0; i < 4; ++i)
-    p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-static void putU64(unsigned char *p, uint64_t v) {
-  for (int i = 0; i < 8; ++i)
-    p[i] = static_cast<unsigned char>(v >> (8 * i));
-}
 
 //===----------------------------------------------------------------------===//
 // Dataset

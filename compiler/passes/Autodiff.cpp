@@ -362,23 +362,19 @@ private:
   DenseMap<Value, Value> adj_;
 };
 
-/// Creates an empty `train.step` before `model`.
-train::StepOp createStep(OpBuilder &b, ModelOp model, StringRef name,
-                         StringRef kind) {
+/// Creates a `train.step` before `model` holding the model's forward pass;
+/// returns its block.
+FailureOr<Block *> forwardStep(OpBuilder &top, ModelOp model, StringRef name,
+                               StringRef kind, ForwardResult &fwd) {
   OperationState state(model.getLoc(), "train.step");
-  state.addAttribute("sym_name", b.getStringAttr(name));
-  state.addAttribute("kind", b.getStringAttr(kind));
+  state.addAttribute("sym_name", top.getStringAttr(name));
+  state.addAttribute("kind", top.getStringAttr(kind));
   if (model.getConfigAttr())
     state.addAttribute("config", model.getConfigAttr());
-  state.addAttribute("loom.model", b.getStringAttr(model.getSymName()));
+  state.addAttribute("loom.model", top.getStringAttr(model.getSymName()));
   state.addRegion()->push_back(new Block());
-  return cast<train::StepOp>(b.create(state));
-}
-
-LogicalResult buildTrainStep(OpBuilder &top, ModelOp model) {
-  train::StepOp step = createStep(top, model, "train_step", "train");
-  OpBuilder b = OpBuilder::atBlockEnd(&step.getBody().front());
-  ForwardResult fwd;
+  Block *block = &top.create(state)->getRegion(0).front();
+  OpBuilder b = OpBuilder::atBlockEnd(block);
   IRMapping map;
   SmallVector<Value> none;
   if (failed(ForwardCloner(b, fwd).clone(model.getBody().front(), map, {},
@@ -386,6 +382,15 @@ LogicalResult buildTrainStep(OpBuilder &top, ModelOp model) {
     return failure();
   if (!fwd.loss)
     return model.emitOpError("has no loom.loss to differentiate");
+  return block;
+}
+
+LogicalResult buildTrainStep(OpBuilder &top, ModelOp model) {
+  ForwardResult fwd;
+  FailureOr<Block *> block = forwardStep(top, model, "train_step", "train", fwd);
+  if (failed(block))
+    return failure();
+  OpBuilder b = OpBuilder::atBlockEnd(*block);
   TensorBuilder tb(b, model.getLoc());
   tb.create("train.output", {fwd.loss}, {},
             {tb.attr("name", b.getStringAttr("loss"))});
@@ -408,14 +413,11 @@ LogicalResult buildTrainStep(OpBuilder &top, ModelOp model) {
 }
 
 LogicalResult buildEvalStep(OpBuilder &top, ModelOp model) {
-  train::StepOp step = createStep(top, model, "eval_step", "eval");
-  OpBuilder b = OpBuilder::atBlockEnd(&step.getBody().front());
   ForwardResult fwd;
-  IRMapping map;
-  SmallVector<Value> none;
-  if (failed(ForwardCloner(b, fwd).clone(model.getBody().front(), map, {},
-                                         none)))
+  FailureOr<Block *> block = forwardStep(top, model, "eval_step", "eval", fwd);
+  if (failed(block))
     return failure();
+  OpBuilder b = OpBuilder::atBlockEnd(*block);
   TensorBuilder tb(b, model.getLoc());
   auto out = [&](StringRef name, Value v) {
     tb.create("train.output", {v}, {}, {tb.attr("name", b.getStringAttr(name))});

@@ -451,55 +451,43 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     g.getRegion().cloneInto(&ng.getRegion(), scalars_);
     return success();
   }
+  // The window of `whole` that a part of shape `part` occupies when it
+  // starts at `offset` along `dim` (concat, slice and its gradient).
+  auto window = [&](Value whole, ArrayRef<int64_t> part, int64_t dim,
+                    int64_t offset) -> Value {
+    SmallVector<OpFoldResult> offs, sizes, strides;
+    for (int64_t i = 0; i < static_cast<int64_t>(part.size()); ++i) {
+      offs.push_back(b.getIndexAttr(i == dim ? offset : 0));
+      sizes.push_back(b.getIndexAttr(part[i]));
+      strides.push_back(b.getIndexAttr(1));
+    }
+    return b.create<memref::SubViewOp>(loc, whole, offs, sizes, strides);
+  };
+  auto iattr = [&](StringRef k) {
+    return cast<IntegerAttr>(op->getAttr(k)).getInt();
+  };
   if (n == "loom.concat") {
-    int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
-    Value out = R(0);
-    auto outShape = shapeOf(op->getResult(0));
-    int64_t offset = 0;
+    int64_t dim = iattr("dim"), offset = 0;
     for (Value in : op->getOperands()) {
-      auto s = shapeOf(in);
-      SmallVector<OpFoldResult> offs, sizes, strides;
-      for (int64_t i = 0; i < static_cast<int64_t>(outShape.size()); ++i) {
-        offs.push_back(b.getIndexAttr(i == dim ? offset : 0));
-        sizes.push_back(b.getIndexAttr(s[i]));
-        strides.push_back(b.getIndexAttr(1));
-      }
-      Value sub = b.create<memref::SubViewOp>(loc, out, offs, sizes, strides);
-      b.create<memref::CopyOp>(loc, view(b, in), sub);
-      offset += s[dim];
+      b.create<memref::CopyOp>(loc, view(b, in),
+                               window(R(0), shapeOf(in), dim, offset));
+      offset += shapeOf(in)[dim];
     }
     return success();
   }
   if (n == "loom.slice") {
-    int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
-    int64_t start = cast<IntegerAttr>(op->getAttr("start")).getInt();
-    auto s = shapeOf(op->getResult(0));
-    SmallVector<OpFoldResult> offs, sizes, strides;
-    for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
-      offs.push_back(b.getIndexAttr(i == dim ? start : 0));
-      sizes.push_back(b.getIndexAttr(s[i]));
-      strides.push_back(b.getIndexAttr(1));
-    }
     b.create<memref::CopyOp>(
-        loc, b.create<memref::SubViewOp>(loc, V(0), offs, sizes, strides), R(0));
+        loc, window(V(0), shapeOf(op->getResult(0)), iattr("dim"), iattr("start")),
+        R(0));
     return success();
   }
   if (n == "train.slice_grad") {
-    int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
-    int64_t start = cast<IntegerAttr>(op->getAttr("start")).getInt();
-    Value out = R(0);
     auto et = cast<RankedTensorType>(op->getResult(0).getType()).getElementType();
     Value zero = b.create<arith::ConstantOp>(loc, b.getFloatAttr(et, 0.0));
-    b.create<linalg::FillOp>(loc, ValueRange{zero}, ValueRange{out});
-    auto s = shapeOf(op->getOperand(0));
-    SmallVector<OpFoldResult> offs, sizes, strides;
-    for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
-      offs.push_back(b.getIndexAttr(i == dim ? start : 0));
-      sizes.push_back(b.getIndexAttr(s[i]));
-      strides.push_back(b.getIndexAttr(1));
-    }
+    b.create<linalg::FillOp>(loc, ValueRange{zero}, ValueRange{R(0)});
     b.create<memref::CopyOp>(
-        loc, V(0), b.create<memref::SubViewOp>(loc, out, offs, sizes, strides));
+        loc, V(0),
+        window(R(0), shapeOf(op->getOperand(0)), iattr("dim"), iattr("start")));
     return success();
   }
   if (n == "loom.matmul")
@@ -743,9 +731,6 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     Value skip = loadScalar(b, op->getOperand(3));
     Value newS = s, newGood = good, newUsed = used, under = f32(b, 0.0);
     if (battr("dynamic")) {
-      auto iattr = [&](StringRef k) {
-        return cast<IntegerAttr>(op->getAttr(k)).getInt();
-      };
       Value overflow = b.create<arith::CmpFOp>(loc, arith::CmpFPredicate::ONE,
                                                skip, f32(b, 0.0));
       // Overflow: clean count resets, hysteresis is spent; when none is
