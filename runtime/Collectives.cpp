@@ -316,3 +316,9 @@ extern "C" void loom_broadcast(loom_ctx *ctx, float *data, int64_t n,
         MPI_Bcast(data, int(n), MPI_FLOAT, root, g.comm));
 #endif
 }
+
+extern "C" int64_t loom_mesh_coord(loom_ctx *ctx, int32_t axis) {
+  if (!ctx || !ctx->mesh || axis < 0 || axis > 2)
+    return 0;
+  return static_cast<const CommMesh *>(ctx->mesh)->coord(axis);
+}

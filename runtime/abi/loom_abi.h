@@ -208,6 +208,11 @@ void loom_reduce_scatter(loom_ctx *ctx, const float *in, int64_t n,
 void loom_broadcast(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
                     int32_t root);
 
+/** This rank's coordinate on mesh axis `axis` (0 dp, 1 tp, 2 pp): its
+ *  position in that axis group; 0 without a mesh. Sharded programs use it to
+ *  address their slice of a tensor split over `axis` (since ABI 3). */
+int64_t loom_mesh_coord(loom_ctx *ctx, int32_t axis);
+
 /* --- Entry points an artifact exports ------------------------------------- */
 /** A program: one call runs one training step (or one evaluation batch) on
  *  the arena laid out by the artifact's memory plan. */
