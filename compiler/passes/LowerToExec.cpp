@@ -238,6 +238,19 @@ LogicalResult ProgramLowering::plan() {
       newBuffer(op.getResult(0), index, category);
       alias(op.getResult(1), op.getOperand(1));
       alias(op.getResult(2), op.getOperand(2));
+    } else if (n == "dist.all_reduce") {
+      // In place when nothing else reads the operand's buffer.
+      Value in = op.getOperand(0);
+      auto it = bufOf_.find(in);
+      bool alone = in.hasOneUse() && it != bufOf_.end() &&
+                   !buffers_[it->second].persistent;
+      if (alone)
+        for (auto &[v, id] : bufOf_)
+          alone &= id != it->second || v == in;
+      if (alone)
+        alias(op.getResult(0), in);
+      else
+        newBuffer(op.getResult(0), index, category);
     } else if (n == "arith.constant") {
       // Scalars for fills; no buffer.
     } else {
@@ -542,20 +555,37 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
       return op->emitOpError(what) << " must be i32 tensors in this build";
     return success();
   };
+  // Vocabulary-parallel forms (loom-partition's `vocab_axis`): the classes
+  // or table rows of this rank are a slice of the mesh axis's group.
+  auto vocabAxis = [&]() -> std::optional<int64_t> {
+    if (auto a = op->getAttrOfType<IntegerAttr>("vocab_axis"))
+      return a.getInt();
+    return std::nullopt;
+  };
   if (n == "train.cross_entropy") {
     if (failed(requireI32(op->getOperand(1), "targets")))
       return failure();
     auto [rows, classes] = rowsCols(op->getOperand(0));
-    call(b, loc, "loom_cross_entropy_fwd",
-         {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
-          R(0), R(1), R(2)});
+    if (auto axis = vocabAxis())
+      call(b, loc, "loom_cross_entropy_fwd_sharded",
+           {i64(b, rows), i64(b, classes), i32(b, *axis), V(0), V(1),
+            i64(b, ignoreIndex()), R(0), R(1), R(2)});
+    else
+      call(b, loc, "loom_cross_entropy_fwd",
+           {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
+            R(0), R(1), R(2)});
     return success();
   }
   if (n == "train.cross_entropy_grad") {
     auto [rows, classes] = rowsCols(op->getOperand(0));
-    call(b, loc, "loom_cross_entropy_bwd",
-         {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
-          V(2), V(3), R(0)});
+    if (auto axis = vocabAxis())
+      call(b, loc, "loom_cross_entropy_bwd_sharded",
+           {i64(b, rows), i64(b, classes), i32(b, *axis), V(0), V(1),
+            i64(b, ignoreIndex()), V(2), V(3), R(0)});
+    else
+      call(b, loc, "loom_cross_entropy_bwd",
+           {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
+            V(2), V(3), R(0)});
     return success();
   }
   if (n == "loom.embedding" || n == "train.embedding_grad") {
@@ -564,8 +594,76 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     auto table = shapeOf(n == "loom.embedding" ? op->getOperand(1)
                                                 : op->getResult(0));
     int64_t count = numel(op->getOperand(0));
-    call(b, loc, n == "loom.embedding" ? "loom_embedding_fwd" : "loom_embedding_bwd",
-         {i64(b, count), i64(b, table[0]), i64(b, table[1]), V(0), V(1), R(0)});
+    bool fwd = n == "loom.embedding";
+    if (auto axis = vocabAxis())
+      call(b, loc, fwd ? "loom_embedding_fwd_sharded" : "loom_embedding_bwd_sharded",
+           {i64(b, count), i64(b, table[0]), i64(b, table[1]), i32(b, *axis),
+            V(0), V(1), R(0)});
+    else
+      call(b, loc, fwd ? "loom_embedding_fwd" : "loom_embedding_bwd",
+           {i64(b, count), i64(b, table[0]), i64(b, table[1]), V(0), V(1), R(0)});
+    return success();
+  }
+  if (n.starts_with("dist.")) {
+    auto axisOf = [&]() -> int64_t {
+      StringRef a = cast<StringAttr>(op->getAttr("axis")).getValue();
+      return a == "dp" ? 0 : a == "tp" ? 1 : 2;
+    };
+    auto in = cast<RankedTensorType>(op->getOperand(0).getType());
+    if (!in.getElementType().isF32())
+      return op->emitOpError("collectives move f32 tensors; this one is ")
+             << in.getElementType();
+    if (n == "dist.all_reduce") {
+      StringRef red = cast<StringAttr>(op->getAttr("reduction")).getValue();
+      if (red != "sum" && red != "max")
+        return op->emitOpError("reduction '") << red << "' has no kernel";
+      if (bufOf_.at(op->getResult(0)) != bufOf_.at(op->getOperand(0)))
+        b.create<memref::CopyOp>(loc, V(0), R(0));
+      call(b, loc, "loom_all_reduce",
+           {R(0), i64(b, numel(op->getOperand(0))), i32(b, axisOf()),
+            i32(b, red == "max" ? 1 : 0)});
+      return success();
+    }
+    if (n == "dist.all_gather") {
+      call(b, loc, "loom_all_gather",
+           {V(0), i64(b, numel(op->getOperand(0))), R(0), i32(b, axisOf())});
+      return success();
+    }
+    if (n == "dist.reduce_scatter") {
+      call(b, loc, "loom_reduce_scatter",
+           {V(0), i64(b, numel(op->getResult(0))), R(0), i32(b, axisOf())});
+      return success();
+    }
+    if (n == "dist.shard") {
+      // out = in[..., c·n : (c+1)·n, ...] along `dim`, c the mesh coordinate.
+      int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
+      auto out = shapeOf(op->getResult(0));
+      OperationState st(loc, "exec.call");
+      st.addAttribute("callee", FlatSymbolRefAttr::get(b.getContext(), "loom_mesh_coord"));
+      st.addOperands({i32(b, axisOf())});
+      st.addTypes(b.getI64Type());
+      Value coord = b.create(st)->getResult(0);
+      Value start = b.create<arith::IndexCastOp>(
+          loc, b.getIndexType(), b.create<arith::MulIOp>(loc, coord, i64(b, out[dim])));
+      SmallVector<OpFoldResult> offs, sizes, strides;
+      for (int64_t i = 0; i < static_cast<int64_t>(out.size()); ++i) {
+        offs.push_back(i == dim ? OpFoldResult(start) : b.getIndexAttr(0));
+        sizes.push_back(b.getIndexAttr(out[i]));
+        strides.push_back(b.getIndexAttr(1));
+      }
+      Value window = b.create<memref::SubViewOp>(loc, V(0), offs, sizes, strides);
+      b.create<linalg::CopyOp>(loc, ValueRange{window}, ValueRange{R(0)});
+      return success();
+    }
+    return op->emitOpError("has no lowering to the runtime yet");
+  }
+  if (n == "train.loss_weight") {
+    // count / max(total, 1)
+    Value count = loadScalar(b, op->getOperand(0));
+    Value total = b.create<arith::MaximumFOp>(loc, loadScalar(b, op->getOperand(1)),
+                                              f32(b, 1.0));
+    b.create<memref::StoreOp>(loc, b.create<arith::DivFOp>(loc, count, total),
+                              R(0), ValueRange{});
     return success();
   }
   if (n == "train.attention" || n == "train.attention_grad") {
@@ -619,8 +717,10 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
       Value part = b.create(state)->getResult(0);
       sum = b.create<arith::AddFOp>(loc, sum, part);
     }
-    Value norm = b.create<arith::TruncFOp>(loc, b.getF32Type(),
-                                           b.create<math::SqrtOp>(loc, sum));
+    // `squared`: the sum of squares itself (a sharded program's share).
+    Value norm = b.create<arith::TruncFOp>(
+        loc, b.getF32Type(),
+        op->hasAttr("squared") ? sum : b.create<math::SqrtOp>(loc, sum).getResult());
     b.create<memref::StoreOp>(loc, norm, R(0), ValueRange{});
     return success();
   }
@@ -951,12 +1051,17 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
                             dtypeName(cast<ShapedType>(t).getElementType())));
       a.append("shape", shapeAttr(t));
       a.append("offset", b.getI64IntegerAttr(n.offset));
+      // The per-rank buffer's place in the global tensor (loom-partition).
+      if (auto g = n.decl->getAttrOfType<DenseI64ArrayAttr>("dist.global_shape"))
+        a.append("global_shape", b.getI64ArrayAttr(g.asArrayRef()));
+      if (Attribute shard = n.decl->getAttr("dist.shard"))
+        a.append("shard", shard);
       if (param) {
         a.append("init", n.decl->getAttr("init"));
         if (Attribute args = n.decl->getAttr("init_args"))
           a.append("init_args", args);
         if (Attribute shard = n.decl->getAttr("shard"))
-          a.append("shard", shard);
+          a.append("annotation", shard);
       }
       return a.getDictionary(&getContext());
     };
@@ -1014,6 +1119,11 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
       }
     if (auto mesh = module.lookupSymbol<dist::MeshOp>("mesh"))
       manifest.append("mesh", mesh.getShapeAttr());
+    int64_t zero = 0;
+    if (auto cfg = programs.front().getConfigAttr())
+      if (auto z = cfg.getAs<IntegerAttr>("zero"))
+        zero = z.getInt();
+    manifest.append("zero", b.getI64IntegerAttr(zero));
     module->setAttr("loom.manifest", manifest.getDictionary(&getContext()));
 
     for (auto p : programs)

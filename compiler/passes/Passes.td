@@ -49,15 +49,39 @@ def LossScaling : Pass<"loom-loss-scaling", "mlir::ModuleOp"> {
   }];
 }
 
+def PropagateSharding : Pass<"loom-propagate-sharding", "mlir::ModuleOp"> {
+  let summary = "Give every value of each train step a sharding on the mesh";
+  let description = [{
+    Sources take theirs from the mesh (inputs: the batch split over dp),
+    from `shard(...)` annotations (parameters, split over tp) and from their
+    parameter (optimizer state; ZeRO-1 splits it further over dp); every
+    other op applies its sharding rule to its operands' shardings, one sweep
+    in program order over the forward and backward pass. Each op gets
+    `dist.sharding` (its results), `dist.operand_sharding` (what it needs of
+    its operands: a difference is a collective loom-partition inserts) and
+    `dist.reason`. A sharding reads `[dp, _, tp] partial(tp)`: dimension 0
+    split over dp, 2 over tp, and the rank holding a partial sum over tp.
+  }];
+}
+
 def Partition : Pass<"loom-partition", "mlir::ModuleOp"> {
   let summary = "Turn train steps into per-rank dist programs on the mesh";
   let description = [{
     Creates the `dist.mesh` of the configuration and rewrites each
-    `train.step` into the `dist.program` every rank runs. This build
-    partitions the 1×1×1 mesh (the program is the step itself); a larger
-    mesh is reported as not yet supported.
+    `train.step` into the SPMD `dist.program` every rank runs: per-rank
+    types, the collectives each change of sharding needs (all_reduce,
+    reduce_scatter, all_gather, or a local dist.shard; each with
+    `dist.cause`), local head counts, vocabulary-parallel embedding and
+    cross-entropy, the loss weighted to the global-batch mean, the global
+    norm over shards, and data-parallel gradient all-reduces fused into
+    buckets of `bucket-mb`. Pipeline meshes (pp > 1) are refused.
   }];
-  let dependentDialects = ["loom::dist::DistDialect"];
+  let options = [
+    Option<"bucketMb", "bucket-mb", "int64_t", "25",
+           "Largest data-parallel gradient bucket, in MiB">,
+  ];
+  let dependentDialects = ["loom::dist::DistDialect", "loom::LoomDialect",
+                           "loom::train::TrainDialect"];
 }
 
 def Recompute : Pass<"loom-recompute", "mlir::ModuleOp"> {

@@ -101,6 +101,10 @@ LogicalResult ReduceScatterOp::verify() {
   return checkResized(*this, getAxis(), getDim(), /*gather=*/false);
 }
 
+LogicalResult ShardOp::verify() {
+  return checkResized(*this, getAxis(), getDim(), /*gather=*/false);
+}
+
 LogicalResult AllToAllOp::verify() {
   auto size = axisSize(*this, getAxis());
   if (failed(size))

@@ -123,4 +123,19 @@ def Dist_RecvOp : Dist_CollectiveOp<"recv"> {
   let assemblyFormat = "`from` $peer `over` $axis `tag` $tag attr-dict `:` type($result)";
 }
 
+def Dist_ShardOp : Dist_CollectiveOp<"shard"> {
+  let summary = "Keep this rank's slice of `dim` over a mesh axis (no communication)";
+  let description = [{
+    The inverse of `all_gather`: a tensor every member of the `axis` group
+    holds whole becomes the slice [c·n, (c+1)·n) of `dim`, c the rank's
+    coordinate on `axis` and n = size / group size. Inserted where a
+    replicated value meets an op that computes on a split one (a replicated
+    parameter updated by its ZeRO-1 optimizer shard, say). PyTorch:
+    `torch.chunk(x, n, dim)[rank]`.
+  }];
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$axis, I64Attr:$dim);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input `over` $axis `dim` $dim attr-dict `:` type($input) `->` type($result)";
+}
+
 #endif // LOOM_DIALECTS_DIST_DISTOPS_TD

@@ -260,9 +260,28 @@ def Train_SliceGradOp : Train_Op<"slice_grad", [Pure]> {
 
 def Train_GlobalNormOp : Train_Op<"global_norm", [Pure]> {
   let summary = "sqrt of the sum of squares of every gradient";
-  let arguments = (ins Variadic<Train_AnyTensor>:$grads);
+  let description = [{
+    With `squared`, the sum of squares itself (no square root): a sharded
+    program sums the squares of its local shards, all-reduces the sum over
+    the axes the shards are split on, then takes the root.
+  }];
+  let arguments = (ins Variadic<Train_AnyTensor>:$grads, UnitAttr:$squared);
   let results = (outs Train_Scalar:$result);
   let assemblyFormat = "$grads attr-dict `:` type($grads) `->` type($result)";
+}
+
+def Train_LossWeightOp : Train_Op<"loss_weight", [Pure]> {
+  let summary = "count / max(total, 1): this rank's share of a global mean";
+  let description = [{
+    A loss that is a mean over the rows a data-parallel rank holds becomes
+    the global mean when weighted by the rank's share of the counted rows
+    (`count` of this rank, `total` summed over the group) and summed over
+    the group; its gradient seed is weighted alike (SEMANTICS.md: the loss is
+    the mean over the global batch). 0 when no row counts anywhere.
+  }];
+  let arguments = (ins Train_Scalar:$count, Train_Scalar:$total);
+  let results = (outs Train_Scalar:$result);
+  let assemblyFormat = "$count `,` $total attr-dict `:` type($count) `,` type($total) `->` type($result)";
 }
 
 def Train_ClipCoefOp : Train_Op<"clip_coef", [Pure]> {

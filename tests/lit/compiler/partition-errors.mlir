@@ -1,7 +1,34 @@
-// RUN: loom-opt %s --loom-partition -verify-diagnostics
+// RUN: loom-opt %s --split-input-file --loom-partition -verify-diagnostics
 
-// expected-error @+1 {{'train.step' op mesh dp=2, tp=1, pp=1: this build partitions only the 1×1×1 mesh}}
+// expected-error @+1 {{'train.step' op mesh dp=1, tp=1, pp=2: pipeline parallelism (pp > 1) is not implemented yet}}
+train.step @train_step "train" attributes {config = {mesh = array<i64: 1, 1, 2>}} {
+  %l = loom.constant dense<2.0> : tensor<f32>
+  train.output "loss", %l : tensor<f32>
+}
+
+// -----
+
+train.step @train_step "train" attributes {config = {mesh = array<i64: 1, 4, 1>}} {
+  // expected-error @+1 {{'train.param' op dimension 0 (size 6) is not divisible by tp = 4; choose a tp that divides it or drop the shard annotation}}
+  %w = train.param "w" {decay = true, init = "zeros", shard = ["tp", "_"]} : tensor<6x8xf32>
+  %l = loom.constant dense<2.0> : tensor<f32>
+  train.output "loss", %l : tensor<f32>
+}
+
+// -----
+
 train.step @train_step "train" attributes {config = {mesh = array<i64: 2, 1, 1>}} {
+  // expected-error @+1 {{'train.param' op shard(...) names 'dp': parameters are split over tp only}}
+  %w = train.param "w" {decay = true, init = "zeros", shard = ["dp", "_"]} : tensor<6x8xf32>
+  %l = loom.constant dense<2.0> : tensor<f32>
+  train.output "loss", %l : tensor<f32>
+}
+
+// -----
+
+train.step @train_step "train" attributes {config = {mesh = array<i64: 4, 1, 1>}} {
+  // expected-error @+1 {{'train.input' op the batch (dimension 0 of input 'x', size 6) is not divisible by dp = 4}}
+  %x = train.input "x" : tensor<6x8xf32>
   %l = loom.constant dense<2.0> : tensor<f32>
   train.output "loss", %l : tensor<f32>
 }

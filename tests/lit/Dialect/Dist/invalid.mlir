@@ -101,3 +101,12 @@ func.func @outside(%x: tensor<4xf32>) {
   %a = dist.all_reduce %x over "dp" "sum" : tensor<4xf32>
   return
 }
+
+// -----
+
+dist.mesh @mesh axes ["dp", "tp", "pp"] shape [2, 4, 1]
+dist.program @p "train" on @mesh {
+  %x = train.input "x" : tensor<8x16xf32>
+  // expected-error @+1 {{'dist.shard' op result must be 'tensor<8x4xf32>', got 'tensor<8x8xf32>'}}
+  %s = dist.shard %x over "tp" dim 1 : tensor<8x16xf32> -> tensor<8x8xf32>
+}

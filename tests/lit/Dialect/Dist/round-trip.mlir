@@ -12,6 +12,8 @@ dist.program @train_step "train" on @mesh {
   %g = dist.all_gather %a over "tp" dim 1 : tensor<8x16xf32> -> tensor<8x64xf32>
   // CHECK: dist.reduce_scatter %[[G]] over "tp" dim 1 : tensor<8x64xf32> -> tensor<8x16xf32>
   %r = dist.reduce_scatter %g over "tp" dim 1 : tensor<8x64xf32> -> tensor<8x16xf32>
+  // CHECK: dist.shard %[[G]] over "tp" dim 1 : tensor<8x64xf32> -> tensor<8x16xf32>
+  %s = dist.shard %g over "tp" dim 1 : tensor<8x64xf32> -> tensor<8x16xf32>
   // CHECK: dist.all_to_all %{{.*}} over "tp" split 0 concat 1 : tensor<8x16xf32> -> tensor<2x64xf32>
   %t = dist.all_to_all %r over "tp" split 0 concat 1 : tensor<8x16xf32> -> tensor<2x64xf32>
   // CHECK: dist.broadcast %{{.*}} over "dp" from 0 : tensor<8x16xf32>
