@@ -8,6 +8,7 @@
 
 #include "compiler/codegen/Codegen.h"
 #include "compiler/passes/Passes.h"
+#include "compiler/tools/loomc/Explain.h"
 #include "dialects/Loom/LoomOps.h"
 #include "compiler/registration/Registration.h"
 #include "frontend/AST.h"
@@ -25,6 +26,8 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Format.h"
+#include "llvm/Support/JSON.h"
+#include <map>
 #include "llvm/Support/InitLLVM.h"
 #include <functional>
 #include "llvm/Support/MemoryBuffer.h"
@@ -104,6 +107,11 @@ cl::opt<std::string> report("report",
                             cl::desc("Print memory by category and FLOPs per "
                                      "rank, then stop (=json for JSON)"),
                             cl::ValueOptional, cl::cat(loomCat));
+cl::opt<bool> explainSharding(
+    "explain-sharding",
+    cl::desc("Print every op's sharding and why, and every collective with "
+             "its cause and payload, then stop"),
+    cl::cat(loomCat));
 cl::list<std::string> sets("set",
                            cl::desc("Any train option's argument: "
                                     "OPTION.ARG=VALUE (optimizer.lr=1e-3)"),
@@ -117,8 +125,10 @@ uint64_t countFlops(mlir::ModuleOp module) {
   uint64_t flops = 0;
   module.walk([&](mlir::Operation *op) {
     llvm::StringRef n = op->getName().getStringRef();
-    auto parent = op->getParentOfType<loom::train::StepOp>();
-    if (!parent || parent.getKind() != "train")
+    // The train step, before or after partitioning (per-rank shapes).
+    mlir::Operation *parent = op->getParentOp();
+    auto kind = parent ? parent->getAttrOfType<mlir::StringAttr>("kind") : nullptr;
+    if (!kind || kind.getValue() != "train")
       return;
     auto shapeOf = [](mlir::Value v) {
       return mlir::cast<mlir::RankedTensorType>(v.getType()).getShape();
@@ -160,7 +170,7 @@ std::string humanBytes(int64_t b) {
 
 /// `--report`: the memory plan by category and the FLOPs of one step.
 bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
-                 int64_t fp32Peak) {
+                 int64_t fp32Peak, const loom::loomc::Communication &comm) {
   auto manifest = module->getAttrOfType<mlir::DictionaryAttr>("loom.manifest");
   auto memory = manifest.getAs<mlir::DictionaryAttr>("memory");
   auto get = [&](llvm::StringRef k) {
@@ -171,21 +181,50 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
                         "workspace", "inputs", "peak"};
   std::string model =
       manifest.getAs<mlir::StringAttr>("model").getValue().str();
+  int64_t ranks = comm.mesh[0] * comm.mesh[1] * comm.mesh[2];
   return writeOutput([&](raw_ostream &os) {
     if (asJson) {
-      os << "{\"model\": \"" << model << "\", \"ranks\": [{\"rank\": 0, "
-         << "\"memory\": {";
-      for (size_t i = 0; i < std::size(keys); ++i)
-        os << (i ? ", " : "") << "\"" << keys[i] << "\": " << get(keys[i]);
-      os << "}, \"flops_per_step\": " << flops
-         << ", \"comm_bytes_per_step\": 0";
-      if (fp32Peak >= 0)
-        os << ", \"fp32_peak\": " << fp32Peak;
-      os << "}]}\n";
+      // Every rank runs the same SPMD program: the same plan, the same
+      // collectives; listed per rank with its mesh coordinates.
+      os << "{\"model\": \"" << model << "\", \"mesh\": {\"dp\": " << comm.mesh[0]
+         << ", \"tp\": " << comm.mesh[1] << ", \"pp\": " << comm.mesh[2]
+         << "}, \"ranks\": [";
+      for (int64_t r = 0; r < ranks; ++r) {
+        int64_t p = r % comm.mesh[2], t = (r / comm.mesh[2]) % comm.mesh[1],
+                d = r / (comm.mesh[2] * comm.mesh[1]);
+        os << (r ? ", " : "") << "{\"rank\": " << r << ", \"coords\": {\"dp\": "
+           << d << ", \"tp\": " << t << ", \"pp\": " << p << "}, \"memory\": {";
+        for (size_t i = 0; i < std::size(keys); ++i)
+          os << (i ? ", " : "") << "\"" << keys[i] << "\": " << get(keys[i]);
+        os << "}, \"flops_per_step\": " << flops
+           << ", \"comm_bytes_per_step\": " << static_cast<int64_t>(comm.sentBytes)
+           << ", \"comm_payload_bytes_per_step\": " << comm.payloadBytes
+           << ", \"collectives_per_step\": " << comm.collectives.size();
+        if (fp32Peak >= 0)
+          os << ", \"fp32_peak\": " << fp32Peak;
+        os << "}";
+      }
+      os << "], \"collectives\": [";
+      for (size_t i = 0; i < comm.collectives.size(); ++i) {
+        const auto &c = comm.collectives[i];
+        os << (i ? ", " : "") << "{\"kind\": ";
+        llvm::json::OStream(os).value(c.kind);
+        os << ", \"axis\": \"" << c.axis << "\", \"group\": " << c.group
+           << ", \"payload_bytes\": " << c.payloadBytes
+           << ", \"sent_bytes\": " << static_cast<int64_t>(c.sentBytes)
+           << ", \"at\": ";
+        llvm::json::OStream(os).value(c.where);
+        os << ", \"cause\": ";
+        llvm::json::OStream(os).value(c.cause);
+        os << "}";
+      }
+      os << "]}\n";
       return;
     }
-    os << "model " << model << ", mesh 1x1x1 (1 rank)\n";
-    os << "memory plan of rank 0 (live at the step's peak):\n";
+    os << "model " << model << ", mesh " << comm.mesh[0] << "x" << comm.mesh[1]
+       << "x" << comm.mesh[2] << " (" << ranks << " rank" << (ranks == 1 ? "" : "s")
+       << "; dp x tp x pp)\n";
+    os << "memory plan of each rank (live at the step's peak):\n";
     for (size_t i = 0; i + 1 < std::size(keys); ++i)
       os << llvm::format("  %-12s %12lld  (%s)\n", keys[i],
                          static_cast<long long>(get(keys[i])),
@@ -199,7 +238,7 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
                          humanBytes(get("peak")).c_str(),
                          humanBytes(fp32Peak).c_str(),
                          100.0 * (1.0 - double(get("peak")) / double(fp32Peak)));
-    os << llvm::format("FLOPs per step (GEMM + attention, fwd+bwd): %.3g\n",
+    os << llvm::format("FLOPs per step and rank (GEMM + attention, fwd+bwd): %.3g\n",
                        static_cast<double>(flops));
     if (auto rc = manifest.getAs<mlir::DictionaryAttr>("recompute")) {
       auto layers = rc.getAs<mlir::ArrayAttr>("layers");
@@ -214,7 +253,23 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
         os << " " << mlir::cast<mlir::StringAttr>(l).getValue();
       os << "\n";
     }
-    os << "communication per step: 0 bytes (one rank)\n";
+    if (comm.collectives.empty()) {
+      os << "communication per step: none\n";
+    } else {
+      std::map<std::string, std::pair<int, double>> byKind;
+      for (const auto &c : comm.collectives) {
+        auto &e = byKind[c.kind + " over " + c.axis];
+        e.first += 1;
+        e.second += c.sentBytes;
+      }
+      os << "communication per step and rank: " << comm.collectives.size()
+         << " collective(s), payload " << humanBytes(comm.payloadBytes)
+         << ", sent " << humanBytes(static_cast<int64_t>(comm.sentBytes))
+         << " (ring model; --explain-sharding lists each)\n";
+      for (auto &[k, e] : byKind)
+        os << llvm::format("  %-40s x%-4d sends %s\n", k.c_str(), e.first,
+                           humanBytes(static_cast<int64_t>(e.second)).c_str());
+    }
   });
 }
 
@@ -427,17 +482,24 @@ int main(int argc, char **argv) {
   }
   if (!stage(loom::buildLoomToTrainPipeline))
     return 1;
-  uint64_t flops = countFlops(*ir);
   if (emit == Emit::Train)
     return print();
   if (!stage(loom::buildTrainToDistPipeline))
     return 1;
+  uint64_t flops = countFlops(*ir); // per rank
+  loom::loomc::Communication comm = loom::loomc::analyzeCommunication(*ir);
+  if (explainSharding)
+    return writeOutput([&](raw_ostream &os) {
+             loom::loomc::explainSharding(*ir, comm, os);
+           })
+               ? 0
+               : 1;
   if (emit == Emit::Dist)
     return print();
   if (!stage(loom::buildDistToExecPipeline))
     return 1;
   if (report.getNumOccurrences())
-    return printReport(*ir, flops, report == "json", fp32Peak) ? 0 : 1;
+    return printReport(*ir, flops, report == "json", fp32Peak, comm) ? 0 : 1;
   if (emit == Emit::Exec)
     return print();
   if (target == "cuda")
