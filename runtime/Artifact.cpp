@@ -77,6 +77,41 @@ std::string formatTensorType(DType t, const std::vector<int64_t> &shape) {
 }
 
 //===----------------------------------------------------------------------===//
+// Buffers and meshes
+//===----------------------------------------------------------------------===//
+
+std::string formatMesh(const Mesh &m) {
+  return "dp=" + std::to_string(m.dp) + " tp=" + std::to_string(m.tp) +
+         " pp=" + std::to_string(m.pp);
+}
+
+int64_t Buffer::globalElements() const {
+  int64_t n = 1;
+  for (int64_t d : global())
+    n *= d;
+  return n;
+}
+
+bool Buffer::isSplit() const {
+  for (int32_t a : split)
+    if (a >= 0)
+      return true;
+  return false;
+}
+
+std::string Buffer::describeType() const {
+  std::string s = formatTensorType(dtype, shape);
+  if (!isSplit())
+    return s;
+  s += " of " + formatTensorType(dtype, global()) + " split (";
+  for (size_t d = 0; d < shape.size(); ++d) {
+    int32_t a = splitAxis(d);
+    s += (d ? ", " : "") + std::string(a == 0 ? "dp" : a == 1 ? "tp" : "_");
+  }
+  return s + ")";
+}
+
+//===----------------------------------------------------------------------===//
 // Manifest lookups
 //===----------------------------------------------------------------------===//
 
@@ -153,10 +188,11 @@ Trailer parseTrailer(const unsigned char *p, uint64_t fileSize) {
     throw Error("compiled by a different Loom: format " +
                 std::to_string(t.formatVersion) + ", this runtime reads " +
                 std::to_string(kArtifactFormatVersion));
-  if (t.abiVersion != LOOM_ABI_VERSION)
+  if (t.abiVersion < kMinAbiVersion || t.abiVersion > LOOM_ABI_VERSION)
     throw Error("compiled by a different Loom: ABI " +
                 std::to_string(t.abiVersion) + ", this runtime implements " +
-                std::to_string(LOOM_ABI_VERSION));
+                std::to_string(LOOM_ABI_VERSION) + " (and runs " +
+                std::to_string(kMinAbiVersion) + ")");
   for (size_t i = 48; i < kTrailerBytes; ++i)
     if (p[i] != 0)
       throw Error("trailer byte " + std::to_string(i) +
@@ -361,24 +397,99 @@ void readInit(const json::Value &v, const std::string &where, ParamSpec &p) {
                                   dtypeName(p.dtype));
 }
 
-void readShard(const json::Value &v, const std::string &where, ParamSpec &p) {
+/// `shard` and `global_shape` of a param, state or input entry (ARTIFACT.md):
+/// fills b.globalShape and b.split, and the annotation strings of a param.
+void readLayout(const json::Value &v, const std::string &where,
+                const Manifest &m, Buffer &b,
+                std::vector<std::string> *annotation) {
   using R = ManifestReader;
-  p.shard.clear();
-  const json::Value *s = v.find("shard");
-  if (!s || s->isNull())
+  size_t rank = b.shape.size();
+  std::vector<std::string> shard;
+  if (const json::Value *s = v.find("shard"); s && !s->isNull()) {
+    const json::Array &a = R::array(*s, where + ".shard");
+    if (a.size() != rank)
+      R::fail(where + ".shard", std::to_string(a.size()) +
+                                    " entries for a tensor of rank " +
+                                    std::to_string(rank));
+    for (size_t i = 0; i < a.size(); ++i) {
+      std::string at = where + ".shard[" + std::to_string(i) + "]";
+      const std::string &axis = R::string(a[i], at);
+      bool known = axis == "_" || axis == "dp" || axis == "tp" ||
+                   (axis == "pp" && m.abiVersion < 3);
+      if (!known)
+        R::fail(at, "'" + axis + "' is not '_' or a mesh axis a dimension " +
+                        "can be split over (dp, tp)");
+      shard.push_back(axis);
+    }
+  }
+  if (annotation)
+    *annotation = shard;
+  b.globalShape = b.shape;
+  b.split.assign(rank, -1);
+  const json::Value *g = v.find("global_shape");
+  if (m.abiVersion < 3) {
+    // ABI 2: `shard` was the DSL's annotation; buffers are whole tensors.
+    if (g)
+      R::fail(where + ".global_shape", "not part of ABI " +
+                                           std::to_string(m.abiVersion) +
+                                           " (since ABI 3)");
     return;
-  const json::Array &a = R::array(*s, where + ".shard");
-  if (a.size() != p.shape.size())
-    R::fail(where + ".shard", std::to_string(a.size()) +
-                                  " entries for a tensor of rank " +
-                                  std::to_string(p.shape.size()));
-  for (size_t i = 0; i < a.size(); ++i) {
-    const std::string &axis =
-        R::string(a[i], where + ".shard[" + std::to_string(i) + "]");
-    if (axis != "_" && axis != "dp" && axis != "tp" && axis != "pp")
-      R::fail(where + ".shard[" + std::to_string(i) + "]",
-              "'" + axis + "' is not '_' or a mesh axis (dp, tp, pp)");
-    p.shard.push_back(axis);
+  }
+  if (g && !g->isNull()) {
+    const json::Array &a = R::array(*g, where + ".global_shape");
+    if (a.size() != rank)
+      R::fail(where + ".global_shape",
+              "rank " + std::to_string(a.size()) + ", the local shape " +
+                  formatTensorType(b.dtype, b.shape) + " has rank " +
+                  std::to_string(rank));
+    int64_t elements = 1;
+    for (size_t i = 0; i < a.size(); ++i) {
+      int64_t d = R::integer(a[i],
+                             where + ".global_shape[" + std::to_string(i) + "]",
+                             1, kMaxDim);
+      if (elements > kMaxArena / d)
+        R::fail(where + ".global_shape", "more elements than a tensor can hold");
+      elements *= d;
+      b.globalShape[i] = d;
+    }
+  }
+  bool used[3] = {false, false, false};
+  for (size_t d = 0; d < rank; ++d) {
+    std::string axis = shard.empty() ? "_" : shard[d];
+    std::string at = where + ".shard[" + std::to_string(d) + "]";
+    int64_t global = b.globalShape[d], local = b.shape[d];
+    if (axis == "_") {
+      if (global != local)
+        R::fail(where + ".shape",
+                "dim " + std::to_string(d) + " is " + std::to_string(local) +
+                    " but not split, and global_shape says " +
+                    std::to_string(global));
+      continue;
+    }
+    int32_t a = axis == "dp" ? 0 : 1;
+    if (used[a])
+      R::fail(at, "splits a second dimension over " + axis +
+                      " (an axis splits at most one dimension of a tensor)");
+    used[a] = true;
+    int64_t size = m.mesh.size(a);
+    if (!g && size > 1)
+      R::fail(where + ".global_shape",
+              "missing, but dim " + std::to_string(d) + " is split over " +
+                  axis + " (" + std::to_string(size) + " ranks)");
+    if (global % size != 0)
+      R::fail(where + ".global_shape",
+              "dim " + std::to_string(d) + " (" + std::to_string(global) +
+                  ") does not divide evenly over " + axis + " (" +
+                  std::to_string(size) + " ranks)");
+    if (local != global / size)
+      R::fail(where + ".shape",
+              "dim " + std::to_string(d) + " is " + std::to_string(local) +
+                  ", but global " + std::to_string(global) + " split over " +
+                  axis + " (" + std::to_string(size) + " ranks) gives " +
+                  std::to_string(global / size));
+    // A split over an axis of one rank is no split.
+    if (size > 1)
+      b.split[d] = a;
   }
 }
 
@@ -406,10 +517,11 @@ Manifest parseManifest(std::string_view text) {
                 std::to_string(kArtifactFormatVersion));
   m.abiVersion = R::integer(R::member(doc, "", "abi_version"), "abi_version", 0,
                             INT32_MAX);
-  if (m.abiVersion != LOOM_ABI_VERSION)
+  if (m.abiVersion < kMinAbiVersion || m.abiVersion > LOOM_ABI_VERSION)
     throw Error("compiled by a different Loom: ABI " +
                 std::to_string(m.abiVersion) + ", this runtime implements " +
-                std::to_string(LOOM_ABI_VERSION));
+                std::to_string(LOOM_ABI_VERSION) + " (and runs " +
+                std::to_string(kMinAbiVersion) + ")");
 
   m.model = R::string(R::member(doc, "", "model"), "model");
   if (const json::Value *s = doc.find("source"))
@@ -449,6 +561,13 @@ Manifest parseManifest(std::string_view text) {
       R::fail("mesh." + axis, "unknown mesh axis (known: dp, tp, pp)");
   }
 
+  if (const json::Value *zero = doc.find("zero")) {
+    if (m.abiVersion < 3)
+      R::fail("zero", "not part of ABI " + std::to_string(m.abiVersion) +
+                          " (since ABI 3)");
+    m.zero = R::integer(*zero, "zero", 0, 1);
+  }
+
   m.arenaBytes = R::integer(R::member(doc, "", "arena_bytes"), "arena_bytes", 1,
                             kMaxArena);
 
@@ -481,8 +600,8 @@ Manifest parseManifest(std::string_view text) {
     readBuffer(params[i], where0, m.arenaBytes, p, false);
     std::string where = where0 + " ('" + p.name + "')";
     unique(p, where);
+    readLayout(params[i], where, m, p, &p.shard);
     readInit(params[i], where, p);
-    readShard(params[i], where, p);
     m.params.push_back(std::move(p));
   }
   if (const json::Value *state = doc.find("state")) {
@@ -491,7 +610,9 @@ Manifest parseManifest(std::string_view text) {
       std::string where0 = "state[" + std::to_string(i) + "]";
       Buffer b;
       readBuffer(a[i], where0, m.arenaBytes, b, false);
-      unique(b, where0 + " ('" + b.name + "')");
+      std::string where = where0 + " ('" + b.name + "')";
+      unique(b, where);
+      readLayout(a[i], where, m, b, nullptr);
       m.state.push_back(std::move(b));
     }
   }
@@ -500,14 +621,17 @@ Manifest parseManifest(std::string_view text) {
     std::string where0 = "inputs[" + std::to_string(i) + "]";
     Buffer b;
     readBuffer(inputs[i], where0, m.arenaBytes, b, true);
-    unique(b, where0 + " ('" + b.name + "')");
+    std::string where = where0 + " ('" + b.name + "')";
+    unique(b, where);
+    readLayout(inputs[i], where, m, b, nullptr);
     m.inputs.push_back(std::move(b));
   }
+  // The global batch: every rank reads the same one and keeps its slice.
   for (size_t i = 1; i < m.inputs.size(); ++i)
-    if (m.inputs[i].shape[0] != m.inputs[0].shape[0])
+    if (m.inputs[i].global()[0] != m.inputs[0].global()[0])
       R::fail("inputs[" + std::to_string(i) + "] ('" + m.inputs[i].name + "')",
-              "batch dimension " + std::to_string(m.inputs[i].shape[0]) +
-                  " differs from " + std::to_string(m.inputs[0].shape[0]) +
+              "batch dimension " + std::to_string(m.inputs[i].global()[0]) +
+                  " differs from " + std::to_string(m.inputs[0].global()[0]) +
                   " of '" + m.inputs[0].name + "'");
 
   // Parameters, state and inputs are written by the runtime; an overlap
@@ -829,6 +953,19 @@ void checkCpuFeatures(const Manifest &m) {
 // describe
 //===----------------------------------------------------------------------===//
 
+/// "  (per rank; global f32[64, 20], split (_, tp))" for a split buffer.
+static std::string sliceOf(const Buffer &b) {
+  if (!b.isSplit())
+    return "";
+  std::string s = "  (per rank; global " + formatTensorType(b.dtype, b.global()) +
+                  ", split (";
+  for (size_t d = 0; d < b.shape.size(); ++d) {
+    int32_t a = b.splitAxis(d);
+    s += (d ? ", " : "") + std::string(a == 0 ? "dp" : a == 1 ? "tp" : "_");
+  }
+  return s + "))";
+}
+
 std::string describe(const Manifest &m, const std::string &path) {
   std::ostringstream os;
   auto pad = [](std::string s, size_t w) {
@@ -844,7 +981,10 @@ std::string describe(const Manifest &m, const std::string &path) {
      << m.abiVersion << "\n";
   os << "  mesh      dp=" << m.mesh.dp << " tp=" << m.mesh.tp
      << " pp=" << m.mesh.pp << " (" << m.mesh.ranks() << " rank"
-     << (m.mesh.ranks() == 1 ? "" : "s") << ")\n";
+     << (m.mesh.ranks() == 1 ? "" : "s") << ")";
+  if (m.zero)
+    os << ", ZeRO-" << m.zero;
+  os << "\n";
   os << "  cpu       "
      << (m.cpuFeatures.empty() ? "(no required features)"
                                : joinNames(m.cpuFeatures));
@@ -910,7 +1050,8 @@ std::string describe(const Manifest &m, const std::string &path) {
     }
     os << "    " << pad(p.name, nameWidth) << "  "
        << pad(formatTensorType(p.dtype, p.shape), typeWidth) << "  "
-       << pad(init, 14) << " " << pad(shard, 12) << " @ " << p.offset << "\n";
+       << pad(init, 14) << " " << pad(shard, 12) << " @ " << p.offset
+       << sliceOf(p) << "\n";
   }
   auto buffers = [&](const char *title, const std::vector<Buffer> &v) {
     int64_t bytes = 0;
@@ -921,7 +1062,7 @@ std::string describe(const Manifest &m, const std::string &path) {
     for (const auto &b : v)
       os << "    " << pad(b.name, nameWidth) << "  "
          << pad(formatTensorType(b.dtype, b.shape), typeWidth) << "  @ "
-         << b.offset << "\n";
+         << b.offset << sliceOf(b) << "\n";
   };
   buffers("state", m.state);
   buffers("inputs", m.inputs);

@@ -24,6 +24,9 @@ namespace loom::runtime {
 
 /// The artifact format version this runtime reads (ARTIFACT.md).
 constexpr uint32_t kArtifactFormatVersion = 1;
+/// The oldest ABI version this runtime still runs (ABI 2: one rank, no
+/// `global_shape`); the newest is LOOM_ABI_VERSION.
+constexpr uint32_t kMinAbiVersion = 2;
 constexpr size_t kTrailerBytes = 64;
 constexpr uint64_t kMaxManifestBytes = 64ull << 20;
 /// Every arena buffer starts at a multiple of this.
@@ -39,7 +42,25 @@ bool parseDType(const std::string &name, DType &out);
 /// "f32[64, 128]", "i64[]".
 std::string formatTensorType(DType t, const std::vector<int64_t> &shape);
 
-/// A tensor at a fixed place in the arena.
+struct Mesh {
+  int64_t dp = 1, tp = 1, pp = 1;
+  int64_t ranks() const { return dp * tp * pp; }
+  /// Ranks along axis 0 dp, 1 tp, 2 pp.
+  int64_t size(int32_t axis) const {
+    return axis == 0 ? dp : axis == 1 ? tp : pp;
+  }
+  bool operator==(const Mesh &o) const {
+    return dp == o.dp && tp == o.tp && pp == o.pp;
+  }
+  bool operator!=(const Mesh &o) const { return !(*this == o); }
+};
+/// "dp=2 tp=1 pp=1".
+std::string formatMesh(const Mesh &m);
+
+/// A tensor at a fixed place in the arena. `shape` is this rank's (local)
+/// buffer; `globalShape` the full tensor it is a slice of, and `split` says,
+/// per dimension, which mesh axis that dimension is split over evenly (-1:
+/// not split; 0 dp, 1 tp): shape[d] = globalShape[d] / size(split[d]).
 struct Buffer {
   std::string name;
   DType dtype = DType::F32;
@@ -47,20 +68,33 @@ struct Buffer {
   int64_t offset = 0;
   int64_t elements = 1; ///< product of shape (1 for a scalar)
   int64_t bytes = 0;    ///< elements * dtypeSize(dtype)
+  /// Empty (a hand-built Buffer) means: the same as shape, not split.
+  std::vector<int64_t> globalShape;
+  std::vector<int32_t> split;
+
+  /// The full tensor's shape.
+  const std::vector<int64_t> &global() const {
+    return globalShape.empty() ? shape : globalShape;
+  }
+  int64_t globalElements() const;
+  /// The mesh axis dimension d is split over, or -1.
+  int32_t splitAxis(size_t d) const {
+    return d < split.size() ? split[d] : -1;
+  }
+  /// Whether any dimension is split.
+  bool isSplit() const;
+  /// "f32[64, 10] of f32[64, 20] split (_, tp)" or "f32[64, 10]".
+  std::string describeType() const;
 };
 
 /// A trainable parameter: a buffer plus how to initialise and shard it.
 struct ParamSpec : Buffer {
   std::string init = "zeros"; ///< zeros | ones | normal | uniform | glorot
   std::vector<double> initArgs;
-  /// One entry per dimension: "_" (replicated) or a mesh axis; empty when
-  /// the manifest gives none.
+  /// The manifest's `shard`, one entry per dimension: "_" or a mesh axis;
+  /// empty when the manifest gives none. From ABI 3 it is the buffer's split
+  /// (`split` above); in ABI 2 it was the DSL's annotation only.
   std::vector<std::string> shard;
-};
-
-struct Mesh {
-  int64_t dp = 1, tp = 1, pp = 1;
-  int64_t ranks() const { return dp * tp * pp; }
 };
 
 /// The manifest, typed. Field meanings are in ARTIFACT.md.
@@ -72,6 +106,8 @@ struct Manifest {
   /// ("loom.matmul at gpt.loom:29:24"); optional.
   std::vector<std::string> ops;
   Mesh mesh;
+  /// ZeRO stage: 0, or 1 (optimizer state split over dp).
+  int64_t zero = 0;
   int64_t arenaBytes = 0;
   /// Planned bytes by category (params, grads, ..., peak), in manifest order.
   std::vector<std::pair<std::string, int64_t>> memory;

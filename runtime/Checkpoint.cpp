@@ -2,6 +2,7 @@
 #include "runtime/Checkpoint.h"
 
 #include "runtime/Hash.h"
+#include "runtime/Sharding.h"
 #include "runtime/Support.h"
 
 #include <algorithm>
@@ -63,12 +64,19 @@ std::string typeOf(st::DType t, const std::vector<int64_t> &shape) {
 
 uint64_t layoutFingerprint(const Manifest &m) {
   std::vector<std::string> lines;
+  // A split buffer adds its global shape and split; an unsplit one reads as
+  // it did before sharding existed, so older checkpoints still match.
+  auto line = [](const char *kind, const Buffer &b) {
+    std::string l = std::string(kind) + " " + b.name + " " +
+                    formatTensorType(b.dtype, b.shape);
+    if (b.isSplit())
+      l += " slice " + b.describeType();
+    return l;
+  };
   for (const ParamSpec &p : m.params)
-    lines.push_back("param " + p.name + " " +
-                    formatTensorType(p.dtype, p.shape));
+    lines.push_back(line("param", p));
   for (const Buffer &b : m.state)
-    lines.push_back("state " + b.name + " " +
-                    formatTensorType(b.dtype, b.shape));
+    lines.push_back(line("state", b));
   // By name: a compiler that only reorders the arena keeps its checkpoints.
   std::sort(lines.begin(), lines.end());
   std::string text = "model " + m.model + "\n";
@@ -104,19 +112,88 @@ bool parseHex64(const std::string &s, uint64_t &out) {
 // Weights
 //===----------------------------------------------------------------------===//
 
+namespace {
+bool manyRanks(const CommMesh *mesh) { return mesh && mesh->worldSize() > 1; }
+
+MeshCoord coordOf(const CommMesh *mesh) {
+  if (!mesh)
+    return {0, 0, 0};
+  return {mesh->coord(0), mesh->coord(1), mesh->coord(2)};
+}
+
+Mesh meshOf(const CommMesh *mesh) {
+  Mesh m;
+  if (mesh) {
+    m.dp = mesh->size(0);
+    m.tp = mesh->size(1);
+    m.pp = mesh->size(2);
+  }
+  return m;
+}
+} // namespace
+
 safetensors::WriteResult
 saveWeights(const std::string &path, const Manifest &m,
             const unsigned char *arena,
-            const std::vector<std::pair<std::string, std::string>> &metadata) {
+            const std::vector<std::pair<std::string, std::string>> &metadata,
+            CommMesh *mesh) {
+  if (!manyRanks(mesh)) {
+    std::vector<st::TensorData> tensors;
+    for (const ParamSpec &p : m.params)
+      tensors.push_back(
+          {p.name, toSafetensors(p.dtype), p.global(), arena + p.offset});
+    return st::write(path, tensors, metadata);
+  }
+  // Gather: rank 0 assembles each full tensor from the slices of the ranks
+  // that own them (coordinate 0 on the axes the tensor is not split over).
+  const Mesh shape = meshOf(mesh);
+  const bool root = mesh->worldRank() == 0;
+  std::vector<std::vector<unsigned char>> full(m.params.size());
+  std::vector<unsigned char> slice;
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const ParamSpec &p = m.params[i];
+    const size_t elem = dtypeSize(p.dtype);
+    if (!p.isSplit()) {
+      // Every rank holds the whole tensor; rank 0's copy is the one.
+      if (root)
+        full[i].assign(arena + p.offset, arena + p.offset + p.bytes);
+      continue;
+    }
+    if (root)
+      full[i].resize(size_t(p.globalElements()) * elem);
+    for (int r = 0; r < mesh->worldSize(); ++r) {
+      MeshCoord c = meshCoordOf(shape, r);
+      if (!ownsSlice(p, c))
+        continue;
+      const unsigned char *src = arena + p.offset;
+      if (r != 0) {
+        if (root) {
+          slice.resize(size_t(p.bytes));
+          mesh->sendToRoot(r, slice.data(), uint64_t(p.bytes), "--save");
+          src = slice.data();
+        } else if (mesh->worldRank() == r) {
+          mesh->sendToRoot(r, const_cast<unsigned char *>(src),
+                           uint64_t(p.bytes), "--save");
+        }
+      }
+      if (root)
+        insertBlock(src, p.global(), sliceStart(p, c), p.shape, elem,
+                    full[i].data());
+    }
+  }
+  if (!root)
+    return {};
   std::vector<st::TensorData> tensors;
-  for (const ParamSpec &p : m.params)
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const ParamSpec &p = m.params[i];
     tensors.push_back(
-        {p.name, toSafetensors(p.dtype), p.shape, arena + p.offset});
+        {p.name, toSafetensors(p.dtype), p.global(), full[i].data()});
+  }
   return st::write(path, tensors, metadata);
 }
 
 void loadWeights(const std::string &path, const Manifest &m,
-                 unsigned char *arena) {
+                 unsigned char *arena, const CommMesh *mesh) {
   std::unique_ptr<st::Reader> file = st::Reader::open(path);
   const st::Header &h = file->header();
   auto fail = [&](const std::string &cause) {
@@ -134,9 +211,9 @@ void loadWeights(const std::string &path, const Manifest &m,
     if (t->dtype != want)
       fail("tensor '" + p.name + "' has dtype " + st::dtypeName(t->dtype) +
            ", the model needs " + st::dtypeName(want));
-    if (t->shape != p.shape)
+    if (t->shape != p.global())
       fail("tensor '" + p.name + "' has shape " + st::formatShape(t->shape) +
-           ", the model needs " + st::formatShape(p.shape));
+           ", the model needs " + st::formatShape(p.global()));
     found.push_back(t);
   }
   std::set<std::string> names;
@@ -155,8 +232,21 @@ void loadWeights(const std::string &path, const Manifest &m,
                                    (unknown.size() > 2 ? "s" : "") + ")"
                              : std::string()));
   }
-  for (size_t i = 0; i < m.params.size(); ++i)
-    file->read(*found[i], arena + m.params[i].offset, /*checkFinite=*/true);
+  MeshCoord coord = coordOf(mesh);
+  std::vector<unsigned char> whole;
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const ParamSpec &p = m.params[i];
+    if (!p.isSplit()) {
+      file->read(*found[i], arena + p.offset, /*checkFinite=*/true);
+      continue;
+    }
+    // This rank's slice of the full tensor (every value checked, so that
+    // all ranks accept or refuse the file alike).
+    whole.resize(size_t(found[i]->bytes()));
+    file->read(*found[i], whole.data(), /*checkFinite=*/true);
+    extractBlock(whole.data(), p.global(), sliceStart(p, coord), p.shape,
+                 dtypeSize(p.dtype), arena + p.offset);
+  }
 }
 
 //===----------------------------------------------------------------------===//
@@ -166,7 +256,7 @@ void loadWeights(const std::string &path, const Manifest &m,
 json::Value CheckpointIndex::toJson() const {
   // u64 values (seed, hashes) as strings: JSON numbers stop being exact at
   // 2^53.
-  return json::Value(json::Object{
+  json::Value doc(json::Object{
       {"format", json::Value("loom-checkpoint")},
       {"format_version", json::Value(kCheckpointFormatVersion)},
       {"model", json::Value(model)},
@@ -175,17 +265,36 @@ json::Value CheckpointIndex::toJson() const {
       {"artifact_checksum", json::Value(formatHex64(artifactChecksum))},
       {"step", json::Value(step)},
       {"target_steps", json::Value(targetSteps)},
+      {"mesh", json::Value(json::Object{{"dp", json::Value(mesh.dp)},
+                                        {"tp", json::Value(mesh.tp)},
+                                        {"pp", json::Value(mesh.pp)}})},
+      {"zero", json::Value(zero)},
       {"seed", json::Value(std::to_string(seed))},
       {"threads", json::Value(threads)},
       {"data", json::Value(dataPath)},
       {"data_cursor", cursor.toJson()},
       {"skipped_total", json::Value(skippedTotal)},
-      {"metrics_lines", json::Value(metricsLines)},
-      {"state", json::Value(json::Object{
-                    {"file", json::Value(kCheckpointStateFile)},
-                    {"bytes", json::Value(static_cast<int64_t>(stateBytes))},
-                    {"fnv1a64", json::Value(formatHex64(stateFnv1a64))},
-                    {"tensors", json::Value(stateTensors)}})}});
+      {"metrics_lines", json::Value(metricsLines)}});
+  json::Object &o = doc.asObject();
+  auto fileJson = [](const CheckpointFile &f) {
+    return json::Value(json::Object{
+        {"file", json::Value(f.file)},
+        {"bytes", json::Value(static_cast<int64_t>(f.bytes))},
+        {"fnv1a64", json::Value(formatHex64(f.fnv1a64))},
+        {"tensors", json::Value(f.tensors)}});
+  };
+  if (sharded()) {
+    o[1].second = json::Value(kShardedCheckpointFormatVersion);
+    json::Array files;
+    for (const CheckpointFile &f : ranks)
+      files.push_back(fileJson(f));
+    o.emplace_back("ranks", json::Value(std::move(files)));
+  } else {
+    o.emplace_back("state",
+                   fileJson({kCheckpointStateFile, stateBytes, stateFnv1a64,
+                             stateTensors}));
+  }
+  return doc;
 }
 
 CheckpointIndex CheckpointIndex::fromJson(const json::Value &v) {
@@ -227,10 +336,12 @@ CheckpointIndex CheckpointIndex::fromJson(const json::Value &v) {
     throw fail("format", "is not \"loom-checkpoint\"");
   CheckpointIndex c;
   int64_t version = integer(v, "format_version", "format_version");
-  if (version != kCheckpointFormatVersion)
+  if (version != kCheckpointFormatVersion &&
+      version != kShardedCheckpointFormatVersion)
     throw Error("index.json: checkpoint format " + std::to_string(version) +
                 ", this runtime reads " +
-                std::to_string(kCheckpointFormatVersion));
+                std::to_string(kCheckpointFormatVersion) + " and " +
+                std::to_string(kShardedCheckpointFormatVersion));
   c.model = string(v, "model", "model");
   c.layout = hex(v, "layout_fingerprint", "layout_fingerprint");
   c.artifact = string(v, "artifact", "artifact");
@@ -254,16 +365,63 @@ CheckpointIndex CheckpointIndex::fromJson(const json::Value &v) {
   }
   c.skippedTotal = integer(v, "skipped_total", "skipped_total");
   c.metricsLines = integer(v, "metrics_lines", "metrics_lines");
-  const json::Value &state = member(v, "state", "state");
-  if (!state.isObject())
-    throw fail("state", "is not an object");
-  if (string(state, "file", "state.file") != kCheckpointStateFile)
+  if (const json::Value *mesh = v.find("mesh")) {
+    if (!mesh->isObject())
+      throw fail("mesh", "is not an object");
+    auto axis = [&](const char *name) {
+      int64_t n = integer(*mesh, name, std::string("mesh.") + name);
+      if (n < 1)
+        throw fail(std::string("mesh.") + name, "is not positive");
+      return n;
+    };
+    c.mesh.dp = axis("dp");
+    c.mesh.tp = axis("tp");
+    c.mesh.pp = axis("pp");
+  }
+  if (v.find("zero"))
+    c.zero = integer(v, "zero", "zero");
+  auto file = [&](const json::Value &f, const std::string &where) {
+    if (!f.isObject())
+      throw fail(where, "is not an object");
+    CheckpointFile out;
+    out.file = string(f, "file", where + ".file");
+    out.bytes = static_cast<uint64_t>(integer(f, "bytes", where + ".bytes"));
+    out.fnv1a64 = hex(f, "fnv1a64", where + ".fnv1a64");
+    out.tensors = integer(f, "tensors", where + ".tensors");
+    return out;
+  };
+  if (version == kShardedCheckpointFormatVersion) {
+    const json::Value &ranks = member(v, "ranks", "ranks");
+    if (!ranks.isArray())
+      throw fail("ranks", "is not an array");
+    const json::Array &a = ranks.asArray();
+    if (int64_t(a.size()) != c.mesh.ranks() || a.size() < 2)
+      throw fail("ranks", "lists " + std::to_string(a.size()) +
+                              " files for a mesh of " +
+                              std::to_string(c.mesh.ranks()) + " ranks");
+    for (size_t r = 0; r < a.size(); ++r) {
+      std::string where = "ranks[" + std::to_string(r) + "]";
+      CheckpointFile f = file(a[r], where);
+      if (f.file != rankFileName(int(r)))
+        throw fail(where + ".file", "is not \"" + rankFileName(int(r)) + "\"");
+      c.ranks.push_back(f);
+    }
+    return c;
+  }
+  if (c.mesh.ranks() != 1)
+    throw fail("mesh", "has several ranks in a format 1 (one rank) checkpoint");
+  CheckpointFile state = file(member(v, "state", "state"), "state");
+  if (state.file != kCheckpointStateFile)
     throw fail("state.file",
                std::string("is not \"") + kCheckpointStateFile + "\"");
-  c.stateBytes = static_cast<uint64_t>(integer(state, "bytes", "state.bytes"));
-  c.stateFnv1a64 = hex(state, "fnv1a64", "state.fnv1a64");
-  c.stateTensors = integer(state, "tensors", "state.tensors");
+  c.stateBytes = state.bytes;
+  c.stateFnv1a64 = state.fnv1a64;
+  c.stateTensors = state.tensors;
   return c;
+}
+
+std::string rankFileName(int rank) {
+  return "rank-" + std::to_string(rank) + ".safetensors";
 }
 
 //===----------------------------------------------------------------------===//
@@ -421,65 +579,19 @@ void prepareCheckpointDir(const std::string &dir) {
   ::unlink(probe.c_str());
 }
 
-std::string writeCheckpoint(const std::string &dir, const Manifest &m,
-                            const unsigned char *arena, CheckpointIndex index,
-                            int64_t keep) {
-  std::string name = checkpointName(index.step);
-  std::string final = dir + "/" + name, tmp = final + ".tmp";
-  try {
-    // A .tmp folder is a write that never finished: never a checkpoint.
-    if (exists(tmp) && !removeCheckpointFolder(tmp))
-      throw Error("cannot remove the unfinished " + tmp +
-                  " left by an "
-                  "earlier run: " +
-                  errnoText());
-    if (::mkdir(tmp.c_str(), 0755) != 0)
-      throw Error("cannot create " + tmp + ": " + errnoText());
+namespace {
 
-    std::vector<st::TensorData> tensors;
-    for (const Buffer *b : checkpointTensors(m))
-      tensors.push_back(
-          {b->name, toSafetensors(b->dtype), b->shape, arena + b->offset});
-    st::WriteResult w = st::write(tmp + "/" + kCheckpointStateFile, tensors,
-                                  {{"format", "loom-checkpoint"},
-                                   {"model", m.model},
-                                   {"step", std::to_string(index.step)}});
-    index.stateBytes = w.bytes;
-    index.stateFnv1a64 = w.fnv1a64;
-    index.stateTensors = static_cast<int64_t>(tensors.size());
-    writeSynced(tmp + "/" + kCheckpointIndexFile,
-                json::write(index.toJson(), 2) + "\n");
-    fsyncPath(tmp, true);
-
-    // The same step may exist already: left by a run that was resumed from
-    // an older checkpoint (it was skipped as damaged). Set it aside, put the
-    // new one in place, then remove it.
-    std::string stale;
-    if (exists(final)) {
-      stale = final + ".stale";
-      if (exists(stale))
-        removeCheckpointFolder(stale);
-      if (::rename(final.c_str(), stale.c_str()) != 0)
-        throw Error("cannot move the earlier " + final +
-                    " aside: " + errnoText());
-    }
-    if (::rename(tmp.c_str(), final.c_str()) != 0)
-      throw Error("cannot rename " + tmp + " to " + final + ": " + errnoText());
-    fsyncPath(dir, true);
-    if (!stale.empty())
-      removeCheckpointFolder(stale);
-  } catch (const Error &e) {
-    removeCheckpointFolder(tmp);
-    throw Error("checkpoint " + final + ": " + e.what());
-  }
-
+/// Deletes all but the newest `keep` complete checkpoints up to `step` (whose
+/// folder is `final`), and unfinished writes of earlier steps.
+void applyRetention(const std::string &dir, const std::string &final,
+                    int64_t upTo, int64_t keep) {
   // Keep the newest `keep` complete checkpoints up to this one.
   if (keep > 0) {
     int64_t kept = 0;
     for (const auto &[step, path] : listCheckpoints(dir)) {
       // A later step than this one is what a resumed run stepped over as
       // damaged: it is replaced when this run gets there, never counted.
-      if (step > index.step)
+      if (step > upTo)
         continue;
       if (path == final) {
         ++kept;
@@ -512,7 +624,7 @@ std::string writeCheckpoint(const std::string &dir, const Manifest &m,
           size_t len = std::strlen(suffix);
           if (n.size() > len && n.compare(n.size() - len, len, suffix) == 0 &&
               checkpointStep(n.substr(0, n.size() - len)) >= 0 &&
-              checkpointStep(n.substr(0, n.size() - len)) < index.step)
+              checkpointStep(n.substr(0, n.size() - len)) < upTo)
             leftovers.push_back(dir + "/" + n);
         }
       }
@@ -521,6 +633,174 @@ std::string writeCheckpoint(const std::string &dir, const Manifest &m,
         removeCheckpointFolder(l);
     }
   }
+}
+
+/// Puts the finished `tmp` folder in place as `final` (setting an earlier
+/// folder of the same step aside first) and syncs the parent.
+void publish(const std::string &dir, const std::string &tmp,
+             const std::string &final) {
+  fsyncPath(tmp, true);
+  // The same step may exist already: left by a run that was resumed from
+  // an older checkpoint (it was skipped as damaged). Set it aside, put the
+  // new one in place, then remove it.
+  std::string stale;
+  if (exists(final)) {
+    stale = final + ".stale";
+    if (exists(stale))
+      removeCheckpointFolder(stale);
+    if (::rename(final.c_str(), stale.c_str()) != 0)
+      throw Error("cannot move the earlier " + final + " aside: " +
+                  errnoText());
+  }
+  if (::rename(tmp.c_str(), final.c_str()) != 0)
+    throw Error("cannot rename " + tmp + " to " + final + ": " + errnoText());
+  fsyncPath(dir, true);
+  if (!stale.empty())
+    removeCheckpointFolder(stale);
+}
+
+/// An empty .tmp folder for a new write (one left by an unfinished write is
+/// removed first).
+void makeTmp(const std::string &tmp) {
+  // A .tmp folder is a write that never finished: never a checkpoint.
+  if (exists(tmp) && !removeCheckpointFolder(tmp))
+    throw Error("cannot remove the unfinished " + tmp + " left by an "
+                "earlier run: " + errnoText());
+  if (::mkdir(tmp.c_str(), 0755) != 0)
+    throw Error("cannot create " + tmp + ": " + errnoText());
+}
+
+/// The sharded write (writeCheckpoint with several ranks).
+std::string writeSharded(const std::string &dir, const Manifest &m,
+                         const unsigned char *arena, CheckpointIndex index,
+                         int64_t keep, CommMesh &mesh) {
+  const int rank = mesh.worldRank();
+  const bool root = rank == 0;
+  std::string name = checkpointName(index.step);
+  std::string final = dir + "/" + name, tmp = final + ".tmp";
+  auto failed = [&](const std::string &cause) {
+    return AgreedError("checkpoint " + final + ": " + cause);
+  };
+  /// Every rank's outcome ("" = success); the first failure, on every rank.
+  auto agree = [&](const std::string &mine, const char *what) {
+    std::vector<std::string> all = mesh.allGather(mine, what);
+    for (size_t r = 0; r < all.size(); ++r)
+      if (!all[r].empty())
+        return "rank " + std::to_string(r) + ": " + all[r];
+    return std::string();
+  };
+  std::string why;
+  if (root) {
+    try {
+      makeTmp(tmp);
+    } catch (const Error &e) {
+      why = e.what();
+    }
+  }
+  if (std::string first = agree(why, "checkpoint folder"); !first.empty())
+    throw failed(first);
+
+  // Each rank its own slices, by name, with their local shapes.
+  why.clear();
+  CheckpointFile mine;
+  mine.file = rankFileName(rank);
+  try {
+    std::vector<st::TensorData> tensors;
+    for (const Buffer *b : checkpointTensors(m))
+      tensors.push_back(
+          {b->name, toSafetensors(b->dtype), b->shape, arena + b->offset});
+    st::WriteResult w = st::write(
+        tmp + "/" + mine.file, tensors,
+        {{"format", "loom-checkpoint"},
+         {"model", m.model},
+         {"step", std::to_string(index.step)},
+         {"rank", std::to_string(rank)},
+         {"mesh", formatMesh(m.mesh)}});
+    mine.bytes = w.bytes;
+    mine.fnv1a64 = w.fnv1a64;
+    mine.tensors = int64_t(tensors.size());
+  } catch (const Error &e) {
+    why = e.what();
+  }
+  // The exchange is also the barrier: every rank file is fsynced before
+  // rank 0 writes the index and renames the folder.
+  std::string report =
+      why.empty() ? json::write(json::Value(json::Object{
+                        {"bytes", json::Value(int64_t(mine.bytes))},
+                        {"fnv1a64", json::Value(formatHex64(mine.fnv1a64))},
+                        {"tensors", json::Value(mine.tensors)}}))
+                  : "!" + why;
+  std::vector<std::string> reports = mesh.allGather(report, "checkpoint files");
+  std::string first;
+  for (size_t r = 0; r < reports.size() && first.empty(); ++r)
+    if (!reports[r].empty() && reports[r][0] == '!')
+      first = "rank " + std::to_string(r) + ": " + reports[r].substr(1);
+  if (!first.empty()) {
+    if (root)
+      removeCheckpointFolder(tmp);
+    mesh.barrier("checkpoint cleanup");
+    throw failed(first);
+  }
+
+  why.clear();
+  if (root) {
+    try {
+      for (size_t r = 0; r < reports.size(); ++r) {
+        json::Value v = json::parse(reports[r]);
+        CheckpointFile f;
+        f.file = rankFileName(int(r));
+        f.bytes = uint64_t(v.find("bytes")->asInt());
+        parseHex64(v.find("fnv1a64")->asString(), f.fnv1a64);
+        f.tensors = v.find("tensors")->asInt();
+        index.ranks.push_back(f);
+      }
+      writeSynced(tmp + "/" + kCheckpointIndexFile,
+                  json::write(index.toJson(), 2) + "\n");
+      publish(dir, tmp, final);
+    } catch (const std::exception &e) {
+      why = e.what();
+      removeCheckpointFolder(tmp);
+    }
+  }
+  if (std::string first = agree(why, "checkpoint index"); !first.empty())
+    throw failed(first);
+  if (root)
+    applyRetention(dir, final, index.step, keep);
+  return final;
+}
+
+} // namespace
+
+std::string writeCheckpoint(const std::string &dir, const Manifest &m,
+                            const unsigned char *arena, CheckpointIndex index,
+                            int64_t keep, CommMesh *mesh) {
+  if (manyRanks(mesh))
+    return writeSharded(dir, m, arena, std::move(index), keep, *mesh);
+  std::string name = checkpointName(index.step);
+  std::string final = dir + "/" + name, tmp = final + ".tmp";
+  try {
+    makeTmp(tmp);
+
+    std::vector<st::TensorData> tensors;
+    for (const Buffer *b : checkpointTensors(m))
+      tensors.push_back(
+          {b->name, toSafetensors(b->dtype), b->shape, arena + b->offset});
+    st::WriteResult w = st::write(tmp + "/" + kCheckpointStateFile, tensors,
+                                  {{"format", "loom-checkpoint"},
+                                   {"model", m.model},
+                                   {"step", std::to_string(index.step)}});
+    index.stateBytes = w.bytes;
+    index.stateFnv1a64 = w.fnv1a64;
+    index.stateTensors = static_cast<int64_t>(tensors.size());
+    writeSynced(tmp + "/" + kCheckpointIndexFile,
+                json::write(index.toJson(), 2) + "\n");
+    publish(dir, tmp, final);
+  } catch (const Error &e) {
+    removeCheckpointFolder(tmp);
+    throw Error("checkpoint " + final + ": " + e.what());
+  }
+
+  applyRetention(dir, final, index.step, keep);
   return final;
 }
 
@@ -572,8 +852,10 @@ std::pair<uint64_t, uint64_t> hashFile(const std::string &path) {
 
 std::optional<FoundCheckpoint>
 findCheckpoint(const std::string &dir, const Manifest &m,
-               std::vector<std::string> *skipped) {
+               std::vector<std::string> *skipped, CommMesh *mesh) {
   uint64_t layout = layoutFingerprint(m);
+  const bool sharded = manyRanks(mesh);
+  const int rank = mesh ? mesh->worldRank() : 0;
   for (const auto &[step, path] : listCheckpoints(dir)) {
     auto skip = [&, p = path](const std::string &why) {
       if (skipped)
@@ -599,10 +881,12 @@ findCheckpoint(const std::string &dir, const Manifest &m,
     // the newer one's work.
     const json::Value *format = doc.find("format_version");
     if (format && format->isInt() &&
-        format->asInt() != kCheckpointFormatVersion)
+        format->asInt() != kCheckpointFormatVersion &&
+        format->asInt() != kShardedCheckpointFormatVersion)
       throw Error(path + ": checkpoint format " +
                   std::to_string(format->asInt()) + ", this runtime reads " +
-                  std::to_string(kCheckpointFormatVersion) +
+                  std::to_string(kCheckpointFormatVersion) + " and " +
+                  std::to_string(kShardedCheckpointFormatVersion) +
                   "; resume it with the Loom that wrote it");
     const json::Value *model = doc.find("model");
     if (model && model->isString() && model->asString() != m.model)
@@ -621,7 +905,20 @@ findCheckpoint(const std::string &dir, const Manifest &m,
            ", the folder's name step " + std::to_string(step));
       continue;
     }
-    std::string statePath = path + "/" + kCheckpointStateFile;
+    if (index.mesh != m.mesh)
+      throw Error(path + ": written on mesh " + formatMesh(index.mesh) + " (" +
+                  std::to_string(index.mesh.ranks()) + " rank" +
+                  (index.mesh.ranks() == 1 ? "" : "s") +
+                  "), this artifact's mesh is " + formatMesh(m.mesh) +
+                  "; resume on the same mesh (or start a new run from its "
+                  "weights with --init-from)");
+    if (index.zero != m.zero)
+      throw Error(path + ": written with ZeRO-" + std::to_string(index.zero) +
+                  ", this artifact has ZeRO-" + std::to_string(m.zero) +
+                  "; resume with the same --zero");
+    std::string file =
+        sharded ? rankFileName(rank) : std::string(kCheckpointStateFile);
+    std::string statePath = path + "/" + file;
     if (index.layout != layout) {
       std::string why;
       try {
@@ -633,23 +930,38 @@ findCheckpoint(const std::string &dir, const Manifest &m,
                   (why.empty() ? "" : ": " + why) +
                   "); it cannot be resumed with this artifact");
     }
+    CheckpointFile expect{kCheckpointStateFile, index.stateBytes,
+                          index.stateFnv1a64, index.stateTensors};
+    if (sharded)
+      expect = index.ranks[size_t(rank)];
+    std::string why;
     try {
       auto [hash, bytes] = hashFile(statePath);
-      if (bytes != index.stateBytes)
-        throw Error(std::string(kCheckpointStateFile) + " is " +
-                    std::to_string(bytes) + " bytes, index.json says " +
-                    std::to_string(index.stateBytes) + " (truncated?)");
-      if (hash != index.stateFnv1a64)
-        throw Error(std::string(kCheckpointStateFile) + " is damaged: FNV-1a " +
-                    formatHex64(hash) + ", index.json says " +
-                    formatHex64(index.stateFnv1a64));
+      if (bytes != expect.bytes)
+        throw Error(file + " is " + std::to_string(bytes) +
+                    " bytes, index.json says " + std::to_string(expect.bytes) +
+                    " (truncated?)");
+      if (hash != expect.fnv1a64)
+        throw Error(file + " is damaged: FNV-1a " + formatHex64(hash) +
+                    ", index.json says " + formatHex64(expect.fnv1a64));
       std::string diff =
           layoutDifference(st::Reader::open(statePath)->header(), m);
       if (!diff.empty())
-        throw Error(std::string(kCheckpointStateFile) +
-                    " does not match its index: " + diff);
+        throw Error(file + " does not match its index: " + diff);
     } catch (const Error &e) {
-      skip(e.what());
+      why = e.what();
+    }
+    if (sharded) {
+      // Every rank checked its own file: the checkpoint is usable only if
+      // all of them are, and every rank must pick the same one.
+      std::vector<std::string> all = mesh->allGather(why, "checkpoint search");
+      why.clear();
+      for (size_t r = 0; r < all.size() && why.empty(); ++r)
+        if (!all[r].empty())
+          why = "rank " + std::to_string(r) + ": " + all[r];
+    }
+    if (!why.empty()) {
+      skip(why);
       continue;
     }
     return FoundCheckpoint{path, index};
@@ -658,14 +970,16 @@ findCheckpoint(const std::string &dir, const Manifest &m,
 }
 
 void loadCheckpoint(const FoundCheckpoint &c, const Manifest &m,
-                    unsigned char *arena) {
-  std::unique_ptr<st::Reader> file =
-      st::Reader::open(c.path + "/" + kCheckpointStateFile);
-  std::string diff = layoutDifference(file->header(), m);
+                    unsigned char *arena, const CommMesh *mesh) {
+  std::string file = c.index.sharded() ? rankFileName(mesh ? mesh->worldRank()
+                                                           : 0)
+                                       : std::string(kCheckpointStateFile);
+  std::unique_ptr<st::Reader> reader = st::Reader::open(c.path + "/" + file);
+  std::string diff = layoutDifference(reader->header(), m);
   if (!diff.empty())
-    throw Error(file->path() + ": " + diff);
+    throw Error(reader->path() + ": " + diff);
   for (const Buffer *b : checkpointTensors(m))
-    file->read(*file->header().find(b->name), arena + b->offset);
+    reader->read(*reader->header().find(b->name), arena + b->offset);
 }
 
 } // namespace loom::runtime

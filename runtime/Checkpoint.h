@@ -16,11 +16,20 @@
 // iff the final name exists and index.json parses, and a failing write
 // never touches a complete checkpoint.
 //
+// On a world of several ranks (a CommMesh of more than one rank passed in)
+// the arena holds each rank's slices (Sharding.h): a checkpoint is one
+// `rank-R.safetensors` per rank, written by that rank, and one index.json
+// written by rank 0 after every rank's file is on disk (format_version 2);
+// `--save` gathers the full tensors to rank 0, which writes the one file a
+// single rank would; `--init-from` has every rank read the full tensors and
+// keep its slices.
+//
 //===----------------------------------------------------------------------===//
 #ifndef LOOM_RUNTIME_CHECKPOINT_H
 #define LOOM_RUNTIME_CHECKPOINT_H
 
 #include "runtime/Artifact.h"
+#include "runtime/Collectives.h"
 #include "runtime/Dataset.h"
 #include "runtime/Json.h"
 #include "runtime/Safetensors.h"
@@ -37,9 +46,17 @@ namespace loom::runtime {
 safetensors::DType toSafetensors(DType t);
 
 /// What a checkpoint must match to be loaded into an artifact: the model's
-/// name and every parameter's and state tensor's name, dtype and shape, in
-/// manifest order (arena offsets do not matter: tensors load by name).
+/// name and every parameter's and state tensor's name, dtype and shape (and
+/// for a split one its global shape and split), in any order (arena offsets
+/// do not matter: tensors load by name).
 uint64_t layoutFingerprint(const Manifest &m);
+
+/// An error that every rank of the world met alike and knows the text of
+/// (the ranks agreed on it): rank 0 reports it and every rank ends cleanly.
+class AgreedError : public Error {
+public:
+  using Error::Error;
+};
 
 /// "0x0123456789abcdef".
 std::string formatHex64(uint64_t v);
@@ -51,27 +68,44 @@ bool parseHex64(const std::string &s, uint64_t &out);
 //===----------------------------------------------------------------------===//
 
 /// Writes every parameter of `m` from `arena` to `path` (atomically), with
-/// `metadata` in the header. Throws Error "PATH: cause".
+/// `metadata` in the header. With a mesh of several ranks every rank calls
+/// it: the slices are gathered into full tensors (global shapes) on rank 0,
+/// which writes the file, as one rank would. Throws Error "PATH: cause" (on
+/// rank 0 for the write).
 safetensors::WriteResult
 saveWeights(const std::string &path, const Manifest &m,
             const unsigned char *arena,
-            const std::vector<std::pair<std::string, std::string>> &metadata);
+            const std::vector<std::pair<std::string, std::string>> &metadata,
+            CommMesh *mesh = nullptr);
 
 /// Overwrites every parameter of `m` in `arena` from `path`. The file must
 /// hold each parameter under its name with the parameter's exact dtype and
-/// shape, no other tensor, and finite values; otherwise Error "PATH: tensor
-/// 'layers.0.wq' has shape [32, 16], the model needs [32, 32]". Everything
-/// but the values is checked before the arena is written.
+/// (global) shape, no other tensor, and finite values; otherwise Error
+/// "PATH: tensor 'layers.0.wq' has shape [32, 16], the model needs [32,
+/// 32]". Everything but the values is checked before the arena is written.
+/// With a mesh each rank keeps its slice of every tensor.
 void loadWeights(const std::string &path, const Manifest &m,
-                 unsigned char *arena);
+                 unsigned char *arena, const CommMesh *mesh = nullptr);
 
 //===----------------------------------------------------------------------===//
 // Checkpoints
 //===----------------------------------------------------------------------===//
 
+/// Format 1: one rank, `state.safetensors`; format 2: sharded, one
+/// `rank-R.safetensors` per rank. This runtime writes and reads both.
 constexpr int64_t kCheckpointFormatVersion = 1;
+constexpr int64_t kShardedCheckpointFormatVersion = 2;
 constexpr const char *kCheckpointStateFile = "state.safetensors";
 constexpr const char *kCheckpointIndexFile = "index.json";
+/// "rank-3.safetensors".
+std::string rankFileName(int rank);
+
+/// One file of a checkpoint, as index.json records it.
+struct CheckpointFile {
+  std::string file;
+  uint64_t bytes = 0, fnv1a64 = 0;
+  int64_t tensors = 0;
+};
 
 /// index.json, typed.
 struct CheckpointIndex {
@@ -91,6 +125,14 @@ struct CheckpointIndex {
   int64_t metricsLines = 0;
   uint64_t stateBytes = 0, stateFnv1a64 = 0; ///< of state.safetensors
   int64_t stateTensors = 0;
+  /// The mesh and ZeRO stage of the writer (format 1: one rank, ZeRO 0).
+  Mesh mesh;
+  int64_t zero = 0;
+  /// Format 2: one file per world rank, in rank order (the state* fields
+  /// are then unused).
+  std::vector<CheckpointFile> ranks;
+
+  bool sharded() const { return !ranks.empty(); }
 
   json::Value toJson() const;
   /// Throws Error ("index.json: 'step' ...") on a malformed document.
@@ -119,9 +161,16 @@ void prepareCheckpointDir(const std::string &dir);
 /// Fills in index's state fields. Returns the checkpoint's path. Throws
 /// Error "checkpoint DIR/step-000050: cause"; complete checkpoints are
 /// never damaged by a failing write.
+///
+/// With a mesh of several ranks every rank calls it: rank 0 makes the .tmp
+/// folder, every rank writes and fsyncs its rank file, the ranks exchange
+/// the files' sizes and hashes (which also waits for all of them), rank 0
+/// writes the index, renames the folder into place and applies `keep`.
+/// A failure on any rank is an AgreedError on every rank, after rank 0 has
+/// removed the .tmp folder.
 std::string writeCheckpoint(const std::string &dir, const Manifest &m,
                             const unsigned char *arena, CheckpointIndex index,
-                            int64_t keep);
+                            int64_t keep, CommMesh *mesh = nullptr);
 
 /// A checkpoint found by findCheckpoint, checked but not yet loaded.
 struct FoundCheckpoint {
@@ -132,15 +181,20 @@ struct FoundCheckpoint {
 /// The newest checkpoint in `dir` that can be loaded into `m`. Incomplete or
 /// damaged ones (no index.json, malformed index, a state file whose size,
 /// hash or header is wrong) are skipped and described in `skipped` as "PATH:
-/// cause". A complete checkpoint of another model, another layout or another
-/// checkpoint format is an Error, not skipped. nullopt when none is left.
+/// cause". A complete checkpoint of another model, another mesh or ZeRO
+/// stage, another layout or another checkpoint format is an Error, not
+/// skipped. nullopt when none is left. With a mesh of several ranks every
+/// rank calls it; each checks its own rank file and the ranks agree, so
+/// that all of them pick the same checkpoint.
 std::optional<FoundCheckpoint>
 findCheckpoint(const std::string &dir, const Manifest &m,
-               std::vector<std::string> *skipped = nullptr);
+               std::vector<std::string> *skipped = nullptr,
+               CommMesh *mesh = nullptr);
 
-/// Loads the parameters and state of `c` into `arena`. Throws Error.
+/// Loads the parameters and state of `c` into `arena` (this rank's file of
+/// a sharded checkpoint). Throws Error.
 void loadCheckpoint(const FoundCheckpoint &c, const Manifest &m,
-                    unsigned char *arena);
+                    unsigned char *arena, const CommMesh *mesh = nullptr);
 
 } // namespace loom::runtime
 

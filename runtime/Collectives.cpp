@@ -15,7 +15,19 @@
 // one (after an argument error every rank meets alike, the arguments being
 // the same SPMD values) skips it everywhere, so no rank is left waiting.
 // Collectives run even after a kernel has reported an error, for the same
-// reason. Calls come from the thread that initialised MPI (FUNNELED).
+// reason. Calls come from the thread that called the program.
+//
+// Watchdog: each collective records itself (name, axis, count, step, start
+// time) in a per-thread slot while it runs; a monitor thread checks the slots
+// and ends the job with MPI_Abort when one has run past the timeout.
+//
+// Non-blocking all-reduce: loom_all_reduce_start queues the reduction for a
+// progress thread, which runs the same blocking MPI_Allreduce as
+// loom_all_reduce (same count, datatype, op and group size, so the same
+// algorithm and bits) on a duplicate of the axis communicator, in start
+// order; loom_all_reduce_wait waits for it. That needs MPI_THREAD_MULTIPLE;
+// without it the reductions run inside loom_all_reduce_wait instead (same
+// result, no overlap).
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/Collectives.h"
@@ -23,9 +35,19 @@
 #include "runtime/Context.h"
 #include "runtime/Support.h"
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <unistd.h>
 
 #if LOOM_HAVE_MPI
 #define OMPI_SKIP_MPICXX 1
@@ -35,12 +57,159 @@
 
 namespace loom::runtime {
 
+namespace {
+
+double nowSeconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+/// A collective in flight on one thread, as the watchdog reports it.
+struct InFlight {
+  bool active = false;
+  const char *name = "";   ///< "all_reduce"
+  const char *inside = ""; ///< the ABI function it runs in, or ""
+  int32_t axis = -1;       ///< -1: the whole world
+  int64_t count = 0;
+  const char *unit = ""; ///< "floats"; "" for none (a barrier)
+  int64_t step = 0;
+  double start = 0;
+};
+
+/// A reduction loom_all_reduce_start queued.
+struct AsyncJob {
+  int64_t handle = 0;
+  float *data = nullptr;
+  int64_t n = 0;
+  int32_t axis = 0, op = 0;
+  int64_t step = 0;
+  bool done = false;
+  std::string error; ///< an MPI failure, reported by the wait
+};
+
+} // namespace
+
 struct CommMesh::Comms {
 #if LOOM_HAVE_MPI
   /// MPI_COMM_NULL for groups of one rank (no communication needed).
   std::array<MPI_Comm, 3> axis{MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL};
+  /// Duplicates of `axis` for the non-blocking reductions.
+  std::array<MPI_Comm, 3> async{MPI_COMM_NULL, MPI_COMM_NULL, MPI_COMM_NULL};
+  /// A duplicate of MPI_COMM_WORLD for the runtime's own collectives.
+  MPI_Comm world = MPI_COMM_NULL;
 #endif
+  int worldRank = 0, worldSize = 1;
+  bool threadMultiple = false;
+
+  // The watchdog.
+  std::mutex watchMutex;
+  /// 0: the thread that runs the programs; 1: the progress thread.
+  InFlight slot[2];
+  double timeout = 0;
+  int64_t runtimeStep = 0;
+  std::thread watchdog;
+  std::condition_variable watchCv;
+  bool stopWatch = false;
+
+  // Accounting (the program's thread only).
+  Stats stats;
+
+  // Non-blocking reductions.
+  std::mutex asyncMutex;
+  std::condition_variable asyncCv;
+  std::deque<std::shared_ptr<AsyncJob>> queue; ///< started, not yet run
+  std::map<int64_t, std::shared_ptr<AsyncJob>> pending; ///< not yet waited
+  int64_t nextHandle = 1;
+  std::thread worker;
+  bool stopWorker = false;
+
+  void watchLoop();
+  void workerLoop();
+  /// Runs one queued reduction (on whichever thread), marks it done.
+  void run(AsyncJob &job, int slotIndex);
 };
+
+namespace {
+
+/// Records a collective in its thread's slot for as long as it runs, and
+/// (slot 0) adds its time and bytes to the step's accounting.
+class Watch {
+public:
+  Watch(CommMesh::Comms *c, int slotIndex, const char *name,
+        const char *inside, int32_t axis, int64_t count, const char *unit,
+        int64_t step, int64_t bytes)
+      : c_(c), slot_(slotIndex) {
+    if (!c_)
+      return;
+    start_ = nowSeconds();
+    std::lock_guard<std::mutex> lock(c_->watchMutex);
+    InFlight &s = c_->slot[slot_];
+    s = InFlight{true, name, inside, axis, count, unit, step, start_};
+    if (slot_ == 0) {
+      c_->stats.bytes += bytes;
+      c_->stats.calls += 1;
+    }
+  }
+  ~Watch() {
+    if (!c_)
+      return;
+    double end = nowSeconds();
+    std::lock_guard<std::mutex> lock(c_->watchMutex);
+    c_->slot[slot_].active = false;
+    if (slot_ == 0)
+      c_->stats.seconds += end - start_;
+  }
+  Watch(const Watch &) = delete;
+  Watch &operator=(const Watch &) = delete;
+
+private:
+  CommMesh::Comms *c_;
+  int slot_;
+  double start_ = 0;
+};
+
+std::string describeInFlight(const InFlight &s) {
+  std::string text = std::string("collective ") + s.name + " over " +
+                     (s.axis < 0 ? "the world" : meshAxisName(s.axis));
+  std::string detail;
+  if (*s.unit)
+    detail = std::to_string(s.count) + " " + s.unit;
+  if (*s.inside)
+    detail += (detail.empty() ? "in " : ", in ") + std::string(s.inside);
+  if (!detail.empty())
+    text += " (" + detail + ")";
+  return text;
+}
+
+} // namespace
+
+void CommMesh::Comms::watchLoop() {
+  std::unique_lock<std::mutex> lock(watchMutex);
+  while (!stopWatch) {
+    double period = timeout > 0 ? std::clamp(timeout / 10, 0.01, 0.25) : 0.25;
+    watchCv.wait_for(lock, std::chrono::duration<double>(period));
+    if (stopWatch || timeout <= 0)
+      continue;
+    double now = nowSeconds();
+    for (const InFlight &s : slot) {
+      if (!s.active || now - s.start <= timeout)
+        continue;
+      char limit[32];
+      std::snprintf(limit, sizeof limit, "%g", timeout);
+      std::fprintf(stderr,
+                   "loom-run: error: rank %d, step %lld: %s did not complete "
+                   "within %s s; aborting the job\n",
+                   worldRank, static_cast<long long>(s.step),
+                   describeInFlight(s).c_str(), limit);
+      std::fflush(stderr);
+      std::fflush(stdout);
+#if LOOM_HAVE_MPI
+      MPI_Abort(MPI_COMM_WORLD, 1);
+#endif
+      _exit(1);
+    }
+  }
+}
 
 const char *meshAxisName(int32_t axis) {
   switch (axis) {
@@ -65,6 +234,41 @@ static std::string mpiErrorText(int rc) {
 }
 #endif
 
+void CommMesh::Comms::run(AsyncJob &job, int slotIndex) {
+  std::string error;
+#if LOOM_HAVE_MPI
+  {
+    Watch w(this, slotIndex, "all_reduce", "loom_all_reduce_start", job.axis,
+            job.n, "floats", job.step, 0);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, job.data, int(job.n), MPI_FLOAT,
+                           job.op == 0 ? MPI_SUM : MPI_MAX, async[job.axis]);
+    if (rc != MPI_SUCCESS)
+      error = "MPI_Allreduce failed: " + mpiErrorText(rc);
+  }
+#endif
+  {
+    std::lock_guard<std::mutex> lock(asyncMutex);
+    job.error = error;
+    job.done = true;
+  }
+  asyncCv.notify_all();
+}
+
+void CommMesh::Comms::workerLoop() {
+  for (;;) {
+    std::shared_ptr<AsyncJob> job;
+    {
+      std::unique_lock<std::mutex> lock(asyncMutex);
+      asyncCv.wait(lock, [&] { return stopWorker || !queue.empty(); });
+      if (queue.empty())
+        return;
+      job = queue.front();
+      queue.pop_front();
+    }
+    run(*job, 1);
+  }
+}
+
 CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
                    int worldSize)
     : worldRank_(worldRank), worldSize_(worldSize),
@@ -83,6 +287,8 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
   // Inverse of rank = ((d * tp) + t) * pp + p.
   coords_ = {int(worldRank / (tp * pp)), int(worldRank / pp % tp),
              int(worldRank % pp)};
+  comms_->worldRank = worldRank;
+  comms_->worldSize = worldSize;
   if (worldSize == 1)
     return;
 #if LOOM_HAVE_MPI
@@ -91,6 +297,17 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
   if (!initialised)
     throw Error("mesh " + shape + ": MPI is not initialised (launch under "
                                   "mpirun)");
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  comms_->threadMultiple = level >= MPI_THREAD_MULTIPLE;
+  auto dup = [&](MPI_Comm from, MPI_Comm &to, const char *what) {
+    int rc = MPI_Comm_dup(from, &to);
+    if (rc != MPI_SUCCESS)
+      throw Error(std::string("mesh ") + shape + ": MPI_Comm_dup for " + what +
+                  " failed: " + mpiErrorText(rc));
+    MPI_Comm_set_errhandler(to, MPI_ERRORS_RETURN);
+  };
+  dup(MPI_COMM_WORLD, comms_->world, "the world");
   for (int32_t axis = 0; axis < 3; ++axis) {
     // Every rank takes part in every split (MPI_Comm_split is collective over
     // MPI_COMM_WORLD), even where its own group has one member.
@@ -118,6 +335,9 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
                   std::to_string(groupSize) + ", expected " +
                   std::to_string(coords_[axis]) + " of " +
                   std::to_string(sizes_[axis]));
+    // Every rank duplicates every axis communicator (MPI_Comm_dup is
+    // collective over the group, and every group does it here).
+    dup(comm, comms_->async[axis], meshAxisName(axis));
   }
 #else
   throw Error("mesh " + shape + " needs " + std::to_string(worldSize) +
@@ -127,14 +347,186 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
 }
 
 CommMesh::~CommMesh() {
+  Comms &c = *comms_;
+  if (c.worker.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(c.asyncMutex);
+      c.stopWorker = true;
+    }
+    c.asyncCv.notify_all();
+    c.worker.join();
+  }
+  if (c.watchdog.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(c.watchMutex);
+      c.stopWatch = true;
+    }
+    c.watchCv.notify_all();
+    c.watchdog.join();
+  }
 #if LOOM_HAVE_MPI
   int finalised = 0;
   MPI_Finalized(&finalised);
   if (finalised)
     return;
-  for (MPI_Comm &comm : comms_->axis)
-    if (comm != MPI_COMM_NULL)
-      MPI_Comm_free(&comm);
+  for (MPI_Comm *comm : {&c.axis[0], &c.axis[1], &c.axis[2], &c.async[0],
+                         &c.async[1], &c.async[2], &c.world})
+    if (*comm != MPI_COMM_NULL)
+      MPI_Comm_free(comm);
+#endif
+}
+
+void CommMesh::setTimeout(double seconds) {
+  Comms &c = *comms_;
+  {
+    std::lock_guard<std::mutex> lock(c.watchMutex);
+    c.timeout = seconds > 0 ? seconds : 0;
+  }
+  if (seconds > 0 && worldSize_ > 1 && !c.watchdog.joinable())
+    c.watchdog = std::thread([&c] { c.watchLoop(); });
+  c.watchCv.notify_all();
+}
+
+double CommMesh::timeout() const {
+  std::lock_guard<std::mutex> lock(comms_->watchMutex);
+  return comms_->timeout;
+}
+
+void CommMesh::setStep(int64_t step) {
+  std::lock_guard<std::mutex> lock(comms_->watchMutex);
+  comms_->runtimeStep = step;
+}
+
+CommMesh::Stats CommMesh::takeStats() {
+  std::lock_guard<std::mutex> lock(comms_->watchMutex);
+  Stats s = comms_->stats;
+  comms_->stats = Stats{};
+  return s;
+}
+
+int64_t CommMesh::pendingReductions() const {
+  std::lock_guard<std::mutex> lock(comms_->asyncMutex);
+  return int64_t(comms_->pending.size());
+}
+
+void CommMesh::drainReductions(loom_ctx *ctx) {
+  std::vector<int64_t> handles;
+  {
+    std::lock_guard<std::mutex> lock(comms_->asyncMutex);
+    for (const auto &[h, job] : comms_->pending)
+      handles.push_back(h);
+  }
+  for (int64_t h : handles)
+    loom_all_reduce_wait(ctx, h);
+}
+
+//===----------------------------------------------------------------------===//
+// The runtime's own collectives
+//===----------------------------------------------------------------------===//
+
+namespace {
+int64_t stepOf(CommMesh::Comms *c) {
+  std::lock_guard<std::mutex> lock(c->watchMutex);
+  return c->runtimeStep;
+}
+} // namespace
+
+void CommMesh::barrier(const char *what) {
+  if (worldSize_ == 1)
+    return;
+#if LOOM_HAVE_MPI
+  Watch w(comms_.get(), 0, "barrier", what, -1, 0, "", stepOf(comms_.get()),
+          0);
+  int rc = MPI_Barrier(comms_->world);
+  if (rc != MPI_SUCCESS)
+    throw Error(std::string(what) + ": MPI_Barrier failed: " +
+                mpiErrorText(rc));
+#endif
+}
+
+void CommMesh::allReduceMax(double *v, int n, const char *what) {
+  if (worldSize_ == 1 || n == 0)
+    return;
+#if LOOM_HAVE_MPI
+  Watch w(comms_.get(), 0, "all_reduce", what, -1, n, "doubles",
+          stepOf(comms_.get()), int64_t(n) * 8);
+  int rc = MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_MAX,
+                         comms_->world);
+  if (rc != MPI_SUCCESS)
+    throw Error(std::string(what) + ": MPI_Allreduce failed: " +
+                mpiErrorText(rc));
+#endif
+}
+
+std::vector<std::string> CommMesh::allGather(const std::string &mine,
+                                             const char *what) {
+  if (worldSize_ == 1)
+    return {mine};
+  std::vector<std::string> out(static_cast<size_t>(worldSize_));
+#if LOOM_HAVE_MPI
+  if (mine.size() > size_t(INT_MAX / worldSize_))
+    throw Error(std::string(what) + ": " + std::to_string(mine.size()) +
+                " bytes are too many to gather");
+  Watch w(comms_.get(), 0, "all_gather", what, -1, int64_t(mine.size()),
+          "bytes", stepOf(comms_.get()), int64_t(mine.size()));
+  int len = int(mine.size());
+  std::vector<int> lens(static_cast<size_t>(worldSize_)),
+      offsets(static_cast<size_t>(worldSize_));
+  int rc = MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT,
+                         comms_->world);
+  if (rc != MPI_SUCCESS)
+    throw Error(std::string(what) + ": MPI_Allgather failed: " +
+                mpiErrorText(rc));
+  int64_t total = 0;
+  for (int r = 0; r < worldSize_; ++r) {
+    offsets[size_t(r)] = int(total);
+    total += lens[size_t(r)];
+  }
+  if (total > INT_MAX)
+    throw Error(std::string(what) + ": " + std::to_string(total) +
+                " bytes are too many to gather");
+  std::vector<char> all(size_t(std::max<int64_t>(total, 1)));
+  rc = MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(),
+                      offsets.data(), MPI_CHAR, comms_->world);
+  if (rc != MPI_SUCCESS)
+    throw Error(std::string(what) + ": MPI_Allgatherv failed: " +
+                mpiErrorText(rc));
+  for (int r = 0; r < worldSize_; ++r)
+    out[size_t(r)].assign(all.data() + offsets[size_t(r)],
+                          size_t(lens[size_t(r)]));
+#endif
+  return out;
+}
+
+void CommMesh::sendToRoot(int from, void *data, uint64_t bytes,
+                          const char *what) {
+  if (from == 0 || worldSize_ == 1)
+    return;
+#if LOOM_HAVE_MPI
+  if (worldRank_ != 0 && worldRank_ != from)
+    return;
+  Watch w(comms_.get(), 0, worldRank_ == 0 ? "receive" : "send", what, -1,
+          int64_t(bytes), "bytes", stepOf(comms_.get()), int64_t(bytes));
+  const uint64_t chunk = uint64_t(1) << 30;
+  auto *p = static_cast<unsigned char *>(data);
+  for (uint64_t done = 0; done < bytes || (bytes == 0 && done == 0);) {
+    int n = int(std::min(chunk, bytes - done));
+    int rc = worldRank_ == 0
+                 ? MPI_Recv(p + done, n, MPI_BYTE, from, 71, comms_->world,
+                            MPI_STATUS_IGNORE)
+                 : MPI_Send(p + done, n, MPI_BYTE, 0, 71, comms_->world);
+    if (rc != MPI_SUCCESS)
+      throw Error(std::string(what) + ": MPI_" +
+                  (worldRank_ == 0 ? "Recv" : "Send") + " failed: " +
+                  mpiErrorText(rc));
+    done += uint64_t(n);
+    if (bytes == 0)
+      break;
+  }
+#else
+  (void)data;
+  (void)bytes;
+  (void)what;
 #endif
 }
 
@@ -148,9 +540,13 @@ using loom::runtime::mpiErrorText;
 
 namespace {
 
+using loom::runtime::AsyncJob;
+using loom::runtime::Watch;
+
 /// One call's axis group, resolved and checked.
 struct Group {
   int size = 1, rank = 0;
+  CommMesh::Comms *comms = nullptr;
 #if LOOM_HAVE_MPI
   MPI_Comm comm = MPI_COMM_NULL;
 #endif
@@ -188,7 +584,7 @@ bool resolve(loom_ctx *ctx, const char *op, int32_t axis, int64_t n,
   }
   if (!ctx)
     return false; // loom_error above has nothing to record into either
-  const auto *mesh = static_cast<const CommMesh *>(ctx->mesh);
+  auto *mesh = static_cast<CommMesh *>(ctx->mesh);
   if (!mesh) {
     // No mesh: the world of one rank that a bare context describes.
     if (ctx->worldSize != 1) {
@@ -201,6 +597,7 @@ bool resolve(loom_ctx *ctx, const char *op, int32_t axis, int64_t n,
   }
   g.size = mesh->size(axis);
   g.rank = mesh->coord(axis);
+  g.comms = mesh->comms();
 #if LOOM_HAVE_MPI
   if (g.size > 1)
     g.comm = mesh->comms()->axis[axis];
@@ -249,6 +646,7 @@ extern "C" void loom_all_reduce(loom_ctx *ctx, float *data, int64_t n,
   if (g.size == 1 || n == 0)
     return;
 #if LOOM_HAVE_MPI
+  Watch w(g.comms, 0, "all_reduce", "", axis, n, "floats", ctx->step, n * 4);
   check(ctx, name, axis, "MPI_Allreduce",
         MPI_Allreduce(MPI_IN_PLACE, data, int(n), MPI_FLOAT,
                       op == 0 ? MPI_SUM : MPI_MAX, g.comm));
@@ -266,6 +664,13 @@ extern "C" void loom_all_gather(loom_ctx *ctx, const float *in, int64_t n,
     return;
   }
 #if LOOM_HAVE_MPI
+  if (n > INT_MAX / g.size) {
+    report(ctx, name, axis,
+           "count " + std::to_string(n) + " times the group's " +
+               std::to_string(g.size) + " ranks exceeds MPI's int counts");
+    return;
+  }
+  Watch w(g.comms, 0, "all_gather", "", axis, n, "floats", ctx->step, n * 4);
   // `in` already at this rank's slot of `out` is MPI's in-place form.
   const void *send = in == out + int64_t(g.rank) * n ? MPI_IN_PLACE : in;
   check(ctx, name, axis, "MPI_Allgather",
@@ -285,6 +690,8 @@ extern "C" void loom_reduce_scatter(loom_ctx *ctx, const float *in, int64_t n,
     return;
   }
 #if LOOM_HAVE_MPI
+  Watch w(g.comms, 0, "reduce_scatter", "", axis, n * g.size, "floats",
+          ctx->step, n * g.size * 4);
   if (in == out) {
     // In place: the whole input in `out`, this rank's block left at its start.
     check(ctx, name, axis, "MPI_Reduce_scatter_block",
@@ -312,6 +719,7 @@ extern "C" void loom_broadcast(loom_ctx *ctx, float *data, int64_t n,
   if (g.size == 1 || n == 0)
     return;
 #if LOOM_HAVE_MPI
+  Watch w(g.comms, 0, "broadcast", "", axis, n, "floats", ctx->step, n * 4);
   check(ctx, name, axis, "MPI_Bcast",
         MPI_Bcast(data, int(n), MPI_FLOAT, root, g.comm));
 #endif
@@ -322,3 +730,194 @@ extern "C" int64_t loom_mesh_coord(loom_ctx *ctx, int32_t axis) {
     return 0;
   return static_cast<const CommMesh *>(ctx->mesh)->coord(axis);
 }
+
+//===----------------------------------------------------------------------===//
+// Non-blocking all-reduce
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// Handles of reductions that needed no communication (a group of one):
+/// waiting them is a no-op. Kept apart from the mesh's queue.
+constexpr int64_t kLocalHandleBit = int64_t(1) << 62;
+} // namespace
+
+extern "C" int64_t loom_all_reduce_start(loom_ctx *ctx, float *data, int64_t n,
+                                         int32_t axis, int32_t op) {
+  const char *name = "loom_all_reduce_start";
+  Group g;
+  if (!resolve(ctx, name, axis, n, data, data, g))
+    return 0;
+  if (op != 0 && op != 1) {
+    report(ctx, name, axis,
+           "unknown reduction " + std::to_string(op) + " (0 sum, 1 max)");
+    return 0;
+  }
+  CommMesh::Comms *c = g.comms;
+  if (!c) {
+    // No mesh (a world of one): nothing to reduce, nothing to track.
+    return kLocalHandleBit | 1;
+  }
+  auto job = std::make_shared<AsyncJob>();
+  job->data = data;
+  job->n = n;
+  job->axis = axis;
+  job->op = op;
+  job->step = ctx->step;
+  bool local = g.size == 1 || n == 0;
+  {
+    std::lock_guard<std::mutex> lock(c->asyncMutex);
+    job->handle = c->nextHandle++;
+    if (local)
+      job->done = true;
+    else
+      c->queue.push_back(job);
+    c->pending.emplace(job->handle, job);
+  }
+  if (local)
+    return job->handle;
+  {
+    std::lock_guard<std::mutex> lock(c->watchMutex);
+    c->stats.bytes += n * 4;
+    c->stats.calls += 1;
+  }
+  if (c->threadMultiple) {
+    if (!c->worker.joinable())
+      c->worker = std::thread([c] { c->workerLoop(); });
+    c->asyncCv.notify_all();
+  }
+  return job->handle;
+}
+
+extern "C" void loom_all_reduce_wait(loom_ctx *ctx, int64_t handle) {
+  const char *name = "loom_all_reduce_wait";
+  if (!ctx) {
+    loom_error(ctx, name, "no context");
+    return;
+  }
+  auto *mesh = static_cast<CommMesh *>(ctx->mesh);
+  if (!mesh) {
+    if (handle != (kLocalHandleBit | 1))
+      loom_error(ctx, name,
+                 ("handle " + std::to_string(handle) +
+                  " was not returned by loom_all_reduce_start")
+                     .c_str());
+    return;
+  }
+  CommMesh::Comms *c = mesh->comms();
+  std::shared_ptr<AsyncJob> job;
+  {
+    std::lock_guard<std::mutex> lock(c->asyncMutex);
+    auto it = c->pending.find(handle);
+    if (it != c->pending.end())
+      job = it->second;
+  }
+  if (!job) {
+    loom_error(ctx, name,
+               ("handle " + std::to_string(handle) +
+                " is not a pending reduction (never started, or already "
+                "waited)")
+                   .c_str());
+    return;
+  }
+  if (c->threadMultiple) {
+    // The progress thread runs it; the wait is the exposed time.
+    double start = loom::runtime::nowSeconds();
+    {
+      std::unique_lock<std::mutex> lock(c->asyncMutex);
+      c->asyncCv.wait(lock, [&] { return job->done; });
+    }
+    std::lock_guard<std::mutex> lock(c->watchMutex);
+    c->stats.seconds += loom::runtime::nowSeconds() - start;
+  } else {
+    // No progress thread: run the queue up to this one, in start order.
+    for (;;) {
+      std::shared_ptr<AsyncJob> next;
+      {
+        std::lock_guard<std::mutex> lock(c->asyncMutex);
+        if (job->done)
+          break;
+        next = c->queue.front();
+        c->queue.pop_front();
+      }
+      // The queue's time is exposed time here: Watch slot 0 counts it.
+      c->run(*next, 0);
+    }
+  }
+  std::string error;
+  {
+    std::lock_guard<std::mutex> lock(c->asyncMutex);
+    error = job->error;
+    c->pending.erase(handle);
+  }
+  if (!error.empty())
+    report(ctx, name, job->axis, error);
+}
+
+//===----------------------------------------------------------------------===//
+// For the sharded kernels
+//===----------------------------------------------------------------------===//
+
+namespace loom::runtime::detail {
+
+bool axisGroup(loom_ctx *ctx, const char *op, int32_t axis, int &size,
+               int &coord) {
+  Group g;
+  if (!resolve(ctx, op, axis, 0, nullptr, nullptr, g))
+    return false;
+  size = g.size;
+  coord = g.rank;
+  return true;
+}
+
+bool groupMaxLoc(loom_ctx *ctx, const char *op, int32_t axis, float *value,
+                 int32_t *index, int64_t n) {
+  Group g;
+  if (!resolve(ctx, op, axis, n, value, index, g))
+    return false;
+  if (g.size == 1 || n == 0)
+    return true;
+#if LOOM_HAVE_MPI
+  struct Pair {
+    float value;
+    int index;
+  };
+  std::vector<Pair> pairs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i)
+    pairs[size_t(i)] = {value[i], index[i]};
+  {
+    Watch w(g.comms, 0, "all_reduce (max with index)", op, axis, n,
+            "(float, index) pairs", ctx->step, n * 8);
+    if (!check(ctx, op, axis, "MPI_Allreduce",
+               MPI_Allreduce(MPI_IN_PLACE, pairs.data(), int(n),
+                             MPI_FLOAT_INT, MPI_MAXLOC, g.comm)))
+      return false;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    value[i] = pairs[size_t(i)].value;
+    index[i] = pairs[size_t(i)].index;
+  }
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool groupSum(loom_ctx *ctx, const char *op, int32_t axis, double *data,
+              int64_t n) {
+  Group g;
+  if (!resolve(ctx, op, axis, n, data, data, g))
+    return false;
+  if (g.size == 1 || n == 0)
+    return true;
+#if LOOM_HAVE_MPI
+  Watch w(g.comms, 0, "all_reduce (sum)", op, axis, n, "doubles", ctx->step,
+          n * 8);
+  return check(ctx, op, axis, "MPI_Allreduce",
+               MPI_Allreduce(MPI_IN_PLACE, data, int(n), MPI_DOUBLE, MPI_SUM,
+                             g.comm));
+#else
+  return false;
+#endif
+}
+
+} // namespace loom::runtime::detail

@@ -47,7 +47,8 @@ struct Initializer {
       b = p.initArgs.at(1);
     } else if (p.init == "glorot") {
       kind = Uniform;
-      auto [fanIn, fanOut] = glorotFans(p.shape);
+      // The full tensor's fans, whatever slice this rank holds.
+      auto [fanIn, fanOut] = glorotFans(p.global());
       double r = std::sqrt(6.0 / static_cast<double>(fanIn + fanOut));
       a = -r;
       b = r;
@@ -95,17 +96,21 @@ void initRange(const ParamSpec &p, uint64_t seed, int64_t begin, int64_t count,
     out[i] = static_cast<float>(init(begin + i));
 }
 
-void initBlock(const ParamSpec &p, uint64_t seed,
-               const std::vector<int64_t> &start,
-               const std::vector<int64_t> &extent, float *out) {
-  size_t rank = p.shape.size();
+namespace {
+
+template <class T>
+void initBlockOf(const ParamSpec &p, uint64_t seed,
+                 const std::vector<int64_t> &start,
+                 const std::vector<int64_t> &extent, T *out) {
+  const std::vector<int64_t> &full = p.global();
+  size_t rank = full.size();
   if (start.size() != rank || extent.size() != rank)
     throw Error("parameter '" + p.name + "': a block of rank " +
                 std::to_string(start.size()) + " for a tensor of rank " +
                 std::to_string(rank));
   int64_t count = 1;
   for (size_t d = 0; d < rank; ++d) {
-    if (start[d] < 0 || extent[d] < 0 || start[d] + extent[d] > p.shape[d])
+    if (start[d] < 0 || extent[d] < 0 || start[d] + extent[d] > full[d])
       throw Error("parameter '" + p.name +
                   "': block outside the tensor in dim " + std::to_string(d));
     count *= extent[d];
@@ -114,7 +119,7 @@ void initBlock(const ParamSpec &p, uint64_t seed,
   // Row-major strides of the full tensor.
   std::vector<int64_t> stride(rank, 1);
   for (size_t d = rank; d-- > 1;)
-    stride[d - 1] = stride[d] * p.shape[d];
+    stride[d - 1] = stride[d] * full[d];
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (count > 65536)
 #endif
@@ -125,25 +130,36 @@ void initBlock(const ParamSpec &p, uint64_t seed,
       rem /= extent[d];
       global += (start[d] + coord) * stride[d];
     }
-    out[i] = static_cast<float>(init(global));
+    out[i] = static_cast<T>(init(global));
   }
 }
 
-void initParams(const Manifest &m, uint64_t seed, unsigned char *arena) {
+} // namespace
+
+void initBlock(const ParamSpec &p, uint64_t seed,
+               const std::vector<int64_t> &start,
+               const std::vector<int64_t> &extent, float *out) {
+  initBlockOf(p, seed, start, extent, out);
+}
+
+void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
+                const MeshCoord &coord) {
   for (const ParamSpec &p : m.params) {
     unsigned char *dst = arena + p.offset;
-    if (p.dtype == DType::F32) {
-      initRange(p, seed, 0, p.elements, reinterpret_cast<float *>(dst));
-    } else if (p.dtype == DType::F64) {
-      Initializer init(p, seed);
-      double *out = reinterpret_cast<double *>(dst);
-      for (int64_t i = 0; i < p.elements; ++i)
-        out[i] = init(i);
-    } else {
+    if (p.dtype != DType::F32 && p.dtype != DType::F64)
       throw Error(std::string("parameter '") + p.name +
                   "': cannot initialise " + dtypeName(p.dtype) +
                   " (parameters are f32 or f64)");
+    if (!p.isSplit() && p.dtype == DType::F32) {
+      initRange(p, seed, 0, p.elements, reinterpret_cast<float *>(dst));
+      continue;
     }
+    // This rank's slice: the full tensor's values at their global indices.
+    std::vector<int64_t> start = sliceStart(p, coord);
+    if (p.dtype == DType::F32)
+      initBlockOf(p, seed, start, p.shape, reinterpret_cast<float *>(dst));
+    else
+      initBlockOf(p, seed, start, p.shape, reinterpret_cast<double *>(dst));
   }
 }
 

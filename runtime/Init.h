@@ -20,6 +20,7 @@
 #define LOOM_RUNTIME_INIT_H
 
 #include "runtime/Artifact.h"
+#include "runtime/Sharding.h"
 
 #include <cstdint>
 #include <utility>
@@ -30,26 +31,30 @@ namespace loom::runtime {
 /// The Philox stream of a parameter: fnv1a64 of its name.
 uint64_t paramStream(const std::string &name);
 
-/// (fan_in, fan_out) as glorot uses them. Requires rank >= 2.
+/// (fan_in, fan_out) as glorot uses them (of the full tensor: pass
+/// ParamSpec::global()). Requires rank >= 2.
 std::pair<int64_t, int64_t> glorotFans(const std::vector<int64_t> &shape);
 
-/// Element `index` (row-major in the full shape) of parameter `p`.
+/// Element `index` (row-major in the full shape, p.global()) of parameter
+/// `p`.
 double initValue(const ParamSpec &p, uint64_t seed, int64_t index);
 
 /// Elements [begin, begin + count) of the full tensor into `out` (f32).
 void initRange(const ParamSpec &p, uint64_t seed, int64_t begin, int64_t count,
                float *out);
 
-/// A block of the full tensor: dims [start[d], start[d] + extent[d]) in each
-/// dimension d, row-major into `out` (f32). This is what a rank holding a
-/// shard initialises.
+/// A block of the full tensor (p.global()): dims [start[d], start[d] +
+/// extent[d]) in each dimension d, row-major into `out` (f32). This is what
+/// a rank holding a shard initialises.
 void initBlock(const ParamSpec &p, uint64_t seed,
                const std::vector<int64_t> &start,
                const std::vector<int64_t> &extent, float *out);
 
-/// Initialises every parameter of `m` in place in `arena` (full tensors:
-/// one rank).
-void initParams(const Manifest &m, uint64_t seed, unsigned char *arena);
+/// Initialises every parameter of `m` in place in `arena`: the slice that
+/// the rank at `coord` holds (Sharding.h), so any sharding gives the values
+/// the single-rank run has at the same global indices.
+void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
+                const MeshCoord &coord = {0, 0, 0});
 
 /// Zeroes every state buffer of `m` in `arena`.
 void zeroState(const Manifest &m, unsigned char *arena);

@@ -37,8 +37,12 @@ World initWorld(int *argc, char ***argv) {
   int launched = launcherWorldSize();
 #if LOOM_HAVE_MPI
   if (launched > 0) {
+    // MULTIPLE: the progress thread of loom_all_reduce_start and the
+    // watchdog (MPI_Abort) call MPI beside the thread running the program.
+    // Where the library offers less, the non-blocking reductions run inside
+    // their wait instead (Collectives.cpp).
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) !=
+    if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) !=
         MPI_SUCCESS)
       throw Error("MPI_Init_thread failed");
     w.mpi = true;

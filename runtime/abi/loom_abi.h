@@ -25,8 +25,11 @@
 extern "C" {
 #endif
 
-/** Bumped whenever a signature below changes; artifacts record it. */
-#define LOOM_ABI_VERSION 2
+/** Bumped whenever a signature below changes; artifacts record it. ABI 3
+ *  added the sharded kernels, the non-blocking all-reduce and the manifest's
+ *  per-rank (local) shapes with `global_shape` and `shard` (ARTIFACT.md); the
+ *  runtime still runs ABI 2 artifacts of one rank. */
+#define LOOM_ABI_VERSION 3
 
 typedef struct loom_ctx loom_ctx;
 
@@ -109,6 +112,52 @@ void loom_embedding_fwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
 /** dtable = 0, then dtable[ids[i], :] += dout[i, :]. */
 void loom_embedding_bwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
                         const int32_t *ids, const float *dout, float *dtable);
+
+/* --- Vocabulary-parallel embedding and cross-entropy (since ABI 3) ------- */
+/** The table's rows are split over mesh axis `axis` (0 dp, 1 tp, 2 pp; -1:
+ *  not split, identical to loom_embedding_fwd): this rank holds rows
+ *  [start, start + vocab_local), start = coord(axis) * vocab_local. An id
+ *  outside [0, vocab_local * groupsize(axis)) is an error (loom_error); an
+ *  id outside this rank's range gives a zero row (the program then
+ *  all-reduces the partial rows over `axis`). No communication. */
+void loom_embedding_fwd_sharded(loom_ctx *ctx, int64_t n, int64_t vocab_local,
+                                int64_t dim, int32_t axis, const int32_t *ids,
+                                const float *table, float *out);
+/** dtable = 0, then dtable[ids[i] - start, :] += dout[i, :] for the ids in
+ *  this rank's range (rows summed in position order, in double, as
+ *  loom_embedding_bwd does). No communication. */
+void loom_embedding_bwd_sharded(loom_ctx *ctx, int64_t n, int64_t vocab_local,
+                                int64_t dim, int32_t axis, const int32_t *ids,
+                                const float *dout, float *dtable);
+/** Vocabulary-parallel cross-entropy: logits [rows, classes_local] hold this
+ *  rank's classes [start, start + classes_local) of the global
+ *  classes_local * groupsize(axis), start = coord(axis) * classes_local.
+ *  Computes what loom_cross_entropy_fwd computes on the gathered logits
+ *  (loss = mean over counted rows of lse - logit[target], lse per row,
+ *  stats[0] = counted rows, stats[1] = counted rows whose global argmax --
+ *  the first maximum, lowest global index -- equals the target) with two
+ *  all-reduces over `axis`: the per-row maximum with its lowest global index
+ *  (MPI_MAXLOC), then the per-row sum of exp(logit - max) and the target
+ *  logit (in double). Every member of the group gets identical loss, lse and
+ *  stats; they agree with the unsharded kernel up to the order of the sum of
+ *  exponentials. Targets are global class indices; one outside [0, global
+ *  classes) that is not ignore_index is an error (the collectives still run,
+ *  so no member is left waiting). axis -1: identical to
+ *  loom_cross_entropy_fwd. */
+void loom_cross_entropy_fwd_sharded(loom_ctx *ctx, int64_t rows,
+                                    int64_t classes_local, int32_t axis,
+                                    const float *logits, const int32_t *target,
+                                    int64_t ignore_index, float *loss,
+                                    float *lse, float *stats);
+/** dlogits = dloss[0] / counted * (exp(logits - lse) - onehot(target -
+ *  start)) on counted rows, 0 on ignored rows; lse is the global per-row
+ *  log-sum-exp the forward saved. No communication: bitwise the unsharded
+ *  kernel's columns [start, start + classes_local). */
+void loom_cross_entropy_bwd_sharded(loom_ctx *ctx, int64_t rows,
+                                    int64_t classes_local, int32_t axis,
+                                    const float *logits, const int32_t *target,
+                                    int64_t ignore_index, const float *lse,
+                                    const float *dloss, float *dlogits);
 
 /* --- Attention (q: [B,H,Tq,D], k: [B,H,Tk,D], v: [B,H,Tk,Dv]) ------------ */
 /** out = softmax(q k^T / sqrt(D) + mask) v, mask = -inf above the diagonal
@@ -207,6 +256,24 @@ void loom_reduce_scatter(loom_ctx *ctx, const float *in, int64_t n,
 /** data[0..n) = member `root`'s data (root: a coordinate on `axis`). */
 void loom_broadcast(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
                     int32_t root);
+
+/* --- Non-blocking all-reduce (since ABI 3) -------------------------------- */
+/** Starts data = sum (op 0) or max (op 1) over the `axis` group, in place,
+ *  for overlapping gradient buckets with the backward pass, and returns a
+ *  handle (> 0; 0 after an argument error, which is reported through
+ *  loom_error). The result is bitwise identical to loom_all_reduce on the
+ *  same data: a progress thread of the runtime runs the same blocking
+ *  reduction on a duplicate of the axis communicator, in start order, while
+ *  the caller computes (runtime/README.md). data must not be read or written
+ *  until loom_all_reduce_wait(handle) returns. Every member starts the same
+ *  reductions in the same order; every started reduction must be waited in
+ *  the same program call (a step that returns with one pending is an
+ *  error). */
+int64_t loom_all_reduce_start(loom_ctx *ctx, float *data, int64_t n,
+                              int32_t axis, int32_t op);
+/** Blocks until the reduction of `handle` has completed. Waiting an unknown
+ *  or already waited handle is an error. */
+void loom_all_reduce_wait(loom_ctx *ctx, int64_t handle);
 
 /** This rank's coordinate on mesh axis `axis` (0 dp, 1 tp, 2 pp): its
  *  position in that axis group; 0 without a mesh. Sharded programs use it to

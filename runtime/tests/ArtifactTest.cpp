@@ -296,6 +296,122 @@ TEST(Artifact, ManifestFieldErrors) {
              "parameters are f32 or f64");
 }
 
+/// kManifest partitioned over dp=2 x tp=2 with ZeRO-1 (ABI 3): local
+/// shapes, global_shape and shard on parameters, state and inputs.
+const char *kShardedManifest = R"({
+  "format": "loomx", "format_version": 1, "abi_version": 3,
+  "model": "Mlp", "target": "cpu",
+  "mesh": {"dp": 2, "tp": 2, "pp": 1}, "zero": 1,
+  "arena_bytes": 4096,
+  "programs": {"train_step": "loom_train_step"},
+  "params": [
+    {"name": "w1", "dtype": "f32", "shape": [8, 8], "global_shape": [8, 16],
+     "offset": 0, "init": "glorot", "shard": ["_", "tp"]},
+    {"name": "b1", "dtype": "f32", "shape": [16], "offset": 512,
+     "init": "zeros"}
+  ],
+  "state": [
+    {"name": "w1.m", "dtype": "f32", "shape": [4, 8], "global_shape": [8, 16],
+     "shard": ["dp", "tp"], "offset": 576}
+  ],
+  "inputs": [
+    {"name": "x", "dtype": "f32", "shape": [2, 8], "global_shape": [4, 8],
+     "shard": ["dp", "_"], "offset": 704},
+    {"name": "y", "dtype": "i32", "shape": [4], "offset": 768}
+  ],
+  "outputs": {"loss": 4000, "grad_norm": 4004, "lr": 4008}
+})";
+
+std::string shardedError(const std::string &from, const std::string &to) {
+  std::string text = kShardedManifest;
+  size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at == std::string::npos)
+    return "";
+  text.replace(at, from.size(), to);
+  try {
+    parseManifest(text);
+  } catch (const Error &e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Artifact, ShardedBuffersAndZero) {
+  Manifest m = parseManifest(kShardedManifest);
+  EXPECT_EQ(m.zero, 1);
+  EXPECT_EQ(m.mesh, (Mesh{2, 2, 1}));
+  const ParamSpec &w = m.params[0];
+  EXPECT_EQ(w.shape, (std::vector<int64_t>{8, 8}));
+  EXPECT_EQ(w.global(), (std::vector<int64_t>{8, 16}));
+  EXPECT_EQ(w.split, (std::vector<int32_t>{-1, 1}));
+  EXPECT_EQ(w.shard, (std::vector<std::string>{"_", "tp"}));
+  EXPECT_TRUE(w.isSplit());
+  EXPECT_EQ(w.globalElements(), 128);
+  EXPECT_EQ(w.describeType(), "f32[8, 8] of f32[8, 16] split (_, tp)");
+  // No global_shape and no shard: the whole tensor on every rank.
+  EXPECT_FALSE(m.params[1].isSplit());
+  EXPECT_EQ(m.params[1].global(), (std::vector<int64_t>{16}));
+  EXPECT_EQ(m.state[0].split, (std::vector<int32_t>{0, 1}));
+  EXPECT_EQ(m.inputs[0].split, (std::vector<int32_t>{0, -1}));
+  // The batch is the global one: x's 4 rows (2 per dp rank) and y's 4
+  // (replicated) agree.
+  EXPECT_EQ(m.inputs[0].global()[0], m.inputs[1].global()[0]);
+  std::string d = describe(m, "mlp.loomx");
+  EXPECT_HAS(d, "dp=2 tp=2 pp=1 (4 ranks), ZeRO-1");
+  EXPECT_HAS(d, "(per rank; global f32[8, 16], split (_, tp))");
+  EXPECT_HAS(d, "(per rank; global f32[8, 16], split (dp, tp))");
+}
+
+TEST(Artifact, ShardedBufferErrors) {
+  EXPECT_HAS(shardedError("\"global_shape\": [8, 16],\n     \"offset\": 0",
+                          "\"global_shape\": [8, 15],\n     \"offset\": 0"),
+             "params[0] ('w1').global_shape: dim 1 (15) does not divide "
+             "evenly over tp (2 ranks)");
+  EXPECT_HAS(shardedError("\"shape\": [8, 8]", "\"shape\": [8, 4]"),
+             "params[0] ('w1').shape: dim 1 is 4, but global 16 split over tp "
+             "(2 ranks) gives 8");
+  EXPECT_HAS(shardedError("\"global_shape\": [8, 16],\n     \"offset\": 0",
+                          "\"global_shape\": [8, 16, 1],\n     \"offset\": 0"),
+             "params[0] ('w1').global_shape: rank 3, the local shape f32[8, 8] "
+             "has rank 2");
+  EXPECT_HAS(shardedError("[\"dp\", \"tp\"]", "[\"tp\", \"tp\"]"),
+             "state[0] ('w1.m').shard[1]: splits a second dimension over tp");
+  EXPECT_HAS(shardedError("[\"dp\", \"_\"]", "[\"pp\", \"_\"]"),
+             "inputs[0] ('x').shard[0]: 'pp' is not '_' or a mesh axis a "
+             "dimension can be split over (dp, tp)");
+  EXPECT_HAS(shardedError("\"global_shape\": [4, 8],", ""),
+             "inputs[0] ('x').global_shape: missing, but dim 0 is split over "
+             "dp (2 ranks)");
+  EXPECT_HAS(shardedError("[\"dp\", \"_\"]", "[\"_\", \"_\"]"),
+             "inputs[0] ('x').shape: dim 0 is 2 but not split, and "
+             "global_shape says 4");
+  EXPECT_HAS(shardedError("\"zero\": 1", "\"zero\": 2"), "zero: 2 outside [0, 1]");
+  EXPECT_HAS(shardedError("\"shape\": [4], \"offset\": 768",
+                          "\"shape\": [3], \"offset\": 768"),
+             "inputs[1] ('y'): batch dimension 3 differs from 4 of 'x'");
+  // ABI 2 artifacts still load (one rank, whole tensors) without ABI 3's
+  // fields; ABI 4 is from a newer Loom.
+  std::string abi2 = kManifest;
+  abi2.replace(abi2.find("\"abi_version\": 3"), 16, "\"abi_version\": 2");
+  Manifest m = parseManifest(abi2);
+  EXPECT_EQ(m.abiVersion, 2);
+  EXPECT_EQ(m.params[0].shard, (std::vector<std::string>{"_", "tp"}));
+  EXPECT_FALSE(m.params[0].isSplit());
+  std::string abi4 = kManifest;
+  abi4.replace(abi4.find("\"abi_version\": 3"), 16, "\"abi_version\": 4");
+  EXPECT_THROW(parseManifest(abi4), Error);
+  std::string abi2sharded = kShardedManifest;
+  abi2sharded.replace(abi2sharded.find("\"abi_version\": 3"), 16,
+                      "\"abi_version\": 2");
+  try {
+    parseManifest(abi2sharded);
+    ADD_FAILURE() << "ABI 2 took zero";
+  } catch (const Error &e) {
+    EXPECT_HAS(e.what(), "zero: not part of ABI 2 (since ABI 3)");
+  }
+}
+
 TEST(Artifact, CpuFeatures) {
   EXPECT_TRUE(isKnownCpuFeature("avx2"));
   EXPECT_TRUE(isKnownCpuFeature("lzcnt"));

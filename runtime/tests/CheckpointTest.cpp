@@ -340,12 +340,68 @@ TEST(Checkpoint, IndexRoundTripAndErrors) {
                        with("layout_fingerprint", json::Value("0x12"))),
                    "hex");
   EXPECT_THROW_HAS(
+      CheckpointIndex::fromJson(with("format_version", json::Value(3))),
+      "checkpoint format 3, this runtime reads 1 and 2");
+  // Format 2 is the sharded one: a file per rank instead of "state".
+  EXPECT_THROW_HAS(
       CheckpointIndex::fromJson(with("format_version", json::Value(2))),
-      "checkpoint format 2, this runtime reads 1");
+      "'ranks' missing");
   EXPECT_THROW_HAS(CheckpointIndex::fromJson(without("data_cursor")),
                    "'data_cursor' missing");
   EXPECT_THROW_HAS(CheckpointIndex::fromJson(json::Value(3)),
                    "expected an object");
+}
+
+TEST(Checkpoint, ShardedIndexRoundTrip) {
+  CheckpointIndex ix;
+  ix.model = "Gpt";
+  ix.step = 12;
+  ix.targetSteps = 20;
+  ix.seed = 1;
+  ix.threads = 1;
+  ix.mesh = Mesh{2, 2, 1};
+  ix.zero = 1;
+  for (int r = 0; r < 4; ++r)
+    ix.ranks.push_back({rankFileName(r), uint64_t(100 + r), 0xabcull + r, 7});
+  json::Value v = json::parse(json::write(ix.toJson(), 2));
+  EXPECT_EQ(v.find("format_version")->asInt(), kShardedCheckpointFormatVersion);
+  EXPECT_EQ(v.find("state"), nullptr);
+  CheckpointIndex back = CheckpointIndex::fromJson(v);
+  EXPECT_TRUE(back.sharded());
+  EXPECT_EQ(back.mesh, (Mesh{2, 2, 1}));
+  EXPECT_EQ(back.zero, 1);
+  ASSERT_EQ(back.ranks.size(), 4u);
+  EXPECT_EQ(back.ranks[3].file, "rank-3.safetensors");
+  EXPECT_EQ(back.ranks[3].bytes, 103u);
+  EXPECT_EQ(back.ranks[3].fnv1a64, 0xabcull + 3);
+  EXPECT_EQ(back.ranks[3].tensors, 7);
+  // The file list must match the mesh, in rank order.
+  json::Object o = v.asObject();
+  for (auto &kv : o)
+    if (kv.first == "mesh")
+      kv.second = json::parse(R"({"dp": 4, "tp": 2, "pp": 1})");
+  EXPECT_THROW_HAS(CheckpointIndex::fromJson(json::Value(o)),
+                   "'ranks' lists 4 files for a mesh of 8 ranks");
+  o = v.asObject();
+  for (auto &kv : o)
+    if (kv.first == "ranks")
+      kv.second.asArray()[1].asObject()[0].second = json::Value("x");
+  EXPECT_THROW_HAS(CheckpointIndex::fromJson(json::Value(o)),
+                   "'ranks[1].file' is not \"rank-1.safetensors\"");
+  // A one-rank checkpoint says its mesh too, and older ones without it
+  // read as one rank.
+  CheckpointIndex one;
+  one.model = "Mlp";
+  json::Value w = one.toJson();
+  EXPECT_EQ(w.find("format_version")->asInt(), kCheckpointFormatVersion);
+  EXPECT_EQ(w.find("mesh")->find("dp")->asInt(), 1);
+  json::Object old = w.asObject();
+  old.erase(std::remove_if(old.begin(), old.end(),
+                           [](const auto &kv) {
+                             return kv.first == "mesh" || kv.first == "zero";
+                           }),
+            old.end());
+  EXPECT_EQ(CheckpointIndex::fromJson(json::Value(old)).mesh, (Mesh{1, 1, 1}));
 }
 
 TEST(Checkpoint, LayoutFingerprint) {

@@ -101,6 +101,40 @@ TEST(Init, ShardsReproduceTheFullTensor) {
   EXPECT_THROW(initBlock(p, 0, {3, 0}, {2, 4}, out.data()), Error);
 }
 
+TEST(Init, EachRankInitialisesItsSliceOfTheGlobalTensor) {
+  // w: [6, 10] split (_, tp) over tp = 2, and (dp, tp) over dp = 3: each
+  // rank's slice holds the full tensor's values (glorot with the full
+  // tensor's fans).
+  for (const char *init : {"glorot", "normal"}) {
+    ParamSpec whole = param("w", {6, 10}, init,
+                            std::string(init) == "normal"
+                                ? std::vector<double>{0.5}
+                                : std::vector<double>{});
+    std::vector<float> want = full(whole, 4);
+    for (bool rows : {false, true}) {
+      Manifest m;
+      ParamSpec p = whole;
+      p.globalShape = {6, 10};
+      p.shape = {rows ? 2 : 6, 5};
+      p.split = {rows ? 0 : -1, 1};
+      p.elements = p.shape[0] * p.shape[1];
+      p.bytes = p.elements * 4;
+      m.params.push_back(p);
+      for (int64_t d = 0; d < (rows ? 3 : 1); ++d)
+        for (int64_t t = 0; t < 2; ++t) {
+          std::vector<unsigned char> arena(size_t(p.bytes));
+          initParams(m, 4, arena.data(), {d, t, 0});
+          const float *got = reinterpret_cast<const float *>(arena.data());
+          for (int64_t r = 0; r < p.shape[0]; ++r)
+            for (int64_t c = 0; c < 5; ++c)
+              EXPECT_EQ(got[r * 5 + c],
+                        want[size_t((d * p.shape[0] + r) * 10 + t * 5 + c)])
+                  << init << " slice (" << d << ", " << t << ")";
+        }
+    }
+  }
+}
+
 TEST(Init, ZerosAndOnes) {
   for (float x : full(param("b", {7}, "zeros"), 1))
     EXPECT_EQ(x, 0.0f);

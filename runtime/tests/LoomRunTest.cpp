@@ -15,7 +15,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <map>
 #include <csignal>
 #include <cstring>
 #include <fstream>
@@ -682,5 +684,348 @@ TEST(LoomRunSamples, DigitsAndText) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_HAS(r.out, "u8 tokens, vocab 256");
 }
+
+
+//===----------------------------------------------------------------------===//
+// Partitioned artifacts under mpirun (TestModel.c's loom_par_* programs)
+//===----------------------------------------------------------------------===//
+
+#ifdef LOOM_MPIEXEC
+
+/// The softmax regression of TestModel.c partitioned over dp x tp (ZeRO-1
+/// optional): local shapes, global_shape and shard as loomc writes them.
+std::string parallelManifest(int dp, int tp, bool zero,
+                             const std::string &programs,
+                             const std::string &data) {
+  const int cl = 10 / tp, rows = 64 / dp, mrows = zero ? 64 / dp : 64;
+  std::ostringstream os;
+  os << R"({"format": "loomx", "format_version": 1, "abi_version": )"
+     << LOOM_ABI_VERSION << R"(,
+  "model": "TestParallel", "source": "runtime/tests/TestModel.c",
+  "target": "cpu", "cpu_features": [],
+  "mesh": {"dp": )" << dp << R"(, "tp": )" << tp << R"(, "pp": 1}, "zero": )"
+     << (zero ? 1 : 0) << R"(,
+  "arena_bytes": 22016,
+  "programs": {"train_step": "loom_par_)" << programs
+     << R"(_train_step", "eval_step": "loom_par_)" << programs
+     << R"(_eval_step"},
+  "params": [
+    {"name": "w", "dtype": "f32", "shape": [64, )" << cl
+     << R"(], "global_shape": [64, 10], "shard": ["_", "tp"], "offset": 0, "init": "glorot"},
+    {"name": "b", "dtype": "f32", "shape": [)" << cl
+     << R"(], "global_shape": [10], "shard": ["tp"], "offset": 2560, "init": "normal", "init_args": [0.1]}
+  ],
+  "state": [
+    {"name": "w.momentum", "dtype": "f32", "shape": [)" << mrows << ", " << cl
+     << R"(], "global_shape": [64, 10], "shard": [")" << (zero ? "dp" : "_")
+     << R"(", "tp"], "offset": 2624},
+    {"name": "b.momentum", "dtype": "f32", "shape": [)" << cl
+     << R"(], "global_shape": [10], "shard": ["tp"], "offset": 5184},
+    {"name": "steps", "dtype": "i64", "shape": [], "offset": 5248}
+  ],
+  "inputs": [
+    {"name": "x", "dtype": "f32", "shape": [)" << rows
+     << R"(, 64], "global_shape": [64, 64], "shard": ["dp", "_"], "offset": 5312},
+    {"name": "y", "dtype": "i32", "shape": [)" << rows
+     << R"(], "global_shape": [64], "shard": ["dp"], "offset": 21696}
+  ],
+  "outputs": {"loss": 21952, "grad_norm": 21956, "lr": 21960,
+              "eval_loss": 21964, "eval_count": 21968, "eval_correct": 21972},
+  "train": {"steps": 10, "data": ")" << data << R"(", "optimizer": "sgd"}
+})";
+  return os.str();
+}
+
+std::string mpirunPrefix(int np) {
+  // Open MPI refuses root and more ranks than cores unless told.
+  return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+         "OMPI_MCA_rmaps_base_oversubscribe=1 " LOOM_MPIEXEC " -np " +
+         std::to_string(np) + " ";
+}
+
+RunResult mpiRun(int np, const std::string &args) {
+  std::string out = tmp("mpistdout"), err = tmp("mpistderr");
+  std::string cmd = mpirunPrefix(np) + LOOM_RUN_PATH + " " + args + " >" +
+                    out + " 2>" + err + " </dev/null";
+  int rc = std::system(cmd.c_str());
+  RunResult r;
+  r.status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  r.out = readFile(out);
+  r.err = readFile(err);
+  return r;
+}
+
+struct MeshCase {
+  int dp, tp;
+  bool zero;
+  const char *programs;
+  int ranks() const { return dp * tp; }
+};
+const MeshCase kMeshes[] = {{2, 1, false, "2x1"},
+                            {1, 2, false, "1x2"},
+                            {2, 2, false, "2x2"},
+                            {2, 1, true, "2x1z"},
+                            {2, 2, true, "2x2z"}};
+
+class LoomRunMpi : public testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    data_ = new std::string(clusters("mpiclusters", 1280));
+    single_ = new std::string(
+        pack("par1x1", parallelManifest(1, 1, false, "1x1", *data_)));
+  }
+  static std::string artifact(const MeshCase &c) {
+    return pack(std::string("par") + c.programs,
+                parallelManifest(c.dp, c.tp, c.zero, c.programs, *data_));
+  }
+  static std::string *data_, *single_;
+};
+std::string *LoomRunMpi::data_, *LoomRunMpi::single_;
+
+/// The parameters of a --save file, by name.
+std::map<std::string, std::vector<float>> weightsOf(const std::string &path) {
+  std::map<std::string, std::vector<float>> out;
+  auto file = safetensors::Reader::open(path);
+  for (const auto &t : file->header().tensors) {
+    std::vector<float> v(t.elements);
+    file->read(t, v.data());
+    out[t.name] = v;
+  }
+  return out;
+}
+
+TEST_F(LoomRunMpi, InitialisationIsShardingIndependent) {
+  // --steps=0 --save: each rank initialises its slices, --save gathers
+  // them; the file is the single rank's, byte for byte.
+  std::string one = tmp("init1.safetensors");
+  RunResult r = loomRun(*single_ + " --steps=0 --seed=5 --save=" + one);
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const MeshCase &c : {kMeshes[2], kMeshes[3]}) {
+    std::string many = tmp(std::string("init") + c.programs + ".safetensors");
+    r = mpiRun(c.ranks(),
+               artifact(c) + " --steps=0 --seed=5 --save=" + many);
+    ASSERT_EQ(r.status, 0) << c.programs << r.err;
+    EXPECT_EQ(readFile(one), readFile(many)) << c.programs;
+  }
+}
+
+TEST_F(LoomRunMpi, MatchesTheSingleRankRun) {
+  // SEMANTICS.md's tolerances: loss at step 1 within 1e-6 relative, at step
+  // 10 within 1e-4, weights after 10 steps |dw|/|w| <= 1e-4.
+  std::string m1 = tmp("par1.jsonl"), w1 = tmp("par1.safetensors");
+  RunResult r = loomRun(*single_ + " --steps=10 --threads=1 --eval-every=5 "
+                                   "--metrics=" +
+                        m1 + " --save=" + w1);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<json::Value> base = metricsOf(m1);
+  ASSERT_EQ(base.size(), 10u);
+  auto ref = weightsOf(w1);
+  for (const MeshCase &c : kMeshes) {
+    std::string mm = tmp(std::string("par") + c.programs + ".jsonl");
+    std::string ww = tmp(std::string("par") + c.programs + ".safetensors");
+    r = mpiRun(c.ranks(), artifact(c) + " --steps=10 --threads=1 "
+                                        "--eval-every=5 --metrics=" +
+                              mm + " --save=" + ww);
+    ASSERT_EQ(r.status, 0) << c.programs << r.out << r.err;
+    // Rank 0 alone prints and writes the metrics.
+    size_t finals = 0;
+    for (size_t at = r.out.find("loom-run: 10 steps"); at != std::string::npos;
+         at = r.out.find("loom-run: 10 steps", at + 1))
+      ++finals;
+    EXPECT_EQ(finals, 1u) << r.out;
+    EXPECT_HAS(r.out, std::to_string(c.ranks()) + " ranks (dp=" +
+                          std::to_string(c.dp) + " tp=" +
+                          std::to_string(c.tp) + " pp=1");
+    std::vector<json::Value> m = metricsOf(mm);
+    ASSERT_EQ(m.size(), 10u) << c.programs;
+    auto loss = [](const json::Value &v) {
+      return v.find("loss")->asDouble();
+    };
+    EXPECT_NEAR(loss(m[0]), loss(base[0]), 1e-6 * std::fabs(loss(base[0])))
+        << c.programs;
+    EXPECT_NEAR(loss(m[9]), loss(base[9]), 1e-4 * std::fabs(loss(base[9])))
+        << c.programs;
+    EXPECT_NEAR(m[4].find("eval_loss")->asDouble(),
+                base[4].find("eval_loss")->asDouble(), 1e-4)
+        << c.programs;
+    EXPECT_EQ(m[9].find("eval_accuracy")->asDouble(),
+              base[9].find("eval_accuracy")->asDouble())
+        << c.programs;
+    EXPECT_NEAR(m[9].find("grad_norm")->asDouble(),
+                base[9].find("grad_norm")->asDouble(),
+                1e-4 * base[9].find("grad_norm")->asDouble());
+    for (const json::Value &line : m) {
+      EXPECT_GT(line.find("comm_ms")->asDouble(), 0.0) << c.programs;
+      EXPECT_GT(line.find("samples_per_s")->asDouble(), 0.0);
+      EXPECT_GT(line.find("mem_peak_bytes")->asInt(), 0);
+    }
+    auto got = weightsOf(ww);
+    ASSERT_EQ(got.size(), ref.size());
+    for (const auto &[name, want] : ref) {
+      const std::vector<float> &have = got[name];
+      ASSERT_EQ(have.size(), want.size()) << name;
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        diff += (double(have[i]) - want[i]) * (double(have[i]) - want[i]);
+        norm += double(want[i]) * want[i];
+      }
+      EXPECT_LE(std::sqrt(diff / norm), 1e-4) << c.programs << " " << name;
+    }
+  }
+}
+
+TEST_F(LoomRunMpi, ShardedCheckpointsResumeBitwise) {
+  const MeshCase &c = kMeshes[4]; // dp=2 tp=2, ZeRO-1: every kind of slice
+  std::string art = artifact(c);
+  std::string dir = tmpDir("mpickpt"), ckpt = dir + "/ckpt";
+  std::string a = dir + "/a.safetensors", b = dir + "/b.safetensors";
+  std::string metrics = dir + "/m.jsonl";
+  RunResult r = mpiRun(4, art + " --steps=12 --threads=1 --save=" + a);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = mpiRun(4, art + " --steps=7 --threads=1 --ckpt-dir=" + ckpt +
+                    " --ckpt-every=3 --metrics=" + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "loom-run: checkpoint " + ckpt + "/step-000006");
+  // One file per rank and one index, written by rank 0.
+  std::string step7 = ckpt + "/step-000007";
+  for (int rank = 0; rank < 4; ++rank)
+    EXPECT_EQ(access((step7 + "/" + rankFileName(rank)).c_str(), R_OK), 0);
+  EXPECT_NE(access((step7 + "/state.safetensors").c_str(), F_OK), 0);
+  json::Value index = json::parse(readFile(step7 + "/index.json"));
+  EXPECT_EQ(index.find("format_version")->asInt(), 2);
+  EXPECT_EQ(index.find("zero")->asInt(), 1);
+  EXPECT_EQ(index.find("mesh")->find("dp")->asInt(), 2);
+  EXPECT_EQ(index.find("ranks")->asArray().size(), 4u);
+  // Each rank's file holds its slices, with their local shapes.
+  safetensors::Header h =
+      safetensors::Reader::open(step7 + "/" + rankFileName(3))->header();
+  EXPECT_EQ(h.find("w")->shape, (std::vector<int64_t>{64, 5}));
+  EXPECT_EQ(h.find("w.momentum")->shape, (std::vector<int64_t>{32, 5}));
+  EXPECT_EQ(*h.meta("rank"), "3");
+  r = mpiRun(4, art + " --steps=12 --threads=1 --ckpt-dir=" + ckpt +
+                    " --resume --save=" + b + " --metrics=" + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "resuming from " + step7 + " (step 7 of 12)");
+  EXPECT_EQ(readFile(a), readFile(b));
+  EXPECT_EQ(metricsOf(metrics).size(), 12u);
+  // Another mesh is refused, with both meshes named.
+  r = mpiRun(2, artifact(kMeshes[3]) + " --steps=14 --ckpt-dir=" + ckpt +
+                    " --resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "written on mesh dp=2 tp=2 pp=1 (4 ranks), this "
+                    "artifact's mesh is dp=2 tp=1 pp=1; resume on the same "
+                    "mesh");
+  // A damaged rank file is stepped over by every rank alike.
+  std::string damaged = ckpt + "/step-000012/" + rankFileName(2);
+  std::string bytes = readFile(damaged);
+  bytes[bytes.size() - 1] ^= 1;
+  writeFile(damaged, bytes.data(), bytes.size());
+  r = mpiRun(4, art + " --steps=12 --threads=1 --ckpt-dir=" + ckpt +
+                    " --resume --save=" + b);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.err, "step-000012: rank 2: rank-2.safetensors is damaged");
+  EXPECT_HAS(r.out, "resuming from " + step7 + " (step 7 of 12)");
+  EXPECT_EQ(readFile(a), readFile(b));
+  removeTree(dir);
+}
+
+TEST_F(LoomRunMpi, InitFromGivesEveryRankItsSlices) {
+  std::string w = tmp("par-init.safetensors"), back = tmp("par-back.safetensors");
+  RunResult r = loomRun(*single_ + " --steps=3 --threads=1 --save=" + w);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = mpiRun(4, artifact(kMeshes[2]) + " --steps=0 --init-from=" + w +
+                    " --save=" + back);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(weightsOf(w), weightsOf(back));
+  // A file of the wrong global shape is refused by every rank, said once.
+  r = mpiRun(2, artifact(kMeshes[0]) + " --steps=1 --init-from=" + tmp("x"));
+  EXPECT_EQ(r.status, 1);
+}
+
+TEST_F(LoomRunMpi, EveryRankLogsToItsOwnFile) {
+  std::string dir = tmpDir("mpilogs");
+  RunResult r = mpiRun(2, artifact(kMeshes[0]) +
+                              " --steps=4 --threads=1 --log-dir=" + dir +
+                              "/logs");
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (int rank = 0; rank < 2; ++rank) {
+    std::string log = readFile(dir + "/logs/rank-" + std::to_string(rank) +
+                               ".log");
+    EXPECT_HAS(log, "# loom-run rank " + std::to_string(rank) +
+                        " of 2 (dp " + std::to_string(rank) + ", tp 0, pp 0)");
+    EXPECT_HAS(log, "step=4 loss=");
+    EXPECT_HAS(log, " comm_ms=");
+    EXPECT_HAS(log, " rss=");
+    EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 5) << log;
+  }
+  removeTree(dir);
+}
+
+TEST_F(LoomRunMpi, WatchdogEndsAHungJob) {
+  std::string m = parallelManifest(2, 1, false, "2x1", *data_);
+  std::string hang = pack("parhang", replaceAll(m, "\"loom_par_2x1_train_step\"",
+                                                "\"loom_par_hang_train_step\""));
+  auto t0 = std::chrono::steady_clock::now();
+  RunResult r = mpiRun(2, hang + " --steps=5 --threads=1 --timeout=1.5");
+  double seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - t0)
+                       .count();
+  EXPECT_NE(r.status, 0);
+  EXPECT_LT(seconds, 15.0);
+  EXPECT_HAS(r.err, "loom-run: error: rank 0, step 2: collective all_reduce "
+                    "over dp (1 floats) did not complete within 1.5 s; "
+                    "aborting the job");
+}
+
+TEST_F(LoomRunMpi, AKilledRankEndsTheJobAndTheRunResumes) {
+  std::string dir = tmpDir("mpikill");
+  std::string ckpt = dir + "/ckpt", logs = dir + "/logs";
+  std::string art = artifact(kMeshes[0]);
+  std::string out = dir + "/out", err = dir + "/err";
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::string cmd = mpirunPrefix(2) + LOOM_RUN_PATH + " " + art +
+                      " --steps=100000000 --threads=1 --ckpt-every=5 "
+                      "--ckpt-dir=" +
+                      ckpt + " --log-dir=" + logs + " >" + out + " 2>" + err +
+                      " </dev/null";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char *>(nullptr));
+    _exit(127);
+  }
+  // Wait for a few checkpoints, then kill rank 1 as the OOM killer would.
+  std::string log1 = logs + "/rank-1.log";
+  for (int i = 0; i < 2000 && listCheckpoints(ckpt).size() < 2; ++i)
+    usleep(10000);
+  ASSERT_GE(listCheckpoints(ckpt).size(), 2u);
+  std::string head = readFile(log1);
+  size_t at = head.find(", pid ");
+  ASSERT_NE(at, std::string::npos) << head;
+  pid_t victim = std::atoi(head.c_str() + at + 6);
+  ASSERT_GT(victim, 1);
+  auto t0 = std::chrono::steady_clock::now();
+  kill(victim, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  double seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - t0)
+                       .count();
+  EXPECT_LT(seconds, 60.0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  std::string e = readFile(err);
+  EXPECT_HAS(e, "process rank 1 with PID");
+  EXPECT_HAS(e, "exited on signal 9 (Killed)");
+  std::fprintf(stderr, "[mpirun after kill -9, %.1f s]\n%s", seconds, e.c_str());
+  // The newest complete checkpoint continues.
+  int64_t last = listCheckpoints(ckpt).front().first;
+  RunResult r = mpiRun(2, art + " --threads=1 --steps=" +
+                              std::to_string(last + 3) + " --ckpt-dir=" +
+                              ckpt + " --resume");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "resuming from " + ckpt + "/" + checkpointName(last));
+  removeTree(dir);
+}
+
+#endif // LOOM_MPIEXEC
 
 } // namespace

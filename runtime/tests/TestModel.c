@@ -191,3 +191,157 @@ void loom_bigram_eval_step(loom_ctx *ctx, uint8_t *arena) {
   out[4] = NB * T;
   out[5] = correct;
 }
+
+/* ---- the softmax regression, partitioned (ABI 3) ------------------------ *
+ * What loomc's partitioner emits, by hand: one SPMD program per mesh, every
+ * rank running it on its own slices. The batch is split over dp (x [64/DP,
+ * 64], y [64/DP]), the classes over tp (w [64, 10/TP], b [10/TP]), the loss
+ * is the vocabulary-parallel cross-entropy over tp, and the gradients are
+ * summed over dp with non-blocking all-reduces (or, with ZeRO-1, reduce-
+ * scattered so that each dp rank updates its rows of w and its momentum
+ * rows, then all-gathers w). Momentum SGD: m = 0.9 m + g, p -= 0.5 m.
+ * The layout (LoomRunTest.cpp's kParallelManifest) leaves room for the full
+ * tensors, so every variant uses the same offsets. */
+#define PW_OFF 0        /* w: f32[64, 10/TP] */
+#define PB_OFF 2560     /* b: f32[10/TP] */
+#define PMW_OFF 2624    /* w.momentum: f32[64/(ZERO?DP:1), 10/TP] */
+#define PMB_OFF 5184    /* b.momentum: f32[10/TP] */
+#define PSTEPS_OFF 5248 /* steps: i64[] */
+#define PX_OFF 5312     /* x: f32[64/DP, 64] */
+#define PY_OFF 21696    /* y: i32[64/DP] */
+#define POUT_OFF 21952  /* loss, grad_norm, lr, eval_loss, eval_count, ... */
+#define PLR 0.5f
+#define PMOMENTUM 0.9f
+
+/* logits[r][c] = b[c] + sum_k x[r, k] w[k, c] over this rank's rows and
+ * classes. */
+static void par_logits(uint8_t *arena, int R, int CL, float *logits) {
+  const float *w = (const float *)(arena + PW_OFF);
+  const float *bias = (const float *)(arena + PB_OFF);
+  const float *x = (const float *)(arena + PX_OFF);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < CL; ++c) {
+      float s = bias[c];
+      for (int k = 0; k < F; ++k)
+        s += x[r * F + k] * w[k * CL + c];
+      logits[r * CL + c] = s;
+    }
+}
+
+static void par_train(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
+                      int ZERO) {
+  const int R = B / DP, CL = C / TP;
+  int64_t *steps = (int64_t *)(arena + PSTEPS_OFF);
+  if (loom_step(ctx) != *steps + 1) {
+    loom_error(ctx, "par_train_step", "loom_step does not count steps from 1");
+    return;
+  }
+  *steps += 1;
+  float *w = (float *)(arena + PW_OFF), *bias = (float *)(arena + PB_OFF);
+  float *mw = (float *)(arena + PMW_OFF), *mb = (float *)(arena + PMB_OFF);
+  const float *x = (const float *)(arena + PX_OFF);
+  const int32_t *y = (const int32_t *)(arena + PY_OFF);
+  float logits[B * C], dlogits[B * C], lse[B], stats[2], loss;
+  par_logits(arena, R, CL, logits);
+  loom_cross_entropy_fwd_sharded(ctx, R, CL, 1, logits, y, -1, &loss, lse,
+                                 stats);
+  /* The global batch's mean: every dp replica has R of its rows. */
+  float global = loss / (float)DP;
+  loom_all_reduce(ctx, &global, 1, 0, 0);
+  float dloss = 1.0f / (float)DP;
+  loom_cross_entropy_bwd_sharded(ctx, R, CL, 1, logits, y, -1, lse, &dloss,
+                                 dlogits);
+  float dw[F * C], db[C];
+  memset(dw, 0, sizeof dw);
+  memset(db, 0, sizeof db);
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < CL; ++c) {
+      float g = dlogits[r * CL + c];
+      db[c] += g;
+      for (int k = 0; k < F; ++k)
+        dw[k * CL + c] += x[r * F + k] * g;
+    }
+  double sq;
+  if (!ZERO) {
+    /* Two buckets in flight at once, then the norm over the tp slices. */
+    int64_t hw = loom_all_reduce_start(ctx, dw, F * CL, 0, 0);
+    int64_t hb = loom_all_reduce_start(ctx, db, CL, 0, 0);
+    loom_all_reduce_wait(ctx, hw);
+    loom_all_reduce_wait(ctx, hb);
+    float s = (float)(loom_sum_squares(ctx, F * CL, dw) +
+                      loom_sum_squares(ctx, CL, db));
+    loom_all_reduce(ctx, &s, 1, 1, 0);
+    sq = s;
+    for (int i = 0; i < F * CL; ++i) {
+      mw[i] = PMOMENTUM * mw[i] + dw[i];
+      w[i] -= PLR * mw[i];
+    }
+  } else {
+    /* ZeRO-1: this dp rank's rows of dw, summed over dp. */
+    const int rows = F / DP;
+    const int64_t mine = loom_mesh_coord(ctx, 0);
+    float part[F * C];
+    loom_reduce_scatter(ctx, dw, (int64_t)rows * CL, part, 0);
+    loom_all_reduce(ctx, db, CL, 0, 0);
+    float s = (float)loom_sum_squares(ctx, (int64_t)rows * CL, part);
+    loom_all_reduce(ctx, &s, 1, 0, 0);
+    s += (float)loom_sum_squares(ctx, CL, db);
+    loom_all_reduce(ctx, &s, 1, 1, 0);
+    sq = s;
+    float *wRows = w + mine * rows * CL;
+    for (int i = 0; i < rows * CL; ++i) {
+      mw[i] = PMOMENTUM * mw[i] + part[i];
+      wRows[i] -= PLR * mw[i];
+    }
+    loom_all_gather(ctx, wRows, (int64_t)rows * CL, w, 0);
+  }
+  for (int c = 0; c < CL; ++c) {
+    mb[c] = PMOMENTUM * mb[c] + db[c];
+    bias[c] -= PLR * mb[c];
+  }
+  float *out = (float *)(arena + POUT_OFF);
+  out[0] = global;
+  out[1] = (float)sqrt(sq);
+  out[2] = PLR;
+}
+
+static void par_eval(loom_ctx *ctx, uint8_t *arena, int DP, int TP) {
+  const int R = B / DP, CL = C / TP;
+  const int32_t *y = (const int32_t *)(arena + PY_OFF);
+  float logits[B * C], lse[B], stats[2], loss;
+  par_logits(arena, R, CL, logits);
+  loom_cross_entropy_fwd_sharded(ctx, R, CL, 1, logits, y, -1, &loss, lse,
+                                 stats);
+  float sums[3] = {loss / (float)DP, stats[0], stats[1]};
+  loom_all_reduce(ctx, sums, 3, 0, 0);
+  float *out = (float *)(arena + POUT_OFF);
+  out[3] = sums[0];
+  out[4] = sums[1];
+  out[5] = sums[2];
+}
+
+#define LOOM_PAR_PROGRAMS(NAME, DP, TP, ZERO)                                  \
+  void loom_par_##NAME##_train_step(loom_ctx *ctx, uint8_t *arena) {           \
+    par_train(ctx, arena, DP, TP, ZERO);                                       \
+  }                                                                            \
+  void loom_par_##NAME##_eval_step(loom_ctx *ctx, uint8_t *arena) {            \
+    par_eval(ctx, arena, DP, TP);                                              \
+  }
+LOOM_PAR_PROGRAMS(1x1, 1, 1, 0)
+LOOM_PAR_PROGRAMS(2x1, 2, 1, 0)
+LOOM_PAR_PROGRAMS(1x2, 1, 2, 0)
+LOOM_PAR_PROGRAMS(2x2, 2, 2, 0)
+LOOM_PAR_PROGRAMS(2x1z, 2, 1, 1)
+LOOM_PAR_PROGRAMS(2x2z, 2, 2, 1)
+
+/* The watchdog's test: at step 2 world rank 1 stops taking part (it sleeps
+ * instead of joining the step's collectives), so rank 0 waits in its first
+ * all-reduce until the watchdog ends the job. */
+#include <stdlib.h>
+#include <unistd.h>
+void loom_par_hang_train_step(loom_ctx *ctx, uint8_t *arena) {
+  const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+  if (loom_step(ctx) == 2 && rank && strcmp(rank, "1") == 0)
+    sleep(60);
+  par_train(ctx, arena, 2, 1, 0);
+}

@@ -15,6 +15,7 @@
 #include "runtime/Dataset.h"
 #include "runtime/Init.h"
 #include "runtime/Json.h"
+#include "runtime/Sharding.h"
 #include "runtime/Support.h"
 #include "runtime/Version.h"
 #include "runtime/World.h"
@@ -28,6 +29,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits.h>
 #include <optional>
 #include <string>
 #include <sys/resource.h>
@@ -48,7 +50,14 @@ namespace json = loom::json;
 extern "C" {
 __attribute__((used)) static void *const kAbiKeepAlive[] = {
     reinterpret_cast<void *>(&loom_error),
-    reinterpret_cast<void *>(&loom_step)};
+    reinterpret_cast<void *>(&loom_step),
+    reinterpret_cast<void *>(&loom_mesh_coord),
+    reinterpret_cast<void *>(&loom_all_reduce_start),
+    reinterpret_cast<void *>(&loom_all_reduce_wait),
+    reinterpret_cast<void *>(&loom_embedding_fwd_sharded),
+    reinterpret_cast<void *>(&loom_embedding_bwd_sharded),
+    reinterpret_cast<void *>(&loom_cross_entropy_fwd_sharded),
+    reinterpret_cast<void *>(&loom_cross_entropy_bwd_sharded)};
 }
 
 namespace {
@@ -86,6 +95,12 @@ options (--flag=value and --flag value are both accepted):
                      --ckpt-dir up to --steps (none there: start fresh)
   --log-every=N      plain progress lines every N steps when not on a terminal
                      (default: steps/10)
+  --log-dir=DIR      every rank writes DIR/rank-R.log: a line per step with
+                     its loss, step time, time in collectives and memory
+  --timeout=SECONDS  collective watchdog: a collective that has not completed
+                     after SECONDS ends the job (MPI_Abort) naming the rank,
+                     step and collective (default 300 on several ranks;
+                     0 turns it off)
   --describe         print the artifact's manifest and exit
   --version          print the runtime's version and build features
   --help             this text
@@ -95,8 +110,10 @@ exit status: 0 success, 1 a run-time error, 2 a usage error
 
 /// Flags in DESIGN.md whose features have not landed: named so that using
 /// one says so instead of "unknown option".
-const char *const kNotYet[] = {"trace", "timeout", "infer", "batch",
-                               "calibrate"};
+const char *const kNotYet[] = {"trace", "infer", "batch", "calibrate"};
+
+/// The watchdog's limit when --timeout is not given (several ranks).
+constexpr double kDefaultTimeout = 300;
 
 struct Options {
   std::string artifact;
@@ -117,6 +134,8 @@ struct Options {
   int64_t poisonStep = 0, poisonLast = 0;
   int poisonRank = -1;
   bool checkNumerics = false;
+  std::string logDir;
+  std::optional<double> timeout;
 };
 
 struct UsageError {
@@ -130,6 +149,16 @@ int64_t parseCount(const std::string &flag, const std::string &v, int64_t lo) {
   if (v.empty() || errno || *end != '\0' || x < lo)
     throw UsageError{"--" + flag + " expects an integer >= " +
                      std::to_string(lo) + ", got '" + v + "'"};
+  return x;
+}
+
+double parseSeconds(const std::string &flag, const std::string &v) {
+  char *end = nullptr;
+  errno = 0;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || errno || *end != '\0' || !std::isfinite(x) || x < 0)
+    throw UsageError{"--" + flag + " expects a number of seconds >= 0, got '" +
+                     v + "'"};
   return x;
 }
 
@@ -212,6 +241,10 @@ Options parseArgs(int argc, char **argv) {
     }
     else if (flag("log-every"))
       o.logEvery = parseCount(name, takeValue(), 1);
+    else if (flag("log-dir"))
+      o.logDir = nonEmpty(name, takeValue());
+    else if (flag("timeout"))
+      o.timeout = parseSeconds(name, takeValue());
     else if (flag("metrics"))
       o.metrics = takeValue();
     else if (flag("init-from"))
@@ -271,6 +304,15 @@ uint64_t peakResidentBytes() {
   if (getrusage(RUSAGE_SELF, &ru) != 0)
     return 0;
   return static_cast<uint64_t>(ru.ru_maxrss) * 1024; // Linux: KiB
+}
+
+/// Resident memory now (/proc/self/statm), 0 where unknown.
+uint64_t residentBytes() {
+  std::ifstream in("/proc/self/statm");
+  uint64_t size = 0, resident = 0;
+  if (!(in >> size >> resident))
+    return 0;
+  return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
 }
 
 uint64_t physicalMemoryBytes() {
@@ -393,6 +435,9 @@ private:
     std::exit(1);
   }
   void callProgram(loom_program_fn fn, const char *role);
+  /// Writes a batch the loader cut into this rank's input buffers.
+  void nextTrainBatch();
+  void evalBatch(int64_t i);
   float readOutput(const std::string &name) const;
   EvalResult evaluate();
   void progress(int64_t step, int64_t steps, double loss, double stepTokens,
@@ -409,6 +454,14 @@ private:
   loom_ctx ctx_;
   /// The mesh's communicators, behind ctx_.mesh; freed before MPI_Finalize.
   std::unique_ptr<CommMesh> mesh_;
+  MeshCoord coord_{0, 0, 0};
+  /// Inputs split over the mesh: the loader writes the global batch here
+  /// (globalInputs_ lay it out) and each rank copies its slice into the
+  /// arena. Unused (empty) when no input is split.
+  std::vector<Buffer> globalInputs_;
+  std::vector<unsigned char> staging_;
+  /// --log-dir: this rank's log.
+  std::ofstream rankLog_;
   unsigned char *arena_ = nullptr;
   bool tty_ = false, progressShown_ = false;
   double lastProgress_ = 0;
@@ -433,6 +486,36 @@ void Trainer::say(const std::string &line) {
   std::fflush(stdout);
 }
 
+void Trainer::nextTrainBatch() {
+  if (globalInputs_.empty()) {
+    loader_->nextTrainBatch(arena_);
+    return;
+  }
+  loader_->nextTrainBatch(staging_.data());
+  const Manifest &m = artifact_->manifest();
+  for (size_t i = 0; i < m.inputs.size(); ++i) {
+    const Buffer &b = m.inputs[i];
+    extractBlock(staging_.data() + globalInputs_[i].offset, b.global(),
+                 sliceStart(b, coord_), b.shape, dtypeSize(b.dtype),
+                 arena_ + b.offset);
+  }
+}
+
+void Trainer::evalBatch(int64_t i) {
+  if (globalInputs_.empty()) {
+    loader_->evalBatch(i, arena_);
+    return;
+  }
+  loader_->evalBatch(i, staging_.data());
+  const Manifest &m = artifact_->manifest();
+  for (size_t k = 0; k < m.inputs.size(); ++k) {
+    const Buffer &b = m.inputs[k];
+    extractBlock(staging_.data() + globalInputs_[k].offset, b.global(),
+                 sliceStart(b, coord_), b.shape, dtypeSize(b.dtype),
+                 arena_ + b.offset);
+  }
+}
+
 void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
   const Manifest &m = artifact_->manifest();
   CheckpointIndex index;
@@ -448,9 +531,15 @@ void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
   index.cursor = loader_->cursor();
   index.skippedTotal = skippedTotal;
   index.metricsLines = metricsLines_;
+  index.mesh = m.mesh;
+  index.zero = m.zero;
   std::string path;
   try {
-    path = writeCheckpoint(opts_.ckptDir, m, arena_, index, opts_.ckptKeep);
+    path = writeCheckpoint(opts_.ckptDir, m, arena_, index, opts_.ckptKeep,
+                           mesh_.get());
+  } catch (const AgreedError &e) {
+    // Every rank knows it (and the .tmp folder is gone): said once.
+    failEverywhere("step " + std::to_string(step) + ": " + e.what());
   } catch (const Error &e) {
     fail("rank " + std::to_string(world_.rank) + ", step " +
          std::to_string(step) + ": " + e.what());
@@ -462,6 +551,16 @@ void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
 void Trainer::callProgram(loom_program_fn fn, const char *role) {
   ctx_.clearError();
   fn(&ctx_, arena_);
+  if (int64_t pending = mesh_->pendingReductions()) {
+    // Their buffers are the arena's: finish them before anything else.
+    mesh_->drainReductions(&ctx_);
+    loom_error(&ctx_, "loom_all_reduce_start",
+               (std::to_string(pending) + " non-blocking all-reduce" +
+                (pending == 1 ? " was" : "s were") +
+                " started and not waited (loom_all_reduce_wait) before the "
+                "program returned")
+                   .c_str());
+  }
   if (ctx_.failed)
     fail("rank " + std::to_string(world_.rank) + ", step " +
          std::to_string(ctx_.step) + ", " + role + ": " + ctx_.errorOp + ": " +
@@ -487,7 +586,7 @@ EvalResult Trainer::evaluate() {
   bool counted = artifact_->manifest().output("eval_count").has_value();
   bool hasAccuracy = artifact_->manifest().output("eval_correct").has_value();
   for (int64_t i = 0; i < batches; ++i) {
-    loader_->evalBatch(i, arena_);
+    evalBatch(i);
     callProgram(eval, "eval_step");
     // Without counted rows (a non-classification loss) every batch weighs 1.
     double count = counted ? readOutput("eval_count") : 1.0;
@@ -566,11 +665,16 @@ int Trainer::run() {
                    (mesh.ranks() == 1
                         ? std::string("without mpirun or with mpirun -np 1")
                         : "with mpirun -np " + std::to_string(mesh.ranks())));
-  if (mesh.ranks() > 1)
-    failEverywhere(
-        path + ": mesh " + meshText +
-        ": this runtime runs one rank only (data, tensor and pipeline "
-        "parallel execution have not landed); compile with --mesh=dp=1");
+  if (mesh.pp > 1)
+    failEverywhere(path + ": mesh " + meshText +
+                   ": this runtime runs data and tensor parallel artifacts; "
+                   "pipeline parallelism (pp > 1) has not landed");
+  if (mesh.ranks() > 1 && manifest.abiVersion < 3)
+    failEverywhere(path + ": mesh " + meshText + " in an ABI " +
+                   std::to_string(manifest.abiVersion) +
+                   " artifact, which holds whole tensors for one rank; "
+                   "recompile it with this Loom (ABI " +
+                   std::to_string(LOOM_ABI_VERSION) + ")");
   if (manifest.target != "cpu")
     failEverywhere(path + ": target " + manifest.target +
                    ": this runtime executes CPU artifacts only (recompile with "
@@ -609,6 +713,41 @@ int Trainer::run() {
                    ": no --data given and the artifact's train block names no "
                    "data");
 
+  // The mesh's communicators (collective over the world) and the watchdog,
+  // before anything that talks to the other ranks.
+  try {
+    mesh_ = std::make_unique<CommMesh>(mesh.dp, mesh.tp, mesh.pp, world_.rank,
+                                       world_.size);
+  } catch (const Error &e) {
+    fail(e.what());
+  }
+  coord_ = {mesh_->coord(0), mesh_->coord(1), mesh_->coord(2)};
+  mesh_->setTimeout(opts_.timeout ? *opts_.timeout
+                                  : world_.size > 1 ? kDefaultTimeout : 0);
+  ctx_.mesh = mesh_.get();
+
+  // --log-dir: every rank's own file, made (or found) by every rank.
+  if (!opts_.logDir.empty()) {
+    std::string file =
+        opts_.logDir + "/rank-" + std::to_string(world_.rank) + ".log";
+    try {
+      prepareCheckpointDir(opts_.logDir);
+    } catch (const Error &e) {
+      fail(std::string("--log-dir: ") + e.what());
+    }
+    rankLog_.open(file, std::ios::out | (opts_.resume ? std::ios::app
+                                                      : std::ios::trunc));
+    if (!rankLog_)
+      fail("cannot write the rank log " + file + ": " + std::strerror(errno));
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    rankLog_ << "# loom-run rank " << world_.rank << " of " << world_.size
+             << " (dp " << coord_[0] << ", tp " << coord_[1] << ", pp "
+             << coord_[2] << "), pid " << getpid() << ", host " << host
+             << ", artifact " << path << "\n";
+    rankLog_.flush();
+  }
+
   // Weights and checkpoints: every problem that can be seen now is reported
   // before any work.
   if (!opts_.save.empty())
@@ -620,7 +759,8 @@ int Trainer::run() {
       prepareCheckpointDir(opts_.ckptDir);
       if (opts_.resume) {
         std::vector<std::string> skipped;
-        resumeFrom = findCheckpoint(opts_.ckptDir, manifest, &skipped);
+        resumeFrom =
+            findCheckpoint(opts_.ckptDir, manifest, &skipped, mesh_.get());
         if (world_.rank == 0)
           for (const std::string &why : skipped)
             std::fprintf(stderr, "loom-run: note: skipping checkpoint %s\n",
@@ -665,8 +805,30 @@ int Trainer::run() {
   try {
     data_ = Dataset::open(dataPath);
     artifact_ = Artifact::load(path);
-    loader_ = std::make_unique<DataLoader>(*data_, artifact_->manifest().inputs,
-                                           seed_);
+    // Every rank reads the same global batch (the same shuffle and cursor
+    // as one rank) and keeps its slice of the split inputs.
+    const std::vector<Buffer> &inputs = artifact_->manifest().inputs;
+    bool split = false;
+    for (const Buffer &b : inputs)
+      split |= b.isSplit();
+    if (split) {
+      int64_t offset = 0;
+      for (const Buffer &b : inputs) {
+        Buffer g = b;
+        g.shape = b.global();
+        g.globalShape.clear();
+        g.split.clear();
+        g.elements = b.globalElements();
+        g.bytes = g.elements * int64_t(dtypeSize(b.dtype));
+        g.offset = offset;
+        offset += (g.bytes + kArenaAlignment - 1) / kArenaAlignment *
+                  kArenaAlignment;
+        globalInputs_.push_back(g);
+      }
+      staging_.assign(size_t(offset), 0);
+    }
+    loader_ = std::make_unique<DataLoader>(
+        *data_, split ? globalInputs_ : inputs, seed_);
     artifactChecksum_ = artifactChecksum(path);
   } catch (const Error &e) {
     fail(e.what());
@@ -700,14 +862,6 @@ int Trainer::run() {
   ctx_.poisonStep = opts_.poisonStep;
   ctx_.poisonLast = opts_.poisonLast;
   ctx_.poisonRank = opts_.poisonRank;
-  try {
-    const Mesh &m = artifact_->manifest().mesh;
-    mesh_ = std::make_unique<CommMesh>(m.dp, m.tp, m.pp, world_.rank,
-                                       world_.size);
-  } catch (const Error &e) {
-    fail(e.what());
-  }
-  ctx_.mesh = mesh_.get();
   threads_ = threads;
   dataPath_ = dataPath;
 
@@ -722,16 +876,16 @@ int Trainer::run() {
   std::memset(arena_, 0, arenaBytes);
   int64_t start = 0, skippedTotal = 0;
   try {
-    initParams(m, seed_, arena_);
+    initParams(m, seed_, arena_, coord_);
     zeroState(m, arena_);
     if (resumeFrom) {
       const CheckpointIndex &ix = resumeFrom->index;
-      loadCheckpoint(*resumeFrom, m, arena_);
+      loadCheckpoint(*resumeFrom, m, arena_, mesh_.get());
       loader_->restore(ix.cursor);
       start = ix.step;
       skippedTotal = ix.skippedTotal;
     } else if (!opts_.initFrom.empty()) {
-      loadWeights(opts_.initFrom, m, arena_);
+      loadWeights(opts_.initFrom, m, arena_, mesh_.get());
     }
   } catch (const Error &e) {
     fail(e.what());
@@ -757,17 +911,24 @@ int Trainer::run() {
                    static_cast<long long>(resumeFrom->index.metricsLines));
   }
 
-  tty_ = isatty(fileno(stdout)) != 0;
+  // Under mpirun, stdout is a pseudo-terminal that Open MPI forwards to
+  // wherever mpirun's own output goes (often a file): plain lines there.
+  tty_ = isatty(fileno(stdout)) != 0 && !world_.mpi;
   std::signal(SIGINT, onStopSignal);
   std::signal(SIGTERM, onStopSignal);
 
   if (world_.rank == 0 && !tty_)
     std::printf("loom-run: %s (%s), %s, %lld steps, batch %lld, seed %llu, "
-                "%d threads\n",
+                "%d threads%s\n",
                 m.model.c_str(), path.c_str(), data_->summary().c_str(),
                 static_cast<long long>(steps),
                 static_cast<long long>(loader_->batchSize()),
-                static_cast<unsigned long long>(seed_), threads);
+                static_cast<unsigned long long>(seed_), threads,
+                world_.size > 1 ? (" per rank, " + std::to_string(world_.size) +
+                                   " ranks (" + formatMesh(m.mesh) +
+                                   (m.zero ? ", ZeRO-1" : "") + ")")
+                                      .c_str()
+                                : "");
   if (resumeFrom) {
     say("loom-run: resuming from " + resumeFrom->path + " (step " +
         std::to_string(start) + " of " + std::to_string(steps) + ")");
@@ -792,13 +953,16 @@ int Trainer::run() {
   EvalResult lastEval;
   bool evaluated = false;
   int64_t done = start;
+  int stopSignal = 0; // the signal every rank agreed to stop on
   for (int64_t s = start + 1; s <= steps; ++s) {
     double t0 = nowSeconds();
-    loader_->nextTrainBatch(arena_);
+    mesh_->setStep(s);
+    mesh_->takeStats(); // this step's collectives from here
+    nextTrainBatch();
     ctx_.step = s;
     callProgram(train, "train_step");
     double stepSeconds = nowSeconds() - t0;
-    trainSeconds += stepSeconds;
+    CommMesh::Stats comm = mesh_->takeStats();
     done = s;
 
     double loss = readOutput("loss");
@@ -834,6 +998,36 @@ int Trainer::run() {
                        : "; the last checkpoint in " + opts_.ckptDir +
                              " is intact"));
     }
+    // Over the world: the slowest rank's step (the global batch took that
+    // long), the largest memory and time in collectives, and whether any
+    // rank was asked to stop (so that all stop after the same step).
+    double rss = double(peakResidentBytes());
+    double stopAsked = gStopSignal.load();
+    double worldMax[4] = {stepSeconds, rss, comm.seconds, stopAsked};
+    if (world_.size > 1) {
+      try {
+        mesh_->allReduceMax(worldMax, 4, "step metrics");
+      } catch (const Error &e) {
+        fail("rank " + std::to_string(world_.rank) + ", step " +
+             std::to_string(s) + ": " + e.what());
+      }
+    }
+    if (rankLog_.is_open()) {
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "step=%lld loss=%.9g step_ms=%.3f comm_ms=%.3f "
+                    "comm_bytes=%lld collectives=%lld rss=%llu peak_rss=%llu\n",
+                    static_cast<long long>(s), loss, stepSeconds * 1e3,
+                    comm.seconds * 1e3, static_cast<long long>(comm.bytes),
+                    static_cast<long long>(comm.calls),
+                    static_cast<unsigned long long>(residentBytes()),
+                    static_cast<unsigned long long>(rss));
+      rankLog_ << line;
+      rankLog_.flush();
+    }
+    stepSeconds = worldMax[0];
+    trainSeconds += stepSeconds;
+    // The global batch over the slowest rank's step time.
     double samplesPerS = loader_->batchSize() / stepSeconds;
     double tokensPerS = loader_->tokensPerBatch() / stepSeconds;
 
@@ -858,9 +1052,9 @@ int Trainer::run() {
                         {"samples_per_s", metricNumber(samplesPerS)},
                         {"tokens_per_s", metricNumber(tokensPerS)},
                         {"step_ms", metricNumber(stepSeconds * 1e3)},
-                        {"mem_peak_bytes", json::Value(static_cast<int64_t>(
-                                               peakResidentBytes()))},
-                        {"comm_ms", json::Value(0.0)}};
+                        {"mem_peak_bytes",
+                         json::Value(static_cast<int64_t>(worldMax[1]))},
+                        {"comm_ms", json::Value(worldMax[2] * 1e3)}};
       if (evalNow) {
         line.emplace_back("eval_loss", metricNumber(ev.loss));
         line.emplace_back("eval_accuracy", metricNumber(ev.accuracy));
@@ -870,7 +1064,10 @@ int Trainer::run() {
       ++metricsLines_;
     }
 
-    bool stopping = gStopSignal.load() != 0;
+    // A signal to any rank stops every rank after this step.
+    bool stopping = worldMax[3] != 0;
+    if (stopping)
+      stopSignal = static_cast<int>(worldMax[3]);
     double eta = trainSeconds / double(s - start) * double(steps - s);
     progress(s, steps, loss, double(loader_->tokensPerBatch()), stepSeconds, lr,
              eta, s == steps || stopping);
@@ -892,16 +1089,18 @@ int Trainer::run() {
       break;
   }
 
-  int sig = gStopSignal.load();
+  int sig = stopSignal;
   // The final weights of a run that reached --steps; one stopped early has
   // its checkpoint instead.
-  if (!opts_.save.empty() && done == steps && world_.rank == 0) {
+  // Every rank takes part (the slices are gathered to rank 0, which writes).
+  if (!opts_.save.empty() && done == steps) {
     try {
       saveWeights(opts_.save, m, arena_,
                   {{"format", "pt"},
                    {"model", m.model},
                    {"step", std::to_string(done)},
-                   {"seed", std::to_string(seed_)}});
+                   {"seed", std::to_string(seed_)}},
+                  mesh_.get());
     } catch (const Error &e) {
       fail(e.what());
     }
