@@ -481,8 +481,10 @@ void ProgramPartitioner::bucketGradients() {
       offset += n;
       Value back = tb.reshape(part, t);
       r->getResult(0).replaceAllUsesWith(back);
-      r->erase();
     }
+    // Erased last: the builder may be positioned right before one of them.
+    for (Operation *r : bucket)
+      r->erase();
   }
 }
 
