@@ -937,7 +937,7 @@ TEST_F(LoomRunMpi, InitFromGivesEveryRankItsSlices) {
                     " --save=" + back);
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(weightsOf(w), weightsOf(back));
-  // A file of the wrong global shape is refused by every rank, said once.
+  // A file that is not there is an error on every rank.
   r = mpiRun(2, artifact(kMeshes[0]) + " --steps=1 --init-from=" + tmp("x"));
   EXPECT_EQ(r.status, 1);
 }
