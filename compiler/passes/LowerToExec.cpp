@@ -17,6 +17,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "compiler/passes/Passes.h"
+#include "llvm/ADT/MapVector.h"
 
 #include "dialects/Loom/LoomOps.h"
 
@@ -166,6 +167,8 @@ private:
   DenseMap<Value, int> bufOf_;
   DenseMap<Value, Value> views_;
   IRMapping scalars_; ///< arith constants used by fills and bodies
+  /// Started non-blocking all-reduces not yet waited, by result.
+  llvm::MapVector<Value, Value> pending_;
   int64_t transientEnd_ = 0;
   std::map<std::string, int64_t> peak_;
 };
@@ -619,9 +622,20 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
         return op->emitOpError("reduction '") << red << "' has no kernel";
       if (bufOf_.at(op->getResult(0)) != bufOf_.at(op->getOperand(0)))
         b.create<memref::CopyOp>(loc, V(0), R(0));
-      call(b, loc, "loom_all_reduce",
-           {R(0), i64(b, numel(op->getOperand(0))), i32(b, axisOf()),
-            i32(b, red == "max" ? 1 : 0)});
+      SmallVector<Value> args = {R(0), i64(b, numel(op->getOperand(0))),
+                                 i32(b, axisOf()), i32(b, red == "max" ? 1 : 0)};
+      if (op->hasAttr("async")) {
+        // Overlapped with the ops up to the first reader of the result,
+        // which waits for it (emit()).
+        OperationState st(loc, "exec.call");
+        st.addAttribute("callee",
+                        FlatSymbolRefAttr::get(b.getContext(), "loom_all_reduce_start"));
+        st.addOperands(args);
+        st.addTypes(b.getI64Type());
+        pending_[op->getResult(0)] = b.create(st)->getResult(0);
+        return success();
+      }
+      call(b, loc, "loom_all_reduce", args);
       return success();
     }
     if (n == "dist.all_gather") {
@@ -973,11 +987,24 @@ LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
   state.addRegion()->push_back(new Block());
   Operation *exec = mb.create(state);
   OpBuilder b = OpBuilder::atBlockEnd(&exec->getRegion(0).front());
+  auto wait = [&](Value handle) {
+    call(b, program_.getLoc(), "loom_all_reduce_wait", {handle});
+  };
   for (Operation &op : program_.getBody().front()) {
+    for (Value v : op.getOperands())
+      if (auto it = pending_.find(v); it != pending_.end()) {
+        wait(it->second);
+        pending_.erase(it);
+      }
     if (failed(lowerOp(b, &op)))
       return failure();
-    checkResults(b, &op);
+    if (!op.hasAttr("async"))
+      checkResults(b, &op);
   }
+  // A reduction nothing reads still completes within the step.
+  for (auto &[v, handle] : pending_)
+    wait(handle);
+  pending_.clear();
   return success();
 }
 

@@ -402,6 +402,10 @@ LogicalResult ProgramPartitioner::rewrite(Operation *op) {
   return success();
 }
 
+/// The first bucket holds the gradients computed first in the backward pass;
+/// kept small (as PyTorch DDP does) so its reduction starts early.
+constexpr int64_t kFirstBucketBytes = int64_t(1) << 20;
+
 void ProgramPartitioner::bucketGradients() {
   // The data-parallel gradient all-reduces, in the order their gradients
   // are computed; fused up to bucketBytes_ each.
@@ -430,7 +434,9 @@ void ProgramPartitioner::bucketGradients() {
   int64_t bytes = 0;
   for (Operation *r : reduces) {
     int64_t n = ttype(r->getOperand(0)).getNumElements() * 4;
-    if (!buckets.back().empty() && bytes + n > bucketBytes_) {
+    int64_t cap = buckets.size() == 1 ? std::min(bucketBytes_, kFirstBucketBytes)
+                                      : bucketBytes_;
+    if (!buckets.back().empty() && bytes + n > cap) {
       buckets.emplace_back();
       bytes = 0;
     }
@@ -468,6 +474,16 @@ void ProgramPartitioner::bucketGradients() {
             std::to_string(buckets.size()) + ": " + std::to_string(bucket.size()) +
             " data-parallel gradients fused (" + std::to_string(total * 4) +
             " bytes), issued after the last is computed");
+    red->setAttr("async", b_.getUnitAttr());
+    // Unpacked right before the first op that reads a reduced gradient, so
+    // the reduction overlaps the backward ops in between.
+    Operation *firstUser = nullptr;
+    for (Operation *r : bucket)
+      for (Operation *u : r->getResult(0).getUsers())
+        if (!firstUser || u->isBeforeInBlock(firstUser))
+          firstUser = u;
+    if (firstUser)
+      b_.setInsertionPoint(firstUser);
     int64_t offset = 0;
     for (Operation *r : bucket) {
       auto t = ttype(r->getOperand(0));

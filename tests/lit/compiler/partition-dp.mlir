@@ -49,7 +49,7 @@ train.step @train_step "train" attributes {config = {mesh = array<i64: 2, 1, 1>,
 // CHECK: %[[DW:.*]] = train.gemm
 // CHECK: %[[F:.*]] = loom.reshape %[[DW]] : tensor<8x10xf32> -> tensor<80xf32>
 // CHECK: %[[CAT:.*]] = loom.concat %[[DB]], %[[F]] dim 0
-// CHECK: dist.all_reduce %[[CAT]] over "dp" "sum" {dist.cause = "gradient bucket 1 of 1: 2 data-parallel gradients fused (360 bytes)
+// CHECK: dist.all_reduce %[[CAT]] over "dp" "sum" {async, dist.cause = "gradient bucket 1 of 1: 2 data-parallel gradients fused (360 bytes)
 // CHECK: train.global_norm
 // CHECK-NOT: dist.all_reduce {{.*}} tensor<8x10xf32>
 
