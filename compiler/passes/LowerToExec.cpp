@@ -191,6 +191,18 @@ LogicalResult ProgramLowering::plan() {
   for (Operation &op : body)
     if (isOneOf(&op, {"train.adamw", "train.sgd"}))
       grads.insert(op.getOperand(1));
+  // And the per-rank partial gradients they are reduced from (through the
+  // data-parallel buckets: reshape, concat, all-reduce, slice).
+  SmallVector<Value> work(grads.begin(), grads.end());
+  while (!work.empty()) {
+    Operation *def = work.pop_back_val().getDefiningOp();
+    if (!def || !isOneOf(def, {"loom.reshape", "loom.slice", "loom.concat",
+                               "dist.all_reduce", "dist.reduce_scatter"}))
+      continue;
+    for (Value in : def->getOperands())
+      if (isa<RankedTensorType>(in.getType()) && grads.insert(in).second)
+        work.push_back(in);
+  }
 
   for (Operation &op : body) {
     ++index;
