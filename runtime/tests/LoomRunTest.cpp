@@ -142,13 +142,14 @@ std::string replaceAll(std::string s, const std::string &from,
 }
 
 /// Packs the test model's shared object and `manifest` into a .loomx.
-std::string pack(const std::string &name, const std::string &manifest) {
+std::string pack(const std::string &name, const std::string &manifest,
+                 uint32_t abi = LOOM_ABI_VERSION) {
   std::string elf = readFile(LOOM_TEST_MODEL_PATH);
   EXPECT_GT(elf.size(), 64u);
   std::string img = elf + manifest;
   Trailer t;
   t.formatVersion = 1;
-  t.abiVersion = LOOM_ABI_VERSION;
+  t.abiVersion = abi;
   t.elfSize = elf.size();
   t.manifestOffset = elf.size();
   t.manifestSize = manifest.size();
@@ -348,6 +349,17 @@ TEST_F(LoomRun, UsageErrorsExitTwo) {
   r = loomRun(*artifact_ + " --trace=t.json");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "not implemented in this runtime yet");
+  r = loomRun(*artifact_ + " --timeout=soon");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_EQ(r.err, "loom-run: error: --timeout expects a number of seconds "
+                   ">= 0, got 'soon'\n");
+  r = loomRun(*artifact_ + " --timeout=-1");
+  EXPECT_EQ(r.status, 2);
+  r = loomRun(*artifact_ + " --log-dir=");
+  EXPECT_EQ(r.status, 2);
+  // On one rank the watchdog has nothing to watch; the flag is accepted.
+  r = loomRun(*artifact_ + " --steps=2 --timeout=0.5");
+  EXPECT_EQ(r.status, 0) << r.err;
   r = loomRun(*artifact_ + " --resume");
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(r.err, "loom-run: error: --resume needs --ckpt-dir=DIR (where the "
@@ -975,6 +987,85 @@ TEST_F(LoomRunMpi, WatchdogEndsAHungJob) {
   EXPECT_HAS(r.err, "loom-run: error: rank 0, step 2: collective all_reduce "
                     "over dp (1 floats) did not complete within 1.5 s; "
                     "aborting the job");
+}
+
+TEST_F(LoomRunMpi, RefusesPipelineMeshesAndOldArtifactsOnSeveralRanks) {
+  std::string pp = pack(
+      "parpp", replaceAll(parallelManifest(1, 1, false, "1x1", *data_),
+                          "\"pp\": 1", "\"pp\": 2"));
+  RunResult r = mpiRun(2, pp + " --steps=1");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "mesh dp=1 tp=1 pp=2: this runtime runs data and tensor "
+                    "parallel artifacts; pipeline parallelism (pp > 1) has "
+                    "not landed");
+  // An ABI 2 artifact holds whole tensors: the softmax manifest on dp=2.
+  std::string old = replaceAll(
+      replaceAll(replaceAll(kSoftmaxManifest, "@DATA@", *data_), "\"dp\": 1",
+                 "\"dp\": 2"),
+      "\"abi_version\": " LOOM_TEST_STR(LOOM_ABI_VERSION), "\"abi_version\": 2");
+  r = mpiRun(2, pack("abi2", old, 2) + " --steps=1");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "mesh dp=2 tp=1 pp=1 in an ABI 2 artifact, which holds "
+                    "whole tensors for one rank; recompile it with this Loom");
+  // Said once, by rank 0.
+  EXPECT_EQ(r.err.find("ABI 2 artifact"), r.err.rfind("ABI 2 artifact"));
+}
+
+TEST_F(LoomRunMpi, SigtermToOneRankStopsEveryRankAfterTheSameStep) {
+  // As a scheduler that signals the tasks (mpirun forwards its own SIGTERM
+  // to every rank too): the flag rides on the per-step all-reduce, so every
+  // rank stops after the same step and a sharded checkpoint is written.
+  std::string dir = tmpDir("mpisigterm");
+  std::string ckpt = dir + "/ckpt", metrics = dir + "/m.jsonl";
+  std::string logs = dir + "/logs";
+  std::string art = artifact(kMeshes[0]);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::string cmd = mpirunPrefix(2) + LOOM_RUN_PATH + " " + art +
+                      " --steps=100000000 --threads=1 --ckpt-dir=" + ckpt +
+                      " --metrics=" + metrics + " --log-dir=" + logs + " >" +
+                      dir + "/out 2>" + dir + "/err </dev/null";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char *>(nullptr));
+    _exit(127);
+  }
+  std::string log1 = logs + "/rank-1.log";
+  for (int i = 0; i < 3000 && readFile(log1).find("step=20 ") == std::string::npos;
+       ++i)
+    usleep(10000);
+  std::string head = readFile(log1);
+  size_t at = head.find(", pid ");
+  ASSERT_NE(at, std::string::npos) << head;
+  pid_t rank1 = std::atoi(head.c_str() + at + 6);
+  ASSERT_GT(rank1, 1);
+  auto t0 = std::chrono::steady_clock::now();
+  kill(rank1, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  double seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - t0)
+                       .count();
+  EXPECT_LT(seconds, 15.0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  EXPECT_HAS(readFile(dir + "/out"), "(stopped by SIGTERM after step ");
+  // One complete sharded checkpoint, at the step both ranks stopped after.
+  auto found = listCheckpoints(ckpt);
+  ASSERT_EQ(found.size(), 1u);
+  int64_t step = found[0].first;
+  EXPECT_EQ(int64_t(metricsOf(metrics).size()), step);
+  for (int rank = 0; rank < 2; ++rank) {
+    std::string log = readFile(logs + "/rank-" + std::to_string(rank) + ".log");
+    EXPECT_HAS(log, "step=" + std::to_string(step) + " ");
+    EXPECT_EQ(log.find("step=" + std::to_string(step + 1) + " "),
+              std::string::npos);
+  }
+  RunResult r = mpiRun(2, art + " --threads=1 --steps=" +
+                              std::to_string(step + 2) + " --ckpt-dir=" + ckpt +
+                              " --resume --metrics=" + metrics);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "resuming from " + found[0].second);
+  EXPECT_EQ(int64_t(metricsOf(metrics).size()), step + 2);
+  removeTree(dir);
 }
 
 TEST_F(LoomRunMpi, AKilledRankEndsTheJobAndTheRunResumes) {
