@@ -974,19 +974,39 @@ TEST_F(LoomRunMpi, EveryRankLogsToItsOwnFile) {
 }
 
 TEST_F(LoomRunMpi, WatchdogEndsAHungJob) {
-  std::string m = parallelManifest(2, 1, false, "2x1", *data_);
-  std::string hang = pack("parhang", replaceAll(m, "\"loom_par_2x1_train_step\"",
-                                                "\"loom_par_hang_train_step\""));
-  auto t0 = std::chrono::steady_clock::now();
-  RunResult r = mpiRun(2, hang + " --steps=5 --threads=1 --timeout=1.5");
-  double seconds = std::chrono::duration<double>(
-                       std::chrono::steady_clock::now() - t0)
-                       .count();
-  EXPECT_NE(r.status, 0);
-  EXPECT_LT(seconds, 15.0);
-  EXPECT_HAS(r.err, "loom-run: error: rank 0, step 2: collective all_reduce "
-                    "over dp (1 floats) did not complete within 1.5 s; "
-                    "aborting the job");
+  // Rank 1 stops taking part at step 2; rank 0 waits in a collective of the
+  // program, of the sharded cross-entropy, or of the progress thread.
+  struct Case {
+    int dp, tp;
+    const char *programs, *program, *message;
+  } cases[] = {
+      {2, 1, "2x1", "hang",
+       "loom-run: error: rank 0, step 2: collective all_reduce over dp (1 "
+       "floats) did not complete within 1.5 s; aborting the job"},
+      {1, 2, "1x2", "hangce",
+       "loom-run: error: rank 0, step 2: collective all_reduce (max with "
+       "index) over tp (64 (float, index) pairs, in "
+       "loom_cross_entropy_fwd_sharded) did not complete within 1.5 s; "
+       "aborting the job"},
+      {2, 1, "2x1", "hangasync",
+       "loom-run: error: rank 0, step 2: collective all_reduce over dp (640 "
+       "floats, in loom_all_reduce_start) did not complete within 1.5 s; "
+       "aborting the job"}};
+  for (const Case &c : cases) {
+    std::string m = parallelManifest(c.dp, c.tp, false, c.programs, *data_);
+    std::string hang = pack(
+        std::string("par") + c.program,
+        replaceAll(m, std::string("\"loom_par_") + c.programs + "_train_step\"",
+                   std::string("\"loom_par_") + c.program + "_train_step\""));
+    auto t0 = std::chrono::steady_clock::now();
+    RunResult r = mpiRun(2, hang + " --steps=5 --threads=1 --timeout=1.5");
+    double seconds = std::chrono::duration<double>(
+                         std::chrono::steady_clock::now() - t0)
+                         .count();
+    EXPECT_NE(r.status, 0) << c.program;
+    EXPECT_LT(seconds, 15.0) << c.program;
+    EXPECT_HAS(r.err, c.message);
+  }
 }
 
 TEST_F(LoomRunMpi, RefusesPipelineMeshesAndOldArtifactsOnSeveralRanks) {

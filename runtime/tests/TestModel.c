@@ -228,8 +228,19 @@ static void par_logits(uint8_t *arena, int R, int CL, float *logits) {
     }
 }
 
-static void par_train(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
-                      int ZERO) {
+/* The watchdog's tests: at step 2 world rank 1 stops taking part (sleeps)
+ * at one of these points, so that rank 0 waits in a collective there. */
+enum { HANG_NONE, HANG_LOSS, HANG_GRADIENTS };
+#include <stdlib.h>
+#include <unistd.h>
+static void maybe_hang(loom_ctx *ctx, int hang, int here) {
+  const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+  if (hang == here && loom_step(ctx) == 2 && rank && strcmp(rank, "1") == 0)
+    sleep(60);
+}
+
+static void par_train_hang(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
+                           int ZERO, int hang) {
   const int R = B / DP, CL = C / TP;
   int64_t *steps = (int64_t *)(arena + PSTEPS_OFF);
   if (loom_step(ctx) != *steps + 1) {
@@ -243,6 +254,7 @@ static void par_train(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
   const int32_t *y = (const int32_t *)(arena + PY_OFF);
   float logits[B * C], dlogits[B * C], lse[B], stats[2], loss;
   par_logits(arena, R, CL, logits);
+  maybe_hang(ctx, hang, HANG_LOSS);
   loom_cross_entropy_fwd_sharded(ctx, R, CL, 1, logits, y, -1, &loss, lse,
                                  stats);
   /* The global batch's mean: every dp replica has R of its rows. */
@@ -262,6 +274,7 @@ static void par_train(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
         dw[k * CL + c] += x[r * F + k] * g;
     }
   double sq;
+  maybe_hang(ctx, hang, HANG_GRADIENTS);
   if (!ZERO) {
     /* Two buckets in flight at once, then the norm over the tp slices. */
     int64_t hw = loom_all_reduce_start(ctx, dw, F * CL, 0, 0);
@@ -305,6 +318,11 @@ static void par_train(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
   out[2] = PLR;
 }
 
+static void par_train(loom_ctx *ctx, uint8_t *arena, int DP, int TP,
+                      int ZERO) {
+  par_train_hang(ctx, arena, DP, TP, ZERO, HANG_NONE);
+}
+
 static void par_eval(loom_ctx *ctx, uint8_t *arena, int DP, int TP) {
   const int R = B / DP, CL = C / TP;
   const int32_t *y = (const int32_t *)(arena + PY_OFF);
@@ -334,14 +352,15 @@ LOOM_PAR_PROGRAMS(2x2, 2, 2, 0)
 LOOM_PAR_PROGRAMS(2x1z, 2, 1, 1)
 LOOM_PAR_PROGRAMS(2x2z, 2, 2, 1)
 
-/* The watchdog's test: at step 2 world rank 1 stops taking part (it sleeps
- * instead of joining the step's collectives), so rank 0 waits in its first
- * all-reduce until the watchdog ends the job. */
-#include <stdlib.h>
-#include <unistd.h>
+/* Rank 1 stops taking part at step 2: rank 0 waits in the sharded
+ * cross-entropy's first collective over tp (1x2), in the loss's all-reduce
+ * over dp (2x1), or in the progress thread's gradient reduction (2x1). */
+void loom_par_hangce_train_step(loom_ctx *ctx, uint8_t *arena) {
+  par_train_hang(ctx, arena, 1, 2, 0, HANG_LOSS);
+}
 void loom_par_hang_train_step(loom_ctx *ctx, uint8_t *arena) {
-  const char *rank = getenv("OMPI_COMM_WORLD_RANK");
-  if (loom_step(ctx) == 2 && rank && strcmp(rank, "1") == 0)
-    sleep(60);
-  par_train(ctx, arena, 2, 1, 0);
+  par_train_hang(ctx, arena, 2, 1, 0, HANG_LOSS);
+}
+void loom_par_hangasync_train_step(loom_ctx *ctx, uint8_t *arena) {
+  par_train_hang(ctx, arena, 2, 1, 0, HANG_GRADIENTS);
 }

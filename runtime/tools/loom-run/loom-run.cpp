@@ -1013,6 +1013,8 @@ int Trainer::run() {
       }
     }
     if (rankLog_.is_open()) {
+      uint64_t now = residentBytes();
+      uint64_t peak = std::max<uint64_t>(now, peakResidentBytes());
       char line[256];
       std::snprintf(line, sizeof line,
                     "step=%lld loss=%.9g step_ms=%.3f comm_ms=%.3f "
@@ -1020,8 +1022,8 @@ int Trainer::run() {
                     static_cast<long long>(s), loss, stepSeconds * 1e3,
                     comm.seconds * 1e3, static_cast<long long>(comm.bytes),
                     static_cast<long long>(comm.calls),
-                    static_cast<unsigned long long>(residentBytes()),
-                    static_cast<unsigned long long>(rss));
+                    static_cast<unsigned long long>(now),
+                    static_cast<unsigned long long>(peak));
       rankLog_ << line;
       rankLog_.flush();
     }
