@@ -132,12 +132,14 @@ struct CommMesh::Comms {
 namespace {
 
 /// Records a collective in its thread's slot for as long as it runs, and
-/// (slot 0) adds its time and bytes to the step's accounting.
+/// (slot 0) adds its time to the step's accounting, and its bytes and the
+/// call itself unless `booked` (a non-blocking reduction, booked when it
+/// was started).
 class Watch {
 public:
   Watch(CommMesh::Comms *c, int slotIndex, const char *name,
         const char *inside, int32_t axis, int64_t count, const char *unit,
-        int64_t step, int64_t bytes)
+        int64_t step, int64_t bytes, bool booked = false)
       : c_(c), slot_(slotIndex) {
     if (!c_)
       return;
@@ -145,7 +147,7 @@ public:
     std::lock_guard<std::mutex> lock(c_->watchMutex);
     InFlight &s = c_->slot[slot_];
     s = InFlight{true, name, inside, axis, count, unit, step, start_};
-    if (slot_ == 0) {
+    if (slot_ == 0 && !booked) {
       c_->stats.bytes += bytes;
       c_->stats.calls += 1;
     }
@@ -239,7 +241,7 @@ void CommMesh::Comms::run(AsyncJob &job, int slotIndex) {
 #if LOOM_HAVE_MPI
   {
     Watch w(this, slotIndex, "all_reduce", "loom_all_reduce_start", job.axis,
-            job.n, "floats", job.step, 0);
+            job.n, "floats", job.step, 0, /*booked=*/true);
     int rc = MPI_Allreduce(MPI_IN_PLACE, job.data, int(job.n), MPI_FLOAT,
                            job.op == 0 ? MPI_SUM : MPI_MAX, async[job.axis]);
     if (rc != MPI_SUCCESS)

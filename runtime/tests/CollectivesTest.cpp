@@ -294,10 +294,15 @@ TEST_P(Collectives, NonBlockingReductionsWithoutAProgressThread) {
     for (int64_t i = 0; i < n; ++i)
       a[i] = b[i] = blocking[i] = std::cos(0.11f * float(i) + float(r)) * 77.f;
     loom_all_reduce(&m.ctx, blocking.data(), n, axis, 0);
+    m.mesh.takeStats();
     int64_t ha = loom_all_reduce_start(&m.ctx, a.data(), n, axis, 0);
     int64_t hb = loom_all_reduce_start(&m.ctx, b.data(), n, axis, 0);
     loom_all_reduce_wait(&m.ctx, hb);
     loom_all_reduce_wait(&m.ctx, ha);
+    CommMesh::Stats st = m.mesh.takeStats();
+    int size = m.sizes()[axis];
+    EXPECT_EQ(st.calls, size > 1 ? 2 : 0);
+    EXPECT_EQ(st.bytes, size > 1 ? 2 * n * 4 : 0);
     EXPECT_TRUE(bitwiseEqual(a, blocking)) << describe(GetParam(), axis);
     EXPECT_TRUE(bitwiseEqual(b, blocking)) << describe(GetParam(), axis);
   }
