@@ -31,6 +31,7 @@
 #include <fstream>
 #include <limits.h>
 #include <optional>
+#include <sched.h>
 #include <string>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -313,6 +314,27 @@ uint64_t residentBytes() {
   if (!(in >> size >> resident))
     return 0;
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+/// --threads' default: the CPUs this process may run on (its affinity mask:
+/// mpirun binds each of up to 2 ranks to a core), shared out among the ranks
+/// of this node when they all may run everywhere (no binding).
+int defaultThreads(int worldSize) {
+  int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int mine = hardware;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    mine = CPU_COUNT(&set);
+  if (worldSize > 1 && mine >= hardware) {
+    for (const char *var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+      if (const char *v = std::getenv(var)) {
+        int local = std::atoi(v);
+        if (local > 1)
+          return std::max(1, mine / local);
+      }
+  }
+  return std::max(1, mine);
 }
 
 uint64_t physicalMemoryBytes() {
@@ -846,10 +868,8 @@ int Trainer::run() {
                  static_cast<long long>(loader_->heldOutSize()),
                  data_->kind() == DataKind::Tokens ? "tokens" : "records");
 
-  int threads =
-      opts_.threads > 0
-          ? static_cast<int>(opts_.threads)
-          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = opts_.threads > 0 ? static_cast<int>(opts_.threads)
+                                  : defaultThreads(world_.size);
 #if LOOM_HAVE_OPENMP
   omp_set_num_threads(threads);
 #endif
