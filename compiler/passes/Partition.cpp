@@ -20,7 +20,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "compiler/passes/Passes.h"
-#include "compiler/passes/Sharding.h"
+#include "dialects/Dist/Sharding.h"
 #include "compiler/passes/TensorBuilder.h"
 
 #include "llvm/ADT/MapVector.h"

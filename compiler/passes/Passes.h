@@ -15,6 +15,7 @@
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/DialectRegistry.h"
 #include "mlir/Pass/Pass.h"
 
 #include <memory>
@@ -28,6 +29,10 @@ namespace loom {
 #include "compiler/passes/Passes.h.inc"
 
 /// The named pipelines loomc runs, stage by stage.
+/// Attaches the sharding rules of the loom and train ops
+/// (ShardingRuleOpInterface external models, ShardingRules.cpp).
+void registerShardingRules(mlir::DialectRegistry &registry);
+
 void buildLoomToTrainPipeline(mlir::OpPassManager &pm);
 void buildTrainToDistPipeline(mlir::OpPassManager &pm);
 void buildDistToExecPipeline(mlir::OpPassManager &pm);

@@ -16,7 +16,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "compiler/passes/Passes.h"
-#include "compiler/passes/Sharding.h"
+#include "dialects/Dist/Sharding.h"
 
 namespace loom {
 #define GEN_PASS_DEF_PROPAGATESHARDING

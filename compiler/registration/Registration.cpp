@@ -26,6 +26,7 @@ void loom::registerLoomDialects(mlir::DialectRegistry &registry) {
                   mlir::linalg::LinalgDialect, mlir::math::MathDialect,
                   mlir::memref::MemRefDialect, mlir::scf::SCFDialect,
                   mlir::tensor::TensorDialect, mlir::LLVM::LLVMDialect>();
+  loom::registerShardingRules(registry);
 }
 
 void loom::registerLoomPasses() {

@@ -1,4 +1,4 @@
-//===- Sharding.h - shardings of values and the rules of each op -*- C++ -*-===//
+//===- Sharding.h - shardings of values, and the op interface -*- C++ -*-===//
 //
 // A sharding says how one rank holds a value of the global training step:
 // for each dimension, the mesh axis it is split over (or none), and the axes
@@ -6,18 +6,20 @@
 // output before its all-reduce, a data-parallel gradient before the
 // gradient all-reduce). It is written `[dp, _, tp]` or `[_, tp] partial(dp)`.
 //
-// `ruleFor` is the sharding rule of an op: given the shardings its operands
-// have, the shardings it needs them in (a difference costs a collective or
-// a free local slice) and the shardings of its results, with the reason.
-// Rules are written for the ops of the loom and train dialects that matter
-// for data and tensor parallelism; any other op computes on whole
-// (replicated) values, which is always correct.
+// Each op states its sharding rule through `ShardingRuleOpInterface`
+// (ShardingInterface.td): given the shardings its operands have, the
+// shardings it needs them in (a difference costs a collective or a free
+// local slice) and the shardings of its results, with the reason. The loom
+// and train ops get theirs as external models
+// (compiler/passes/ShardingRules.cpp); an op without the interface computes
+// on whole (replicated) values, which is always correct.
 //
 //===----------------------------------------------------------------------===//
-#ifndef LOOM_COMPILER_PASSES_SHARDING_H
-#define LOOM_COMPILER_PASSES_SHARDING_H
+#ifndef LOOM_DIALECTS_DIST_SHARDING_H
+#define LOOM_DIALECTS_DIST_SHARDING_H
 
 #include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/OpDefinition.h"
 #include "mlir/IR/Operation.h"
 #include "llvm/ADT/SmallVector.h"
 
@@ -86,9 +88,10 @@ struct RuleContext {
   std::function<Sharding(mlir::Value)> of;
 };
 
-/// The rule of `op` given its operands' shardings. Fails (with a diagnostic
-/// on the op) only for requests that cannot be met, such as a `shard`
-/// annotation on a dimension its axis does not divide.
+/// The rule of `op` given its operands' shardings: its
+/// ShardingRuleOpInterface, or whole values for an op without one. Fails
+/// (with a diagnostic on the op) only for requests that cannot be met, such
+/// as a `shard` annotation on a dimension its axis does not divide.
 mlir::FailureOr<Rule> ruleFor(mlir::Operation *op,
                               llvm::ArrayRef<Sharding> operands,
                               const RuleContext &ctx);
@@ -107,4 +110,6 @@ constexpr const char *kReasonAttr = "dist.reason";
 
 } // namespace loom::sharding
 
-#endif // LOOM_COMPILER_PASSES_SHARDING_H
+#include "dialects/Dist/ShardingInterface.h.inc"
+
+#endif // LOOM_DIALECTS_DIST_SHARDING_H
