@@ -360,18 +360,21 @@ FailureOr<Sharding> annotated(Operation *param, const Mesh &mesh) {
     StringRef name = cast<StringAttr>(shard[d]).getValue();
     if (name == "_")
       continue;
-    if (name != "tp")
+    auto axis = axisNamed(name);
+    if (!axis || *axis == kNone)
       return param->emitOpError("shard(...) names '")
-             << name
-             << "': parameters are split over tp only (dp splits the batch, "
-                "pp the layers)";
-    if (t.getDimSize(d) % mesh.group(kTp) != 0)
+             << name << "': parameters are split over tp or dp (pp splits "
+                        "the layers)";
+    if (t.getDimSize(d) % mesh.group(*axis) != 0)
       return param->emitOpError("dimension ")
-             << d << " (size " << t.getDimSize(d)
-             << ") is not divisible by tp = " << mesh.group(kTp)
-             << "; choose a tp that divides it or drop the shard annotation";
-    if (mesh.group(kTp) > 1)
-      s.dims[d] = kTp;
+             << d << " (size " << t.getDimSize(d) << ") is not divisible by "
+             << name << " = " << mesh.group(*axis)
+             << "; choose a mesh that divides it or drop the shard annotation";
+    // A dp split stores the parameter sharded over the data-parallel ranks
+    // (FSDP style): each use all-gathers it, its gradient is
+    // reduce-scattered.
+    if (mesh.group(*axis) > 1)
+      s.dims[d] = *axis;
   }
   return s;
 }

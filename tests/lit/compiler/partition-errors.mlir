@@ -9,7 +9,7 @@ train.step @train_step "train" attributes {config = {mesh = array<i64: 1, 1, 2>}
 // -----
 
 train.step @train_step "train" attributes {config = {mesh = array<i64: 1, 4, 1>}} {
-  // expected-error @+1 {{'train.param' op dimension 0 (size 6) is not divisible by tp = 4; choose a tp that divides it or drop the shard annotation}}
+  // expected-error @+1 {{'train.param' op dimension 0 (size 6) is not divisible by tp = 4; choose a mesh that divides it or drop the shard annotation}}
   %w = train.param "w" {decay = true, init = "zeros", shard = ["tp", "_"]} : tensor<6x8xf32>
   %l = loom.constant dense<2.0> : tensor<f32>
   train.output "loss", %l : tensor<f32>
@@ -18,8 +18,8 @@ train.step @train_step "train" attributes {config = {mesh = array<i64: 1, 4, 1>}
 // -----
 
 train.step @train_step "train" attributes {config = {mesh = array<i64: 2, 1, 1>}} {
-  // expected-error @+1 {{'train.param' op shard(...) names 'dp': parameters are split over tp only}}
-  %w = train.param "w" {decay = true, init = "zeros", shard = ["dp", "_"]} : tensor<6x8xf32>
+  // expected-error @+1 {{'train.param' op shard(...) names 'pp': parameters are split over tp or dp (pp splits the layers)}}
+  %w = train.param "w" {decay = true, init = "zeros", shard = ["pp", "_"]} : tensor<6x8xf32>
   %l = loom.constant dense<2.0> : tensor<f32>
   train.output "loss", %l : tensor<f32>
 }
