@@ -57,6 +57,15 @@ train.step @train_step "train" attributes {config = {mesh = array<i64: 2, 2, 1>,
   train.output "loss", %loss : tensor<f32>
   // CHECK: train.state "w1.exp_avg" {{.*}}follows its parameter{{.*}}dist.sharding = ["[_, tp]"]
   %m = train.state "w1.exp_avg" : tensor<8x16xf32>
+  // Operands split on the same dimension over different axes: the cost
+  // decides (equal here, so the first), the other operand is resharded.
+  %p = train.param "p" {decay = true, init = "zeros", shard = ["tp", "_"]} : tensor<4x8xf32>
+  // CHECK: loom.add {{.*}}dist.operand_sharding = ["[dp, _]", "[dp, _]"]{{.*}}dim 0: operands disagree, dp chosen by cost{{.*}}dist.sharding = ["[dp, _]"]
+  %xp = loom.add %x, %p : tensor<4x8xf32>, tensor<4x8xf32>
+  // A replicated operand is sliced for free rather than gathering the other.
+  %wr = train.param "wr" {decay = true, init = "zeros"} : tensor<4x8xf32>
+  // CHECK: loom.mul {{.*}}dist.operand_sharding = ["[dp, _]", "[dp, _]"]{{.*}}dist.sharding = ["[dp, _]"]
+  %xg = loom.mul %x, %wr : tensor<4x8xf32>, tensor<4x8xf32>
   // An op without a rule computes on whole values.
   // CHECK: loom.concat {{.*}}dist.operand_sharding = ["[_, _]", "[_, _]"]{{.*}}no sharding rule
   %cat = loom.concat %x, %x dim 0 : tensor<4x8xf32>, tensor<4x8xf32>
