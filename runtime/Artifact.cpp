@@ -115,11 +115,19 @@ std::string Buffer::describeType() const {
 // Manifest lookups
 //===----------------------------------------------------------------------===//
 
-const std::string *Manifest::program(const std::string &role) const {
-  for (const auto &[r, sym] : programs)
+const std::string *Manifest::program(const std::string &role,
+                                     int64_t stage) const {
+  for (const auto &[r, syms] : programs)
     if (r == role)
-      return &sym;
+      return stage >= 0 && size_t(stage) < syms.size() ? &syms[size_t(stage)]
+                                                       : nullptr;
   return nullptr;
+}
+
+int64_t Manifest::arenaBytesOf(int64_t stage) const {
+  if (stage >= 0 && size_t(stage) < stageArenaBytes.size())
+    return stageArenaBytes[size_t(stage)];
+  return arenaBytes;
 }
 
 std::optional<int64_t> Manifest::output(const std::string &name) const {
@@ -302,8 +310,29 @@ bool isIdentifier(const std::string &s) {
   return true;
 }
 
+/// The arena a buffer of stage `stage` (-1: every stage) must fit in, and
+/// how a message names it.
+std::pair<int64_t, std::string> arenaLimit(const Manifest &m, int64_t stage) {
+  if (m.stages == 1)
+    return {m.arenaBytes, "arena_bytes " + std::to_string(m.arenaBytes)};
+  if (stage >= 0)
+    return {m.arenaBytesOf(stage),
+            "stage " + std::to_string(stage) + "'s arena (stage_arena_bytes[" +
+                std::to_string(stage) + "] = " +
+                std::to_string(m.arenaBytesOf(stage)) + ")"};
+  size_t smallest = 0;
+  for (size_t s = 1; s < m.stageArenaBytes.size(); ++s)
+    if (m.stageArenaBytes[s] < m.stageArenaBytes[smallest])
+      smallest = s;
+  return {m.stageArenaBytes[smallest],
+          "stage " + std::to_string(smallest) +
+              "'s arena (stage_arena_bytes[" + std::to_string(smallest) +
+              "] = " + std::to_string(m.stageArenaBytes[smallest]) +
+              "; a buffer without \"stage\" is in every stage's arena)"};
+}
+
 void readBuffer(const json::Value &v, const std::string &whereIn,
-                int64_t arenaBytes, Buffer &b, bool needsBatchDim) {
+                const Manifest &m, Buffer &b, bool needsBatchDim) {
   using R = ManifestReader;
   R::object(v, whereIn);
   b.name = R::string(R::member(v, whereIn, "name"), whereIn + ".name");
@@ -340,10 +369,13 @@ void readBuffer(const json::Value &v, const std::string &whereIn,
     R::fail(where + ".offset", std::to_string(b.offset) + " is not " +
                                    std::to_string(kArenaAlignment) +
                                    "-byte aligned");
-  if (b.bytes > arenaBytes - b.offset)
+  b.stage = -1;
+  if (const json::Value *stage = v.find("stage"))
+    b.stage = R::integer(*stage, where + ".stage", 0, m.stages - 1);
+  auto [limit, arena] = arenaLimit(m, b.stage);
+  if (b.bytes > limit - b.offset)
     R::fail(where, "offset " + std::to_string(b.offset) + " + " +
-                       std::to_string(b.bytes) + " bytes exceeds arena_bytes " +
-                       std::to_string(arenaBytes));
+                       std::to_string(b.bytes) + " bytes exceeds " + arena);
   if (const json::Value *bytes = v.find("bytes"))
     if (R::integer(*bytes, where + ".bytes", 0, kMaxArena) != b.bytes)
       R::fail(where + ".bytes", std::to_string(bytes->asInt()) + " but " +
@@ -561,6 +593,14 @@ Manifest parseManifest(std::string_view text) {
       R::fail("mesh." + axis, "unknown mesh axis (known: dp, tp, pp)");
   }
 
+  if (const json::Value *stages = doc.find("stages")) {
+    m.stages = R::integer(*stages, "stages", 1, 1 << 20);
+    if (m.stages != m.mesh.pp)
+      R::fail("stages", std::to_string(m.stages) + ", but mesh.pp is " +
+                            std::to_string(m.mesh.pp) +
+                            " (one pipeline stage per pp coordinate)");
+  }
+
   if (const json::Value *zero = doc.find("zero")) {
     if (m.abiVersion < 3)
       R::fail("zero", "not part of ABI " + std::to_string(m.abiVersion) +
@@ -570,6 +610,29 @@ Manifest parseManifest(std::string_view text) {
 
   m.arenaBytes = R::integer(R::member(doc, "", "arena_bytes"), "arena_bytes", 1,
                             kMaxArena);
+  if (const json::Value *sa = doc.find("stage_arena_bytes")) {
+    const json::Array &a = R::array(*sa, "stage_arena_bytes");
+    if (int64_t(a.size()) != m.stages)
+      R::fail("stage_arena_bytes", std::to_string(a.size()) +
+                                       " entries for " +
+                                       std::to_string(m.stages) + " stage" +
+                                       (m.stages == 1 ? "" : "s"));
+    int64_t largest = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      int64_t b = R::integer(a[i], "stage_arena_bytes[" + std::to_string(i) +
+                                       "]",
+                             1, kMaxArena);
+      largest = std::max(largest, b);
+      m.stageArenaBytes.push_back(b);
+    }
+    if (largest != m.arenaBytes)
+      R::fail("stage_arena_bytes",
+              "the largest is " + std::to_string(largest) +
+                  ", but arena_bytes is " + std::to_string(m.arenaBytes) +
+                  " (arena_bytes is their maximum)");
+  } else {
+    m.stageArenaBytes.assign(size_t(m.stages), m.arenaBytes);
+  }
 
   if (const json::Value *mem = doc.find("memory"))
     for (const auto &[category, value] : R::object(*mem, "memory"))
@@ -581,10 +644,33 @@ Manifest parseManifest(std::string_view text) {
   if (programs.empty())
     R::fail("programs", "empty: the artifact has nothing to run");
   for (const auto &[role, sym] : programs) {
-    const std::string &s = R::string(sym, "programs." + role);
-    if (!isIdentifier(s))
-      R::fail("programs." + role, "'" + s + "' is not a C symbol name");
-    m.programs.emplace_back(role, s);
+    std::string where = "programs." + role;
+    std::vector<std::string> syms;
+    if (sym.isArray()) {
+      // One symbol per stage, indexed by stage.
+      const json::Array &a = sym.asArray();
+      if (int64_t(a.size()) != m.stages)
+        R::fail(where, std::to_string(a.size()) + " symbol" +
+                           (a.size() == 1 ? "" : "s") + " for " +
+                           std::to_string(m.stages) + " stage" +
+                           (m.stages == 1 ? "" : "s") +
+                           " (one per stage, indexed by stage)");
+      for (size_t i = 0; i < a.size(); ++i)
+        syms.push_back(R::string(a[i], where + "[" + std::to_string(i) + "]"));
+    } else {
+      if (sym.isString() && m.stages > 1)
+        R::fail(where, "a single symbol, but the artifact has " +
+                           std::to_string(m.stages) +
+                           " stages: expected an array of " +
+                           std::to_string(m.stages) +
+                           " symbol names, one per stage");
+      syms.push_back(R::string(sym, where));
+    }
+    for (size_t i = 0; i < syms.size(); ++i)
+      if (!isIdentifier(syms[i]))
+        R::fail(sym.isArray() ? where + "[" + std::to_string(i) + "]" : where,
+                "'" + syms[i] + "' is not a C symbol name");
+    m.programs.emplace_back(role, std::move(syms));
   }
 
   std::set<std::string> names;
@@ -597,7 +683,7 @@ Manifest parseManifest(std::string_view text) {
   for (size_t i = 0; i < params.size(); ++i) {
     std::string where0 = "params[" + std::to_string(i) + "]";
     ParamSpec p;
-    readBuffer(params[i], where0, m.arenaBytes, p, false);
+    readBuffer(params[i], where0, m, p, false);
     std::string where = where0 + " ('" + p.name + "')";
     unique(p, where);
     readLayout(params[i], where, m, p, &p.shard);
@@ -609,7 +695,7 @@ Manifest parseManifest(std::string_view text) {
     for (size_t i = 0; i < a.size(); ++i) {
       std::string where0 = "state[" + std::to_string(i) + "]";
       Buffer b;
-      readBuffer(a[i], where0, m.arenaBytes, b, false);
+      readBuffer(a[i], where0, m, b, false);
       std::string where = where0 + " ('" + b.name + "')";
       unique(b, where);
       readLayout(a[i], where, m, b, nullptr);
@@ -620,7 +706,7 @@ Manifest parseManifest(std::string_view text) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     std::string where0 = "inputs[" + std::to_string(i) + "]";
     Buffer b;
-    readBuffer(inputs[i], where0, m.arenaBytes, b, true);
+    readBuffer(inputs[i], where0, m, b, true);
     std::string where = where0 + " ('" + b.name + "')";
     unique(b, where);
     readLayout(inputs[i], where, m, b, nullptr);
@@ -635,28 +721,38 @@ Manifest parseManifest(std::string_view text) {
                   " of '" + m.inputs[0].name + "'");
 
   // Parameters, state and inputs are written by the runtime; an overlap
-  // would let one clobber another.
-  std::vector<const Buffer *> owned;
-  for (const auto &p : m.params)
-    owned.push_back(&p);
-  for (const auto &b : m.state)
-    owned.push_back(&b);
-  for (const auto &b : m.inputs)
-    owned.push_back(&b);
-  std::sort(owned.begin(), owned.end(), [](const Buffer *a, const Buffer *b) {
-    return a->offset < b->offset;
-  });
-  const Buffer *furthest = nullptr; // the buffer reaching furthest so far
-  for (const Buffer *b : owned) {
-    if (furthest && furthest->offset + furthest->bytes > b->offset)
-      R::fail("memory plan",
-              "buffers '" + furthest->name + "' [" +
-                  std::to_string(furthest->offset) + ", " +
-                  std::to_string(furthest->offset + furthest->bytes) +
-                  ") and '" + b->name + "' [" + std::to_string(b->offset) +
-                  ", " + std::to_string(b->offset + b->bytes) + ") overlap");
-    if (!furthest || b->offset + b->bytes > furthest->offset + furthest->bytes)
-      furthest = b;
+  // within one stage's arena would let one clobber another.
+  for (int64_t stage = 0; stage < m.stages; ++stage) {
+    std::vector<const Buffer *> owned;
+    for (const auto &p : m.params)
+      if (p.inStage(stage))
+        owned.push_back(&p);
+    for (const auto &b : m.state)
+      if (b.inStage(stage))
+        owned.push_back(&b);
+    for (const auto &b : m.inputs)
+      if (b.inStage(stage))
+        owned.push_back(&b);
+    std::sort(owned.begin(), owned.end(),
+              [](const Buffer *a, const Buffer *b) {
+                return a->offset < b->offset;
+              });
+    const Buffer *furthest = nullptr; // the buffer reaching furthest so far
+    for (const Buffer *b : owned) {
+      if (furthest && furthest->offset + furthest->bytes > b->offset)
+        R::fail("memory plan",
+                "buffers '" + furthest->name + "' [" +
+                    std::to_string(furthest->offset) + ", " +
+                    std::to_string(furthest->offset + furthest->bytes) +
+                    ") and '" + b->name + "' [" + std::to_string(b->offset) +
+                    ", " + std::to_string(b->offset + b->bytes) + ") overlap" +
+                    (m.stages > 1 ? " in stage " + std::to_string(stage) +
+                                        "'s arena"
+                                  : std::string()));
+      if (!furthest ||
+          b->offset + b->bytes > furthest->offset + furthest->bytes)
+        furthest = b;
+    }
   }
 
   const json::Object &outputs =
@@ -666,10 +762,11 @@ Manifest parseManifest(std::string_view text) {
     if (off % 4 != 0)
       R::fail("outputs." + name,
               std::to_string(off) + " is not 4-byte aligned");
-    if (off > m.arenaBytes - 4)
+    // Every stage's program writes every output, at the same offset.
+    auto [limit, arena] = arenaLimit(m, -1);
+    if (off > limit - 4)
       R::fail("outputs." + name, "offset " + std::to_string(off) +
-                                     " + 4 bytes exceeds arena_bytes " +
-                                     std::to_string(m.arenaBytes));
+                                     " + 4 bytes exceeds " + arena);
     m.outputs.emplace_back(name, off);
   }
   auto needOutputs = [&](const char *role,
@@ -966,6 +1063,11 @@ static std::string sliceOf(const Buffer &b) {
   return s + "))";
 }
 
+/// " in stage 1" for a buffer of one pipeline stage.
+static std::string stageOf(const Buffer &b) {
+  return b.stage < 0 ? "" : " in stage " + std::to_string(b.stage);
+}
+
 std::string describe(const Manifest &m, const std::string &path) {
   std::ostringstream os;
   auto pad = [](std::string s, size_t w) {
@@ -998,7 +1100,14 @@ std::string describe(const Manifest &m, const std::string &path) {
   }
   os << "\n";
   os << "  arena     " << formatBytes(m.arenaBytes) << " (" << m.arenaBytes
-     << " bytes)\n";
+     << " bytes)";
+  if (m.stages > 1) {
+    os << "; " << m.stages << " pipeline stages:";
+    for (int64_t s = 0; s < m.stages; ++s)
+      os << (s ? "," : "") << " stage " << s << " "
+         << formatBytes(m.arenaBytesOf(s));
+  }
+  os << "\n";
   if (!m.memory.empty()) {
     os << "  memory   ";
     for (const auto &[c, v] : m.memory)
@@ -1007,9 +1116,18 @@ std::string describe(const Manifest &m, const std::string &path) {
     os << "\n";
   }
   os << "  programs ";
-  for (size_t i = 0; i < m.programs.size(); ++i)
-    os << (i ? ", " : " ") << m.programs[i].first << " -> "
-       << m.programs[i].second;
+  for (size_t i = 0; i < m.programs.size(); ++i) {
+    const std::vector<std::string> &syms = m.programs[i].second;
+    os << (i ? ", " : " ") << m.programs[i].first << " -> ";
+    if (syms.size() == 1 && m.stages == 1) {
+      os << syms[0];
+      continue;
+    }
+    os << "[";
+    for (size_t s = 0; s < syms.size(); ++s)
+      os << (s ? ", " : "") << syms[s];
+    os << "]";
+  }
   os << "\n";
 
   int64_t paramElems = 0, paramBytes = 0;
@@ -1051,7 +1169,7 @@ std::string describe(const Manifest &m, const std::string &path) {
     os << "    " << pad(p.name, nameWidth) << "  "
        << pad(formatTensorType(p.dtype, p.shape), typeWidth) << "  "
        << pad(init, 14) << " " << pad(shard, 12) << " @ " << p.offset
-       << sliceOf(p) << "\n";
+       << stageOf(p) << sliceOf(p) << "\n";
   }
   auto buffers = [&](const char *title, const std::vector<Buffer> &v) {
     int64_t bytes = 0;
@@ -1062,7 +1180,7 @@ std::string describe(const Manifest &m, const std::string &path) {
     for (const auto &b : v)
       os << "    " << pad(b.name, nameWidth) << "  "
          << pad(formatTensorType(b.dtype, b.shape), typeWidth) << "  @ "
-         << b.offset << sliceOf(b) << "\n";
+         << b.offset << stageOf(b) << sliceOf(b) << "\n";
   };
   buffers("state", m.state);
   buffers("inputs", m.inputs);
@@ -1108,14 +1226,22 @@ std::unique_ptr<Artifact> Artifact::load(const std::string &path) {
     throw Error(path + ": cannot load the code image: " +
                 (why ? why : "dlopen failed"));
   }
-  for (const auto &[role, sym] : a->manifest_.programs) {
-    dlerror();
-    void *p = dlsym(a->handle_, sym.c_str());
-    const char *why = dlerror();
-    if (why || !p)
-      throw Error(path + ": program " + role + ": symbol '" + sym +
-                  "' not found: " + (why ? why : "null address"));
-    a->programs_.emplace_back(role, reinterpret_cast<loom_program_fn>(p));
+  for (const auto &[role, syms] : a->manifest_.programs) {
+    std::vector<loom_program_fn> fns;
+    for (size_t stage = 0; stage < syms.size(); ++stage) {
+      const std::string &sym = syms[stage];
+      dlerror();
+      void *p = dlsym(a->handle_, sym.c_str());
+      const char *why = dlerror();
+      if (why || !p)
+        throw Error(path + ": program " + role +
+                    (syms.size() > 1 ? " of stage " + std::to_string(stage)
+                                     : std::string()) +
+                    ": symbol '" + sym + "' not found: " +
+                    (why ? why : "null address"));
+      fns.push_back(reinterpret_cast<loom_program_fn>(p));
+    }
+    a->programs_.emplace_back(role, std::move(fns));
   }
   return a;
 }
@@ -1125,10 +1251,12 @@ Artifact::~Artifact() {
     dlclose(handle_);
 }
 
-loom_program_fn Artifact::program(const std::string &role) const {
-  for (const auto &[r, f] : programs_)
+loom_program_fn Artifact::program(const std::string &role,
+                                  int64_t stage) const {
+  for (const auto &[r, fns] : programs_)
     if (r == role)
-      return f;
+      return stage >= 0 && size_t(stage) < fns.size() ? fns[size_t(stage)]
+                                                      : nullptr;
   return nullptr;
 }
 

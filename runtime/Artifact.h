@@ -71,6 +71,12 @@ struct Buffer {
   /// Empty (a hand-built Buffer) means: the same as shape, not split.
   std::vector<int64_t> globalShape;
   std::vector<int32_t> split;
+  /// The pipeline stage whose arena holds it (the manifest's `stage`), or
+  /// -1: every stage's arena holds it, at `offset`.
+  int64_t stage = -1;
+
+  /// Whether the arena of pipeline stage `s` holds this buffer.
+  bool inStage(int64_t s) const { return stage < 0 || stage == s; }
 
   /// The full tensor's shape.
   const std::vector<int64_t> &global() const {
@@ -108,11 +114,19 @@ struct Manifest {
   Mesh mesh;
   /// ZeRO stage: 0, or 1 (optimizer state split over dp).
   int64_t zero = 0;
+  /// Pipeline stages (the manifest's `stages`, = mesh.pp when given; 1
+  /// when absent).
+  int64_t stages = 1;
+  /// The largest arena of any stage.
   int64_t arenaBytes = 0;
+  /// The arena of each stage (`stage_arena_bytes`; arenaBytes for every
+  /// stage when absent): `stages` entries.
+  std::vector<int64_t> stageArenaBytes;
   /// Planned bytes by category (params, grads, ..., peak), in manifest order.
   std::vector<std::pair<std::string, int64_t>> memory;
-  /// Role ("train_step", "eval_step", ...) -> exported symbol.
-  std::vector<std::pair<std::string, std::string>> programs;
+  /// Role ("train_step", "eval_step", ...) -> exported symbol of each
+  /// stage (one per stage; a single one when stages == 1).
+  std::vector<std::pair<std::string, std::vector<std::string>>> programs;
   std::vector<ParamSpec> params;
   std::vector<Buffer> state;
   std::vector<Buffer> inputs;
@@ -122,7 +136,11 @@ struct Manifest {
   /// `data`) from it and prints the rest. Always an object.
   json::Value train;
 
-  const std::string *program(const std::string &role) const;
+  /// The symbol stage `stage` runs for `role`, or null.
+  const std::string *program(const std::string &role,
+                             int64_t stage = 0) const;
+  /// The arena bytes of stage `stage`.
+  int64_t arenaBytesOf(int64_t stage) const;
   std::optional<int64_t> output(const std::string &name) const;
   const Buffer *input(const std::string &name) const;
   std::optional<int64_t> memoryOf(const std::string &category) const;
@@ -186,15 +204,17 @@ public:
 
   const Manifest &manifest() const { return manifest_; }
   const std::string &path() const { return path_; }
-  /// The program for `role`, or null when the artifact has none.
-  loom_program_fn program(const std::string &role) const;
+  /// The program stage `stage` runs for `role`, or null when the artifact
+  /// has none.
+  loom_program_fn program(const std::string &role, int64_t stage = 0) const;
 
 private:
   Artifact() = default;
   std::string path_;
   Manifest manifest_;
   void *handle_ = nullptr;
-  std::vector<std::pair<std::string, loom_program_fn>> programs_;
+  /// Role -> the program of each stage.
+  std::vector<std::pair<std::string, std::vector<loom_program_fn>>> programs_;
 };
 
 } // namespace loom::runtime

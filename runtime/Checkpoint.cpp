@@ -46,13 +46,17 @@ safetensors::DType toSafetensors(DType t) {
 
 namespace {
 
-/// Every tensor a checkpoint holds: the parameters, then the state.
-std::vector<const Buffer *> checkpointTensors(const Manifest &m) {
+/// Every tensor a checkpoint (of a rank of pipeline stage `stage`) holds:
+/// the parameters, then the state, those of that stage's arena.
+std::vector<const Buffer *> checkpointTensors(const Manifest &m,
+                                              int64_t stage) {
   std::vector<const Buffer *> v;
   for (const ParamSpec &p : m.params)
-    v.push_back(&p);
+    if (p.inStage(stage))
+      v.push_back(&p);
   for (const Buffer &b : m.state)
-    v.push_back(&b);
+    if (b.inStage(stage))
+      v.push_back(&b);
   return v;
 }
 
@@ -71,6 +75,8 @@ uint64_t layoutFingerprint(const Manifest &m) {
                     formatTensorType(b.dtype, b.shape);
     if (b.isSplit())
       l += " slice " + b.describeType();
+    if (b.stage >= 0)
+      l += " stage " + std::to_string(b.stage);
     return l;
   };
   for (const ParamSpec &p : m.params)
@@ -145,7 +151,8 @@ saveWeights(const std::string &path, const Manifest &m,
     return st::write(path, tensors, metadata);
   }
   // Gather: rank 0 assembles each full tensor from the slices of the ranks
-  // that own them (coordinate 0 on the axes the tensor is not split over).
+  // that own them (coordinate 0 on the axes the tensor is not split over,
+  // the parameter's stage on pp).
   const Mesh shape = meshOf(mesh);
   const bool root = mesh->worldRank() == 0;
   std::vector<std::vector<unsigned char>> full(m.params.size());
@@ -153,8 +160,8 @@ saveWeights(const std::string &path, const Manifest &m,
   for (size_t i = 0; i < m.params.size(); ++i) {
     const ParamSpec &p = m.params[i];
     const size_t elem = dtypeSize(p.dtype);
-    if (!p.isSplit()) {
-      // Every rank holds the whole tensor; rank 0's copy is the one.
+    if (!p.isSplit() && p.stage <= 0) {
+      // Rank 0 holds the whole tensor; its copy is the one.
       if (root)
         full[i].assign(arena + p.offset, arena + p.offset + p.bytes);
       continue;
@@ -236,6 +243,9 @@ void loadWeights(const std::string &path, const Manifest &m,
   std::vector<unsigned char> whole;
   for (size_t i = 0; i < m.params.size(); ++i) {
     const ParamSpec &p = m.params[i];
+    // Another pipeline stage's parameter: not in this rank's arena.
+    if (!p.inStage(coord[2]))
+      continue;
     if (!p.isSplit()) {
       file->read(*found[i], arena + p.offset, /*checkFinite=*/true);
       continue;
@@ -706,7 +716,7 @@ std::string writeSharded(const std::string &dir, const Manifest &m,
   mine.file = rankFileName(rank);
   try {
     std::vector<st::TensorData> tensors;
-    for (const Buffer *b : checkpointTensors(m))
+    for (const Buffer *b : checkpointTensors(m, mesh.coord(2)))
       tensors.push_back(
           {b->name, toSafetensors(b->dtype), b->shape, arena + b->offset});
     st::WriteResult w = st::write(
@@ -715,6 +725,7 @@ std::string writeSharded(const std::string &dir, const Manifest &m,
          {"model", m.model},
          {"step", std::to_string(index.step)},
          {"rank", std::to_string(rank)},
+         {"stage", std::to_string(mesh.coord(2))},
          {"mesh", formatMesh(m.mesh)}});
     mine.bytes = w.bytes;
     mine.fnv1a64 = w.fnv1a64;
@@ -782,7 +793,7 @@ std::string writeCheckpoint(const std::string &dir, const Manifest &m,
     makeTmp(tmp);
 
     std::vector<st::TensorData> tensors;
-    for (const Buffer *b : checkpointTensors(m))
+    for (const Buffer *b : checkpointTensors(m, 0))
       tensors.push_back(
           {b->name, toSafetensors(b->dtype), b->shape, arena + b->offset});
     st::WriteResult w = st::write(tmp + "/" + kCheckpointStateFile, tensors,
@@ -810,10 +821,12 @@ std::string writeCheckpoint(const std::string &dir, const Manifest &m,
 
 namespace {
 
-/// The first way the tensors of `h` differ from what `m` needs, or "".
-std::string layoutDifference(const st::Header &h, const Manifest &m) {
+/// The first way the tensors of `h` differ from what `m` needs in a rank
+/// of pipeline stage `stage`, or "".
+std::string layoutDifference(const st::Header &h, const Manifest &m,
+                             int64_t stage) {
   std::set<std::string> wanted;
-  for (const Buffer *b : checkpointTensors(m)) {
+  for (const Buffer *b : checkpointTensors(m, stage)) {
     wanted.insert(b->name);
     const st::TensorInfo *t = h.find(b->name);
     st::DType want = toSafetensors(b->dtype);
@@ -856,6 +869,7 @@ findCheckpoint(const std::string &dir, const Manifest &m,
   uint64_t layout = layoutFingerprint(m);
   const bool sharded = manyRanks(mesh);
   const int rank = mesh ? mesh->worldRank() : 0;
+  const int64_t stage = mesh ? mesh->coord(2) : 0;
   for (const auto &[step, path] : listCheckpoints(dir)) {
     auto skip = [&, p = path](const std::string &why) {
       if (skipped)
@@ -922,7 +936,8 @@ findCheckpoint(const std::string &dir, const Manifest &m,
     if (index.layout != layout) {
       std::string why;
       try {
-        why = layoutDifference(st::Reader::open(statePath)->header(), m);
+        why = layoutDifference(st::Reader::open(statePath)->header(), m,
+                               stage);
       } catch (const Error &) {
       }
       throw Error(path + ": a checkpoint of a different layout of model '" +
@@ -945,7 +960,7 @@ findCheckpoint(const std::string &dir, const Manifest &m,
         throw Error(file + " is damaged: FNV-1a " + formatHex64(hash) +
                     ", index.json says " + formatHex64(expect.fnv1a64));
       std::string diff =
-          layoutDifference(st::Reader::open(statePath)->header(), m);
+          layoutDifference(st::Reader::open(statePath)->header(), m, stage);
       if (!diff.empty())
         throw Error(file + " does not match its index: " + diff);
     } catch (const Error &e) {
@@ -975,10 +990,11 @@ void loadCheckpoint(const FoundCheckpoint &c, const Manifest &m,
                                                            : 0)
                                        : std::string(kCheckpointStateFile);
   std::unique_ptr<st::Reader> reader = st::Reader::open(c.path + "/" + file);
-  std::string diff = layoutDifference(reader->header(), m);
+  const int64_t stage = mesh ? mesh->coord(2) : 0;
+  std::string diff = layoutDifference(reader->header(), m, stage);
   if (!diff.empty())
     throw Error(reader->path() + ": " + diff);
-  for (const Buffer *b : checkpointTensors(m))
+  for (const Buffer *b : checkpointTensors(m, stage))
     reader->read(*reader->header().find(b->name), arena + b->offset);
 }
 

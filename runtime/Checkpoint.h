@@ -22,7 +22,9 @@
 // written by rank 0 after every rank's file is on disk (format_version 2);
 // `--save` gathers the full tensors to rank 0, which writes the one file a
 // single rank would; `--init-from` has every rank read the full tensors and
-// keep its slices.
+// keep its slices. With pipeline stages a rank's arena holds only its
+// stage's tensors (and those of every stage): its checkpoint file, its loads
+// and its part of --save are those.
 //
 //===----------------------------------------------------------------------===//
 #ifndef LOOM_RUNTIME_CHECKPOINT_H

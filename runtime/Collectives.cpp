@@ -21,6 +21,16 @@
 // time) in a per-thread slot while it runs; a monitor thread checks the slots
 // and ends the job with MPI_Abort when one has run past the timeout.
 //
+// Point-to-point (pipeline stages): loom_send copies the data into a buffer
+// of the runtime and starts an MPI_Isend on the axis communicator, tag =
+// micro-batch * 65536 + slot; completed sends are retired at the next
+// loom_send, and the runtime waits for the rest after the program returns
+// (CommMesh::completeSends, watched). loom_recv probes (MPI_Mprobe) for the
+// (source, tag) message, compares the sender's count with its own and only
+// then receives it (MPI_Mrecv): a size mismatch is an error naming both
+// sizes. A recv is watched like a collective; the watchdog's message names
+// this rank's stage, the peer's stage, the micro-batch and the slot.
+//
 // Non-blocking all-reduce: loom_all_reduce_start queues the reduction for a
 // progress thread, which runs the same blocking MPI_Allreduce as
 // loom_all_reduce (same count, datatype, op and group size, so the same
@@ -64,16 +74,33 @@ double nowSeconds() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-/// A collective in flight on one thread, as the watchdog reports it.
+/// A collective (or a point-to-point transfer) in flight on one thread, as
+/// the watchdog reports it.
 struct InFlight {
   bool active = false;
-  const char *name = "";   ///< "all_reduce"
+  const char *name = "";   ///< "all_reduce"; "recv" / "send" for p2p
   const char *inside = ""; ///< the ABI function it runs in, or ""
   int32_t axis = -1;       ///< -1: the whole world
   int64_t count = 0;
   const char *unit = ""; ///< "floats"; "" for none (a barrier)
   int64_t step = 0;
   double start = 0;
+  /// loom_recv / a loom_send completing: the peer's coordinate on `axis`
+  /// and the message's tag (micro-batch * 65536 + slot).
+  bool p2p = false;
+  int peer = 0;
+  int64_t tag = 0;
+};
+
+/// A loom_send in flight: the runtime's copy of the data and its request.
+struct PendingSend {
+  std::vector<float> data;
+  int32_t axis = 0;
+  int peer = 0; ///< the receiver's coordinate on `axis`
+  int64_t tag = 0, n = 0, step = 0;
+#if LOOM_HAVE_MPI
+  MPI_Request request = MPI_REQUEST_NULL;
+#endif
 };
 
 /// A reduction loom_all_reduce_start queued.
@@ -99,7 +126,11 @@ struct CommMesh::Comms {
   MPI_Comm world = MPI_COMM_NULL;
 #endif
   int worldRank = 0, worldSize = 1;
+  /// This rank's pipeline stage (coordinate on pp), for messages.
+  int stage = 0;
   bool threadMultiple = false;
+  /// The largest tag MPI takes (MPI_TAG_UB).
+  int64_t tagUpperBound = 32767;
 
   // The watchdog.
   std::mutex watchMutex;
@@ -113,6 +144,10 @@ struct CommMesh::Comms {
 
   // Accounting (the program's thread only).
   Stats stats;
+
+  // loom_send's requests not yet known complete, in send order (the
+  // program's thread only).
+  std::deque<PendingSend> sends;
 
   // Non-blocking reductions.
   std::mutex asyncMutex;
@@ -140,13 +175,21 @@ public:
   Watch(CommMesh::Comms *c, int slotIndex, const char *name,
         const char *inside, int32_t axis, int64_t count, const char *unit,
         int64_t step, int64_t bytes, bool booked = false)
+      : Watch(c, slotIndex,
+              InFlight{true, name, inside, axis, count, unit, step, 0}, bytes,
+              booked) {}
+  /// `what` as it is recorded (its start time is set here).
+  Watch(CommMesh::Comms *c, int slotIndex, InFlight what, int64_t bytes,
+        bool booked)
       : c_(c), slot_(slotIndex) {
     if (!c_)
       return;
     start_ = nowSeconds();
     std::lock_guard<std::mutex> lock(c_->watchMutex);
     InFlight &s = c_->slot[slot_];
-    s = InFlight{true, name, inside, axis, count, unit, step, start_};
+    s = what;
+    s.active = true;
+    s.start = start_;
     if (slot_ == 0 && !booked) {
       c_->stats.bytes += bytes;
       c_->stats.calls += 1;
@@ -170,7 +213,25 @@ private:
   double start_ = 0;
 };
 
+/// "stage 1" along pp, "dp coordinate 1" along another axis.
+std::string peerName(int32_t axis, int coord) {
+  return axis == kAxisPP ? "stage " + std::to_string(coord)
+                         : std::string(meshAxisName(axis)) + " coordinate " +
+                               std::to_string(coord);
+}
+
+/// "recv from stage 0 (micro-batch 1, slot 2, 64 floats)".
+std::string describeTransfer(const char *name, int32_t axis, int peer,
+                             int64_t tag, int64_t count) {
+  return std::string(name) + (std::strcmp(name, "recv") == 0 ? " from " : " to ") +
+         peerName(axis, peer) + " (micro-batch " + std::to_string(tag >> 16) +
+         ", slot " + std::to_string(tag & 0xffff) + ", " +
+         std::to_string(count) + " floats)";
+}
+
 std::string describeInFlight(const InFlight &s) {
+  if (s.p2p)
+    return describeTransfer(s.name, s.axis, s.peer, s.tag, s.count);
   std::string text = std::string("collective ") + s.name + " over " +
                      (s.axis < 0 ? "the world" : meshAxisName(s.axis));
   std::string detail;
@@ -198,10 +259,14 @@ void CommMesh::Comms::watchLoop() {
         continue;
       char limit[32];
       std::snprintf(limit, sizeof limit, "%g", timeout);
+      // A transfer between stages names this rank's stage too.
+      std::string who = "rank " + std::to_string(worldRank);
+      if (s.p2p)
+        who += " (stage " + std::to_string(stage) + ")";
       std::fprintf(stderr,
-                   "loom-run: error: rank %d, step %lld: %s did not complete "
+                   "loom-run: error: %s, step %lld: %s did not complete "
                    "within %s s; aborting the job\n",
-                   worldRank, static_cast<long long>(s.step),
+                   who.c_str(), static_cast<long long>(s.step),
                    describeInFlight(s).c_str(), limit);
       std::fflush(stderr);
       std::fflush(stdout);
@@ -291,6 +356,7 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
              int(worldRank % pp)};
   comms_->worldRank = worldRank;
   comms_->worldSize = worldSize;
+  comms_->stage = coords_[kAxisPP];
   if (worldSize == 1)
     return;
 #if LOOM_HAVE_MPI
@@ -302,6 +368,13 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
   int level = MPI_THREAD_SINGLE;
   MPI_Query_thread(&level);
   comms_->threadMultiple = level >= MPI_THREAD_MULTIPLE;
+  {
+    void *ub = nullptr;
+    int found = 0;
+    MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &found);
+    if (found && ub)
+      comms_->tagUpperBound = *static_cast<int *>(ub);
+  }
   auto dup = [&](MPI_Comm from, MPI_Comm &to, const char *what) {
     int rc = MPI_Comm_dup(from, &to);
     if (rc != MPI_SUCCESS)
@@ -350,6 +423,19 @@ CommMesh::CommMesh(int64_t dp, int64_t tp, int64_t pp, int worldRank,
 
 CommMesh::~CommMesh() {
   Comms &c = *comms_;
+#if LOOM_HAVE_MPI
+  {
+    int finalised = 0;
+    MPI_Finalized(&finalised);
+    // Sends left by a program that failed: nobody will receive them.
+    for (PendingSend &p : c.sends)
+      if (!finalised && p.request != MPI_REQUEST_NULL) {
+        MPI_Cancel(&p.request);
+        MPI_Request_free(&p.request);
+      }
+    c.sends.clear();
+  }
+#endif
   if (c.worker.joinable()) {
     {
       std::lock_guard<std::mutex> lock(c.asyncMutex);
@@ -409,6 +495,43 @@ CommMesh::Stats CommMesh::takeStats() {
 int64_t CommMesh::pendingReductions() const {
   std::lock_guard<std::mutex> lock(comms_->asyncMutex);
   return int64_t(comms_->pending.size());
+}
+
+int64_t CommMesh::pendingSends() const {
+  return int64_t(comms_->sends.size());
+}
+
+void CommMesh::completeSends(loom_ctx *ctx) {
+  Comms &c = *comms_;
+  while (!c.sends.empty()) {
+    PendingSend &p = c.sends.front();
+#if LOOM_HAVE_MPI
+    if (p.request != MPI_REQUEST_NULL) {
+      InFlight what;
+      what.name = "send";
+      what.inside = "loom_send";
+      what.axis = p.axis;
+      what.count = p.n;
+      what.unit = "floats";
+      what.step = p.step;
+      what.p2p = true;
+      what.peer = p.peer;
+      what.tag = p.tag;
+      Watch w(&c, 0, what, 0, /*booked=*/true);
+      int rc = MPI_Wait(&p.request, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS && ctx)
+        loom_error(ctx, "loom_send",
+                   ("rank " + std::to_string(c.worldRank) + " (stage " +
+                    std::to_string(c.stage) + "): " +
+                    describeTransfer("send", p.axis, p.peer, p.tag, p.n) +
+                    ": MPI_Wait failed: " + mpiErrorText(rc))
+                       .c_str());
+    }
+#else
+    (void)ctx;
+#endif
+    c.sends.pop_front();
+  }
 }
 
 void CommMesh::drainReductions(loom_ctx *ctx) {
@@ -923,3 +1046,171 @@ bool groupSum(loom_ctx *ctx, const char *op, int32_t axis, double *data,
 }
 
 } // namespace loom::runtime::detail
+
+//===----------------------------------------------------------------------===//
+// Point-to-point: loom_send / loom_recv
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+using loom::runtime::InFlight;
+using loom::runtime::PendingSend;
+using loom::runtime::describeTransfer;
+using loom::runtime::peerName;
+
+/// The receiver's (or sender's) coordinate on `axis` for a transfer of `n`
+/// floats with `tag` to or from `peer` (a signed offset), checked; false
+/// after reporting an error.
+bool resolvePeer(loom_ctx *ctx, const char *op, int32_t axis, int64_t n,
+                 const void *data, int32_t peer, int64_t tag, Group &g,
+                 int &peerCoord) {
+  if (!resolve(ctx, op, axis, n, data, data, g))
+    return false;
+  int64_t target = int64_t(g.rank) + int64_t(peer);
+  if (peer == 0 || target < 0 || target >= g.size) {
+    report(ctx, op, axis,
+           "peer offset " + std::to_string(peer) + " from coordinate " +
+               std::to_string(g.rank) +
+               (peer == 0 ? " is this rank itself"
+                          : " is outside the group's " +
+                                std::to_string(g.size) + " rank" +
+                                (g.size == 1 ? "" : "s")));
+    return false;
+  }
+  int64_t ub = g.comms ? g.comms->tagUpperBound : INT_MAX;
+  if (tag < 0 || tag > ub) {
+    report(ctx, op, axis,
+           "tag " + std::to_string(tag) + " outside [0, " +
+               std::to_string(ub) +
+               "] (tag = micro-batch * 65536 + slot; MPI_TAG_UB bounds it)");
+    return false;
+  }
+  peerCoord = int(target);
+  return true;
+}
+
+/// "rank 1 (stage 1): " for the messages of a transfer (the runtime's
+/// report of the error adds the step).
+std::string transferWho(loom_ctx *ctx, const CommMesh::Comms *c) {
+  return "rank " + std::to_string(ctx->rank) + " (stage " +
+         std::to_string(c ? c->stage : 0) + "): ";
+}
+
+#if LOOM_HAVE_MPI
+/// Frees the buffers of sends that have completed, in order, so that many
+/// outstanding sends do not pile up.
+void retireCompletedSends(CommMesh::Comms *c) {
+  for (auto it = c->sends.begin(); it != c->sends.end();) {
+    int done = 0;
+    if (it->request != MPI_REQUEST_NULL)
+      MPI_Test(&it->request, &done, MPI_STATUS_IGNORE);
+    else
+      done = 1;
+    it = done ? c->sends.erase(it) : it + 1;
+  }
+}
+#endif
+
+} // namespace
+
+extern "C" void loom_send(loom_ctx *ctx, const float *data, int64_t n,
+                          int32_t axis, int32_t peer, int64_t tag) {
+  const char *name = "loom_send";
+  Group g;
+  int to = 0;
+  if (!resolvePeer(ctx, name, axis, n, data, peer, tag, g, to))
+    return;
+#if LOOM_HAVE_MPI
+  CommMesh::Comms *c = g.comms;
+  retireCompletedSends(c);
+  // The caller may reuse `data` at once: the runtime sends its own copy.
+  PendingSend p;
+  p.data.assign(data, data + n);
+  p.axis = axis;
+  p.peer = to;
+  p.tag = tag;
+  p.n = n;
+  p.step = ctx->step;
+  c->sends.push_back(std::move(p));
+  PendingSend &q = c->sends.back();
+  InFlight what;
+  what.name = "send";
+  what.inside = name;
+  what.axis = axis;
+  what.count = n;
+  what.unit = "floats";
+  what.step = ctx->step;
+  what.p2p = true;
+  what.peer = to;
+  what.tag = tag;
+  Watch w(c, 0, what, n * 4, /*booked=*/false);
+  int rc = MPI_Isend(q.data.data(), int(n), MPI_FLOAT, to, int(tag),
+                     g.comm, &q.request);
+  if (rc != MPI_SUCCESS) {
+    c->sends.pop_back();
+    loom_error(ctx, name,
+               (transferWho(ctx, c) + describeTransfer("send", axis, to, tag, n) +
+                ": MPI_Isend failed: " + mpiErrorText(rc))
+                   .c_str());
+  }
+#else
+  (void)to;
+#endif
+}
+
+extern "C" void loom_recv(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
+                          int32_t peer, int64_t tag) {
+  const char *name = "loom_recv";
+  Group g;
+  int from = 0;
+  if (!resolvePeer(ctx, name, axis, n, data, peer, tag, g, from))
+    return;
+#if LOOM_HAVE_MPI
+  CommMesh::Comms *c = g.comms;
+  InFlight what;
+  what.name = "recv";
+  what.inside = name;
+  what.axis = axis;
+  what.count = n;
+  what.unit = "floats";
+  what.step = ctx->step;
+  what.p2p = true;
+  what.peer = from;
+  what.tag = tag;
+  Watch w(c, 0, what, n * 4, /*booked=*/false);
+  auto fail = [&](const std::string &cause) {
+    loom_error(ctx, name,
+               (transferWho(ctx, c) +
+                describeTransfer("recv", axis, from, tag, n) + ": " + cause)
+                   .c_str());
+  };
+  // Probe first: the sender's count is known before any data lands, so a
+  // mismatch is reported with both sizes (never a truncated buffer).
+  MPI_Message message = MPI_MESSAGE_NULL;
+  MPI_Status status;
+  int rc = MPI_Mprobe(from, int(tag), g.comm, &message, &status);
+  if (rc != MPI_SUCCESS) {
+    fail("MPI_Mprobe failed: " + mpiErrorText(rc));
+    return;
+  }
+  int count = 0;
+  MPI_Get_count(&status, MPI_FLOAT, &count);
+  if (count != n) {
+    // Take the message anyway (the sender's request completes) and say so.
+    std::vector<float> sink(size_t(count > 0 ? count : 1));
+    MPI_Mrecv(sink.data(), count > 0 ? count : 0, MPI_FLOAT, &message,
+              MPI_STATUS_IGNORE);
+    fail("size mismatch: " + peerName(axis, from) + " sent " +
+         (count == MPI_UNDEFINED ? std::string("a message that is not whole "
+                                               "floats")
+                                 : std::to_string(count) + " floats") +
+         ", this recv expects " + std::to_string(n));
+    return;
+  }
+  rc = MPI_Mrecv(data, int(n), MPI_FLOAT, &message, MPI_STATUS_IGNORE);
+  if (rc != MPI_SUCCESS)
+    fail("MPI_Mrecv failed: " + mpiErrorText(rc));
+#else
+  (void)from;
+#endif
+}

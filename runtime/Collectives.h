@@ -10,7 +10,8 @@
 // axis. CommMesh splits MPI_COMM_WORLD once per axis at start-up; the
 // loom_all_reduce / loom_all_gather / loom_reduce_scatter / loom_broadcast ABI
 // functions (runtime/abi/loom_abi.h) run on those communicators, reached
-// through loom_ctx::mesh.
+// through loom_ctx::mesh, and so do the point-to-point loom_send / loom_recv
+// between pipeline stages (neighbours on the pp axis).
 //
 // Without MPI (not compiled in, or not initialised because the process was
 // not launched under mpirun) only a world of one rank is possible; every
@@ -97,6 +98,14 @@ public:
     int64_t calls = 0;
   };
   Stats takeStats();
+
+  /// loom_send transfers not yet known to be complete.
+  int64_t pendingSends() const;
+  /// Waits for every pending loom_send (the runtime calls it after each
+  /// program call: a send completes no later than the end of its step),
+  /// watched as a collective is: one whose receiver never takes it ends the
+  /// job naming the send. An MPI failure is reported through loom_error.
+  void completeSends(loom_ctx *ctx);
 
   /// Non-blocking all-reduces started and not yet waited.
   int64_t pendingReductions() const;

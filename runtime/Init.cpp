@@ -145,6 +145,9 @@ void initBlock(const ParamSpec &p, uint64_t seed,
 void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
                 const MeshCoord &coord) {
   for (const ParamSpec &p : m.params) {
+    // Another pipeline stage's parameter is not in this arena.
+    if (!p.inStage(coord[2]))
+      continue;
     unsigned char *dst = arena + p.offset;
     if (p.dtype != DType::F32 && p.dtype != DType::F64)
       throw Error(std::string("parameter '") + p.name +
@@ -163,9 +166,10 @@ void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
   }
 }
 
-void zeroState(const Manifest &m, unsigned char *arena) {
+void zeroState(const Manifest &m, unsigned char *arena, int64_t stage) {
   for (const Buffer &b : m.state)
-    std::memset(arena + b.offset, 0, static_cast<size_t>(b.bytes));
+    if (b.inStage(stage))
+      std::memset(arena + b.offset, 0, static_cast<size_t>(b.bytes));
 }
 
 } // namespace loom::runtime

@@ -52,12 +52,15 @@ void initBlock(const ParamSpec &p, uint64_t seed,
 
 /// Initialises every parameter of `m` in place in `arena`: the slice that
 /// the rank at `coord` holds (Sharding.h), so any sharding gives the values
-/// the single-rank run has at the same global indices.
+/// the single-rank run has at the same global indices. Only the parameters
+/// of the rank's pipeline stage (coord[2]) and those without a stage: the
+/// arena of one stage holds no other stage's.
 void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
                 const MeshCoord &coord = {0, 0, 0});
 
-/// Zeroes every state buffer of `m` in `arena`.
-void zeroState(const Manifest &m, unsigned char *arena);
+/// Zeroes every state buffer of `m` that pipeline stage `stage`'s `arena`
+/// holds.
+void zeroState(const Manifest &m, unsigned char *arena, int64_t stage = 0);
 
 } // namespace loom::runtime
 

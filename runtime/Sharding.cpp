@@ -19,7 +19,10 @@ std::vector<int64_t> sliceStart(const Buffer &b, const MeshCoord &coord) {
 }
 
 bool ownsSlice(const Buffer &b, const MeshCoord &coord) {
-  for (int32_t a = 0; a < 3; ++a) {
+  // pp splits no dimension: the pipeline coordinate is the buffer's stage.
+  if (coord[2] != (b.stage >= 0 ? b.stage : 0))
+    return false;
+  for (int32_t a = 0; a < 2; ++a) {
     bool splitHere = false;
     for (size_t d = 0; d < b.shape.size(); ++d)
       splitHere |= b.splitAxis(d) == a;

@@ -36,7 +36,9 @@ std::vector<int64_t> sliceStart(const Buffer &b, const MeshCoord &coord);
 
 /// Whether the rank at `coord` is the one whose copy of its slice counts
 /// when slices are assembled (--save): coordinate 0 on every mesh axis that
-/// `b` is not split over. The other ranks hold replicas of the same block.
+/// `b` is not split over, except pp, where it is the buffer's stage (0 for a
+/// buffer every stage holds). The other ranks hold replicas of the same
+/// block, or (another stage) none.
 bool ownsSlice(const Buffer &b, const MeshCoord &coord);
 
 /// Copies the block [start, start + extent) of the row-major tensor `full`

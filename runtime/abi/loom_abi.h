@@ -27,8 +27,10 @@ extern "C" {
 
 /** Bumped whenever a signature below changes; artifacts record it. ABI 3
  *  added the sharded kernels, the non-blocking all-reduce and the manifest's
- *  per-rank (local) shapes with `global_shape` and `shard` (ARTIFACT.md); the
- *  runtime still runs ABI 2 artifacts of one rank. */
+ *  per-rank (local) shapes with `global_shape` and `shard` (ARTIFACT.md);
+ *  additions within ABI 3: loom_send / loom_recv and the manifest's pipeline
+ *  fields (`stages`, `stage_arena_bytes`, per-stage `programs`, `stage` on
+ *  buffers). The runtime still runs ABI 2 artifacts of one rank. */
 #define LOOM_ABI_VERSION 3
 
 typedef struct loom_ctx loom_ctx;
@@ -274,6 +276,31 @@ int64_t loom_all_reduce_start(loom_ctx *ctx, float *data, int64_t n,
 /** Blocks until the reduction of `handle` has completed. Waiting an unknown
  *  or already waited handle is an error. */
 void loom_all_reduce_wait(loom_ctx *ctx, int64_t handle);
+
+/* --- Point-to-point between pipeline stages (since ABI 3) ----------------- */
+/** Along mesh axis `axis` (pipeline stages: axis 2 = pp), within this
+ *  rank's axis group (the ranks that share its other two coordinates).
+ *  `peer` is a signed offset in coordinates along the axis (+1: the next
+ *  stage, -1: the previous one); a peer outside the group, or 0, is an
+ *  error. `tag` identifies the message: tag = microbatch * 65536 + slot
+ *  (0 <= tag <= MPI_TAG_UB, which is at least 2^31 - 1 under Open MPI).
+ *  Float32, 0 <= n <= INT32_MAX. A send and its recv match by (peer pair,
+ *  tag) and must have the same n; messages with the same peer pair and tag
+ *  arrive in send order. Errors are reported through loom_error naming the
+ *  rank, its stage, the peer's stage, the micro-batch, the slot and sizes.
+ *
+ *  loom_send never blocks the caller on the peer: it copies data into a
+ *  runtime buffer (the caller may reuse `data` at once) and starts the
+ *  transfer; the runtime completes it no later than the end of the program
+ *  call (a send still pending then is waited for, under the watchdog). */
+void loom_send(loom_ctx *ctx, const float *data, int64_t n, int32_t axis,
+               int32_t peer, int64_t tag);
+/** Blocks until the message (peer, tag) has arrived in data[0..n). The
+ *  watchdog (loom-run --timeout) ends the job when it does not arrive in
+ *  time, naming rank, stage, peer stage, micro-batch and slot. A message of
+ *  another size is an error (the message is consumed, data is unchanged). */
+void loom_recv(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
+               int32_t peer, int64_t tag);
 
 /** This rank's coordinate on mesh axis `axis` (0 dp, 1 tp, 2 pp): its
  *  position in that axis group; 0 without a mesh. Sharded programs use it to

@@ -412,6 +412,124 @@ TEST(Artifact, ShardedBufferErrors) {
   }
 }
 
+/// Two pipeline stages (dp=2 x pp=2): per-stage arenas and programs, buffers
+/// of one stage (overlapping offsets in different arenas) and of every one.
+const char *kStagedManifest = R"({
+  "format": "loomx", "format_version": 1, "abi_version": 3,
+  "model": "Mlp", "target": "cpu",
+  "mesh": {"dp": 2, "tp": 1, "pp": 2}, "stages": 2,
+  "arena_bytes": 4096, "stage_arena_bytes": [4096, 1024],
+  "programs": {"train_step": ["loom_train_step_stage0", "loom_train_step_stage1"]},
+  "params": [
+    {"name": "w1", "dtype": "f32", "shape": [8, 16], "offset": 64, "stage": 0,
+     "init": "glorot"},
+    {"name": "w2", "dtype": "f32", "shape": [16, 4], "offset": 64, "stage": 1,
+     "init": "glorot"}
+  ],
+  "state": [
+    {"name": "t", "dtype": "i64", "shape": [], "offset": 0}
+  ],
+  "inputs": [
+    {"name": "x", "dtype": "f32", "shape": [2, 8], "global_shape": [4, 8],
+     "shard": ["dp", "_"], "offset": 640, "stage": 0},
+    {"name": "y", "dtype": "i32", "shape": [2], "global_shape": [4],
+     "shard": ["dp"], "offset": 512, "stage": 1}
+  ],
+  "outputs": {"loss": 1000, "grad_norm": 1004, "lr": 1008}
+})";
+
+std::string stagedError(const std::string &from, const std::string &to) {
+  std::string text = kStagedManifest;
+  size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at == std::string::npos)
+    return "";
+  text.replace(at, from.size(), to);
+  try {
+    parseManifest(text);
+  } catch (const Error &e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Artifact, PipelineStages) {
+  Manifest m = parseManifest(kStagedManifest);
+  EXPECT_EQ(m.stages, 2);
+  EXPECT_EQ(m.stageArenaBytes, (std::vector<int64_t>{4096, 1024}));
+  EXPECT_EQ(m.arenaBytesOf(1), 1024);
+  EXPECT_EQ(*m.program("train_step", 0), "loom_train_step_stage0");
+  EXPECT_EQ(*m.program("train_step", 1), "loom_train_step_stage1");
+  EXPECT_EQ(m.program("train_step", 2), nullptr);
+  EXPECT_EQ(m.params[0].stage, 0);
+  EXPECT_TRUE(m.params[1].inStage(1));
+  EXPECT_FALSE(m.params[1].inStage(0));
+  EXPECT_EQ(m.state[0].stage, -1);
+  EXPECT_TRUE(m.state[0].inStage(0) && m.state[0].inStage(1));
+  // Without the new fields: one stage, arena_bytes, a symbol per role.
+  Manifest plain = parseManifest(kManifest);
+  EXPECT_EQ(plain.stages, 1);
+  EXPECT_EQ(plain.stageArenaBytes, (std::vector<int64_t>{4096}));
+  EXPECT_EQ(*plain.program("train_step"), "loom_train_step");
+  EXPECT_EQ(plain.params[0].stage, -1);
+  std::string d = describe(m, "mlp.loomx");
+  EXPECT_HAS(d, "4.0 KiB (4096 bytes); 2 pipeline stages: stage 0 4.0 KiB, "
+                "stage 1 1.0 KiB");
+  EXPECT_HAS(d, "train_step -> [loom_train_step_stage0, "
+                "loom_train_step_stage1]");
+  EXPECT_HAS(d, "@ 64 in stage 1");
+  EXPECT_HAS(d, "@ 512 in stage 1  (per rank; global i32[4], split (dp))");
+}
+
+TEST(Artifact, PipelineStageErrors) {
+  EXPECT_HAS(stagedError("\"stages\": 2", "\"stages\": 3"),
+             "manifest: stages: 3, but mesh.pp is 2 (one pipeline stage per "
+             "pp coordinate)");
+  EXPECT_HAS(stagedError("[4096, 1024]", "[4096]"),
+             "manifest: stage_arena_bytes: 1 entries for 2 stages");
+  EXPECT_HAS(stagedError("[4096, 1024]", "[2048, 1024]"),
+             "manifest: stage_arena_bytes: the largest is 2048, but "
+             "arena_bytes is 4096 (arena_bytes is their maximum)");
+  EXPECT_HAS(stagedError("[\"loom_train_step_stage0\", "
+                         "\"loom_train_step_stage1\"]",
+                         "\"loom_train_step\""),
+             "manifest: programs.train_step: a single symbol, but the "
+             "artifact has 2 stages: expected an array of 2 symbol names, one "
+             "per stage");
+  EXPECT_HAS(stagedError("[\"loom_train_step_stage0\", "
+                         "\"loom_train_step_stage1\"]",
+                         "[\"loom_train_step_stage0\"]"),
+             "manifest: programs.train_step: 1 symbol for 2 stages (one per "
+             "stage, indexed by stage)");
+  EXPECT_HAS(stagedError("\"loom_train_step_stage1\"", "\"stage 1\""),
+             "manifest: programs.train_step[1]: 'stage 1' is not a C symbol "
+             "name");
+  EXPECT_HAS(stagedError("\"offset\": 64, \"stage\": 1",
+                         "\"offset\": 64, \"stage\": 2"),
+             "params[1] ('w2').stage: 2 outside [0, 1]");
+  // w2 (256 bytes) fits stage 0's arena but not stage 1's.
+  EXPECT_HAS(stagedError("\"offset\": 64, \"stage\": 1",
+                         "\"offset\": 832, \"stage\": 1"),
+             "params[1] ('w2'): offset 832 + 256 bytes exceeds stage 1's "
+             "arena (stage_arena_bytes[1] = 1024)");
+  // A buffer of every stage must fit the smallest arena.
+  EXPECT_HAS(stagedError("\"offset\": 0}", "\"offset\": 1024}"),
+             "state[0] ('t'): offset 1024 + 8 bytes exceeds stage 1's arena "
+             "(stage_arena_bytes[1] = 1024; a buffer without \"stage\" is in "
+             "every stage's arena)");
+  EXPECT_HAS(stagedError("\"loss\": 1000", "\"loss\": 1024"),
+             "outputs.loss: offset 1024 + 4 bytes exceeds stage 1's arena");
+  // Overlaps count within a stage's arena (w1 and w2 share offset 64 in
+  // different arenas), a stage-less buffer overlapping any stage's.
+  EXPECT_HAS(stagedError("\"offset\": 640, \"stage\": 0",
+                         "\"offset\": 128, \"stage\": 0"),
+             "memory plan: buffers 'w1' [64, 576) and 'x' [128, 192) overlap "
+             "in stage 0's arena");
+  EXPECT_HAS(stagedError("\"offset\": 0}", "\"offset\": 128}"),
+             "memory plan: buffers 'w1' [64, 576) and 't' [128, 136) overlap "
+             "in stage 0's arena");
+}
+
 TEST(Artifact, CpuFeatures) {
   EXPECT_TRUE(isKnownCpuFeature("avx2"));
   EXPECT_TRUE(isKnownCpuFeature("lzcnt"));

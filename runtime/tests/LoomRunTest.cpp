@@ -1009,15 +1009,17 @@ TEST_F(LoomRunMpi, WatchdogEndsAHungJob) {
   }
 }
 
-TEST_F(LoomRunMpi, RefusesPipelineMeshesAndOldArtifactsOnSeveralRanks) {
+TEST_F(LoomRunMpi, RefusesUnstagedPipelineMeshesAndOldArtifactsOnSeveralRanks) {
+  // A pp mesh without "stages" and per-stage programs.
   std::string pp = pack(
       "parpp", replaceAll(parallelManifest(1, 1, false, "1x1", *data_),
                           "\"pp\": 1", "\"pp\": 2"));
   RunResult r = mpiRun(2, pp + " --steps=1");
   EXPECT_EQ(r.status, 1);
-  EXPECT_HAS(r.err, "mesh dp=1 tp=1 pp=2: this runtime runs data and tensor "
-                    "parallel artifacts; pipeline parallelism (pp > 1) has "
-                    "not landed");
+  EXPECT_HAS(r.err, "mesh dp=1 tp=1 pp=2: a pipeline-parallel mesh, but the "
+                    "manifest has no \"stages\" and per-stage programs (each "
+                    "rank runs the program of its stage); recompile it with "
+                    "this Loom");
   // An ABI 2 artifact holds whole tensors: the softmax manifest on dp=2.
   std::string old = replaceAll(
       replaceAll(replaceAll(kSoftmaxManifest, "@DATA@", *data_), "\"dp\": 1",
@@ -1135,6 +1137,278 @@ TEST_F(LoomRunMpi, AKilledRankEndsTheJobAndTheRunResumes) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_HAS(r.out, "resuming from " + ckpt + "/" + checkpointName(last));
   removeTree(dir);
+}
+
+//===----------------------------------------------------------------------===//
+// Pipeline-parallel artifacts (TestModel.c's loom_pipe_* programs)
+//===----------------------------------------------------------------------===//
+
+/// TestModel.c's two-layer network: on one rank (pp = 1, no stage fields),
+/// or in 2 pipeline stages (stage 0: w1, b1, x; stage 1: w2, b2, y; `steps`
+/// and the outputs in every stage) over dp = 1 or 2, as loomc writes it.
+std::string pipelineManifest(int dp, int pp, const std::string &data,
+                             const std::string &s0 = "d1_s0",
+                             const std::string &s1 = "d1_s1") {
+  const bool staged = pp > 1;
+  const int rows = 64 / dp;
+  // kStage0 / kStage1 / kWhole of TestModel.c.
+  int w1 = 128, b1 = 4224, mw1 = 4288, mb1 = 8384, x = 8448;
+  int w2 = staged ? 128 : 24832, b2 = staged ? 768 : 25472,
+      mw2 = staged ? 832 : 25536, mb2 = staged ? 1472 : 26176,
+      y = staged ? 1536 : 26240;
+  auto stage = [&](int s) {
+    return staged ? ", \"stage\": " + std::to_string(s) : std::string();
+  };
+  auto programs = [&](const char *role) {
+    if (!staged)
+      return "\"loom_pipe_whole_" + std::string(role) + "\"";
+    return "[\"loom_pipe_" + s0 + "_" + role + "\", \"loom_pipe_" + s1 + "_" +
+           role + "\"]";
+  };
+  std::ostringstream os;
+  os << R"({"format": "loomx", "format_version": 1, "abi_version": )"
+     << LOOM_ABI_VERSION << R"(,
+  "model": "TestPipeline", "source": "runtime/tests/TestModel.c",
+  "target": "cpu", "cpu_features": [],
+  "mesh": {"dp": )" << dp << R"(, "tp": 1, "pp": )" << pp << "},";
+  if (staged)
+    os << R"( "stages": 2, "stage_arena_bytes": [24832, 1792],
+  "arena_bytes": 24832,)";
+  else
+    os << R"( "arena_bytes": 26496,)";
+  os << R"(
+  "programs": {"train_step": )" << programs("train_step")
+     << R"(, "eval_step": )" << programs("eval_step") << R"(},
+  "params": [
+    {"name": "w1", "dtype": "f32", "shape": [64, 16], "offset": )" << w1
+     << stage(0) << R"(, "init": "glorot"},
+    {"name": "b1", "dtype": "f32", "shape": [16], "offset": )" << b1
+     << stage(0) << R"(, "init": "normal", "init_args": [0.1]},
+    {"name": "w2", "dtype": "f32", "shape": [16, 10], "offset": )" << w2
+     << stage(1) << R"(, "init": "glorot"},
+    {"name": "b2", "dtype": "f32", "shape": [10], "offset": )" << b2
+     << stage(1) << R"(, "init": "normal", "init_args": [0.1]}
+  ],
+  "state": [
+    {"name": "steps", "dtype": "i64", "shape": [], "offset": 0},
+    {"name": "w1.momentum", "dtype": "f32", "shape": [64, 16], "offset": )"
+     << mw1 << stage(0) << R"(},
+    {"name": "b1.momentum", "dtype": "f32", "shape": [16], "offset": )" << mb1
+     << stage(0) << R"(},
+    {"name": "w2.momentum", "dtype": "f32", "shape": [16, 10], "offset": )"
+     << mw2 << stage(1) << R"(},
+    {"name": "b2.momentum", "dtype": "f32", "shape": [10], "offset": )" << mb2
+     << stage(1) << R"(}
+  ],
+  "inputs": [
+    {"name": "x", "dtype": "f32", "shape": [)" << rows
+     << R"(, 64], "global_shape": [64, 64], "shard": ["dp", "_"], "offset": )"
+     << x << stage(0) << R"(},
+    {"name": "y", "dtype": "i32", "shape": [)" << rows
+     << R"(], "global_shape": [64], "shard": ["dp"], "offset": )" << y
+     << stage(1) << R"(}
+  ],
+  "outputs": {"loss": 64, "grad_norm": 68, "lr": 72,
+              "eval_loss": 76, "eval_count": 80, "eval_correct": 84},
+  "train": {"steps": 10, "data": ")" << data << R"(", "optimizer": "sgd"}
+})";
+  return os.str();
+}
+
+class LoomRunPipeline : public testing::Test {
+protected:
+  static void SetUpTestSuite() {
+    data_ = new std::string(clusters("pipeclusters", 1280));
+    single_ = new std::string(pack("pipe1", pipelineManifest(1, 1, *data_)));
+    pp2_ = new std::string(pack("pipe2", pipelineManifest(1, 2, *data_)));
+    dp2pp2_ = new std::string(
+        pack("pipe4", pipelineManifest(2, 2, *data_, "d2_s0", "d2_s1")));
+  }
+  static std::string *data_, *single_, *pp2_, *dp2pp2_;
+};
+std::string *LoomRunPipeline::data_, *LoomRunPipeline::single_,
+    *LoomRunPipeline::pp2_, *LoomRunPipeline::dp2pp2_;
+
+TEST_F(LoomRunPipeline, DescribeNamesStagesAndTheirPrograms) {
+  RunResult r = loomRun(*pp2_ + " --describe");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "mesh      dp=1 tp=1 pp=2 (2 ranks)");
+  EXPECT_HAS(r.out, "2 pipeline stages: stage 0 24.2 KiB, stage 1 1.8 KiB");
+  EXPECT_HAS(r.out, "train_step -> [loom_pipe_d1_s0_train_step, "
+                    "loom_pipe_d1_s1_train_step]");
+  EXPECT_HAS(r.out, "@ 128 in stage 1");
+  EXPECT_HAS(r.out, "y            i32[64]      @ 1536 in stage 1\n");
+  r = loomRun(*dp2pp2_ + " --describe");
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "@ 1536 in stage 1  (per rank; global i32[64], split "
+                    "(dp))");
+}
+
+TEST_F(LoomRunPipeline, EachStageInitialisesItsParametersAndSaveHasAll) {
+  // Stage 0's w1 and stage 1's w2 share offset 128 in their own arenas: a
+  // rank that initialised or loaded the other stage's parameter would
+  // clobber its own (or overrun stage 1's 1792-byte arena).
+  std::string one = tmp("pipeinit1.safetensors");
+  RunResult r = loomRun(*single_ + " --steps=0 --seed=3 --save=" + one);
+  ASSERT_EQ(r.status, 0) << r.err;
+  for (const std::string *art : {pp2_, dp2pp2_}) {
+    int np = art == pp2_ ? 2 : 4;
+    std::string many = tmp("pipeinit" + std::to_string(np) + ".safetensors");
+    r = mpiRun(np, *art + " --steps=0 --seed=3 --save=" + many);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(readFile(one), readFile(many)) << np;
+    EXPECT_EQ(weightsOf(many).size(), 4u);
+    // --init-from: each rank reads its stage's parameters.
+    std::string back = tmp("pipeback" + std::to_string(np) + ".safetensors");
+    std::string trained = tmp("pipetrained.safetensors");
+    r = loomRun(*single_ + " --steps=2 --threads=1 --save=" + trained);
+    ASSERT_EQ(r.status, 0) << r.err;
+    r = mpiRun(np, *art + " --steps=0 --init-from=" + trained +
+                       " --save=" + back);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(weightsOf(trained), weightsOf(back)) << np;
+  }
+}
+
+TEST_F(LoomRunPipeline, MatchesTheSingleRankRun) {
+  std::string m1 = tmp("pipe1.jsonl"), w1 = tmp("pipe1w.safetensors");
+  RunResult r = loomRun(*single_ + " --steps=10 --threads=1 --eval-every=5 "
+                                   "--metrics=" +
+                        m1 + " --save=" + w1);
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<json::Value> base = metricsOf(m1);
+  ASSERT_EQ(base.size(), 10u);
+  auto num = [](const json::Value &v, const char *key) {
+    return v.find(key)->asDouble();
+  };
+  // pp = 2: the same arithmetic in the same order, so bitwise the same.
+  std::string dir = tmpDir("pipelogs");
+  std::string m2 = tmp("pipe2.jsonl"), w2 = tmp("pipe2w.safetensors");
+  r = mpiRun(2, *pp2_ + " --steps=10 --threads=1 --eval-every=5 --metrics=" +
+                    m2 + " --save=" + w2 + " --log-dir=" + dir);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_HAS(r.out, "2 ranks (dp=1 tp=1 pp=2)");
+  std::vector<json::Value> got = metricsOf(m2);
+  ASSERT_EQ(got.size(), 10u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(num(got[i], "loss"), num(base[i], "loss")) << i;
+    EXPECT_EQ(num(got[i], "grad_norm"), num(base[i], "grad_norm")) << i;
+  }
+  EXPECT_EQ(num(got[9], "eval_loss"), num(base[9], "eval_loss"));
+  EXPECT_EQ(num(got[9], "eval_accuracy"), num(base[9], "eval_accuracy"));
+  EXPECT_EQ(readFile(w1), readFile(w2));
+  // Each stage's log books its sends and receives: 2 micro-batches of
+  // 32 x 16 floats each way (8192 bytes) and the 2-float loss/norm
+  // all-reduce over pp; 5 transfers.
+  for (int rank = 0; rank < 2; ++rank) {
+    std::string log =
+        readFile(dir + "/rank-" + std::to_string(rank) + ".log");
+    EXPECT_HAS(log, "(dp 0, tp 0, pp " + std::to_string(rank) + ")");
+    EXPECT_HAS(log, "step=3 loss=");
+    EXPECT_HAS(log, " comm_bytes=8200 collectives=5 ");
+  }
+  // dp = 2 x pp = 2: the gradients are summed over dp in another order.
+  std::string m4 = tmp("pipe4.jsonl"), w4 = tmp("pipe4w.safetensors");
+  r = mpiRun(4, *dp2pp2_ + " --steps=10 --threads=1 --eval-every=5 "
+                           "--metrics=" +
+                    m4 + " --save=" + w4);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  got = metricsOf(m4);
+  ASSERT_EQ(got.size(), 10u);
+  EXPECT_NEAR(num(got[0], "loss"), num(base[0], "loss"),
+              1e-6 * num(base[0], "loss"));
+  EXPECT_NEAR(num(got[9], "loss"), num(base[9], "loss"),
+              1e-4 * num(base[9], "loss"));
+  EXPECT_NEAR(num(got[9], "grad_norm"), num(base[9], "grad_norm"),
+              1e-4 * num(base[9], "grad_norm"));
+  EXPECT_NEAR(num(got[4], "eval_loss"), num(base[4], "eval_loss"), 1e-4);
+  EXPECT_EQ(num(got[9], "eval_accuracy"), num(base[9], "eval_accuracy"));
+  auto ref = weightsOf(w1), have = weightsOf(w4);
+  ASSERT_EQ(have.size(), ref.size());
+  for (const auto &[name, want] : ref) {
+    const std::vector<float> &v = have[name];
+    ASSERT_EQ(v.size(), want.size()) << name;
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      diff += (double(v[i]) - want[i]) * (double(v[i]) - want[i]);
+      norm += double(want[i]) * want[i];
+    }
+    EXPECT_LE(std::sqrt(diff / norm), 1e-4) << name;
+  }
+  removeTree(dir);
+}
+
+TEST_F(LoomRunPipeline, ShardedCheckpointsResumeBitwise) {
+  for (const std::string *art : {pp2_, dp2pp2_}) {
+    int np = art == pp2_ ? 2 : 4;
+    std::string dir = tmpDir("pipeckpt" + std::to_string(np));
+    std::string ckpt = dir + "/ckpt";
+    std::string a = dir + "/a.safetensors", b = dir + "/b.safetensors";
+    RunResult r = mpiRun(np, *art + " --steps=9 --threads=1 --save=" + a);
+    ASSERT_EQ(r.status, 0) << r.err;
+    r = mpiRun(np, *art + " --steps=5 --threads=1 --ckpt-dir=" + ckpt +
+                       " --ckpt-every=2");
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::string step5 = ckpt + "/step-000005";
+    json::Value index = json::parse(readFile(step5 + "/index.json"));
+    EXPECT_EQ(index.find("mesh")->find("pp")->asInt(), 2);
+    EXPECT_EQ(index.find("ranks")->asArray().size(), size_t(np));
+    // Each rank's file holds its stage's tensors (and `steps`) only.
+    for (int rank = 0; rank < np; ++rank) {
+      safetensors::Header h =
+          safetensors::Reader::open(step5 + "/" + rankFileName(rank))
+              ->header();
+      bool first = rank % 2 == 0;
+      EXPECT_EQ(h.find("w1") != nullptr, first) << rank;
+      EXPECT_EQ(h.find("w2.momentum") != nullptr, !first) << rank;
+      EXPECT_NE(h.find("steps"), nullptr);
+      EXPECT_EQ(h.tensors.size(), 5u);
+      EXPECT_EQ(*h.meta("stage"), first ? "0" : "1");
+    }
+    r = mpiRun(np, *art + " --steps=9 --threads=1 --ckpt-dir=" + ckpt +
+                       " --resume --save=" + b);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_HAS(r.out, "resuming from " + step5 + " (step 5 of 9)");
+    EXPECT_EQ(readFile(a), readFile(b)) << np;
+    removeTree(dir);
+  }
+  // Another mesh is refused.
+  std::string dir = tmpDir("pipeckptmesh"), ckpt = dir + "/ckpt";
+  RunResult r = mpiRun(2, *pp2_ + " --steps=2 --ckpt-dir=" + ckpt);
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = mpiRun(4, *dp2pp2_ + " --steps=3 --ckpt-dir=" + ckpt + " --resume");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "written on mesh dp=1 tp=1 pp=2 (2 ranks), this "
+                    "artifact's mesh is dp=2 tp=1 pp=2");
+  removeTree(dir);
+}
+
+TEST_F(LoomRunPipeline, WatchdogEndsARecvThatNeverGetsItsSend) {
+  // At step 2 stage 1 waits for micro-batch 0's slot 7, which stage 0 never
+  // sends; stage 0 stops taking part.
+  std::string hang =
+      pack("pipehang", pipelineManifest(1, 2, *data_, "hang_s0", "hang_s1"));
+  auto t0 = std::chrono::steady_clock::now();
+  RunResult r = mpiRun(2, hang + " --steps=5 --threads=1 --timeout=1.5");
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  EXPECT_NE(r.status, 0);
+  EXPECT_LT(seconds, 15.0);
+  EXPECT_HAS(r.err, "loom-run: error: rank 1 (stage 1), step 2: recv from "
+                    "stage 0 (micro-batch 0, slot 7, 512 floats) did not "
+                    "complete within 1.5 s; aborting the job");
+}
+
+TEST_F(LoomRunPipeline, ASizeMismatchIsAnError) {
+  std::string bad =
+      pack("pipesize", pipelineManifest(1, 2, *data_, "d1_s0", "size_s1"));
+  RunResult r = mpiRun(2, bad + " --steps=3 --threads=1 --timeout=10");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_HAS(r.err, "loom-run: error: rank 1, step 1, train_step: loom_recv: "
+                    "rank 1 (stage 1): recv from stage 0 (micro-batch 1, "
+                    "slot 0, 513 floats): size mismatch: stage 0 sent 512 "
+                    "floats, this recv expects 513");
 }
 
 #endif // LOOM_MPIEXEC

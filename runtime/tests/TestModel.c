@@ -364,3 +364,263 @@ void loom_par_hang_train_step(loom_ctx *ctx, uint8_t *arena) {
 void loom_par_hangasync_train_step(loom_ctx *ctx, uint8_t *arena) {
   par_train_hang(ctx, arena, 2, 1, 0, HANG_GRADIENTS);
 }
+
+/* ---- a two-layer network in pipeline stages (pp) ------------------------ *
+ * What loomc's pipeline splitter emits, by hand. The model: h = tanh(x w1 +
+ * b1) (x [B, 64], w1 [64, 16]), logits = h w2 + b2 (w2 [16, 10]), softmax
+ * cross-entropy averaged over the global batch of 64, momentum SGD (m = 0.9
+ * m + g, p -= 0.5 m). GPipe schedule over PM micro-batches of each dp rank's
+ * rows: stage 0 runs the first layer forward and loom_send's h of each
+ * micro-batch (slot 0), stage 1 loom_recv's it, runs the second layer and
+ * the loss forward and backward and sends dh back (slot 1); stage 0 then
+ * runs its backward pass per micro-batch. Gradients accumulate in micro-batch
+ * order, are summed over dp, and the loss and the squared gradient norm are
+ * summed over pp (every stage writes every output).
+ *
+ * The single-rank program (stage -1) runs the same arithmetic in the same
+ * order with the messages replaced by copies, so a pp=2 run is bitwise the
+ * single-rank run. Layouts (LoomRunTest.cpp's pipelineManifest): `steps` and
+ * the outputs at the start of every arena; stage 0 holds w1, b1, their
+ * momenta and x; stage 1 w2, b2, their momenta and y, at overlapping
+ * offsets (different arenas); one rank holds everything. */
+#define PH 16  /* hidden units */
+#define PM 2   /* micro-batches */
+#define QSTEPS_OFF 0
+#define QOUT_OFF 64
+struct PipeLayout {
+  int w1, b1, mw1, mb1, x; /* stage 0's buffers */
+  int w2, b2, mw2, mb2, y; /* stage 1's buffers */
+};
+static const struct PipeLayout kStage0 = {128, 4224, 4288, 8384, 8448,
+                                          -1, -1, -1, -1, -1};
+static const struct PipeLayout kStage1 = {-1, -1, -1, -1, -1,
+                                          128, 768, 832, 1472, 1536};
+static const struct PipeLayout kWhole = {128,   4224,  4288,  8384,  8448,
+                                         24832, 25472, 25536, 26176, 26240};
+#define F32(off) ((float *)(arena + (off)))
+
+/* Stage 0 forward of `rows` rows starting at `row`: h = tanh(x w1 + b1). */
+static void pipe_fwd0(uint8_t *arena, const struct PipeLayout *L, int row,
+                      int rows, float *h) {
+  const float *x = F32(L->x), *w1 = F32(L->w1), *b1 = F32(L->b1);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < PH; ++j) {
+      float s = b1[j];
+      for (int k = 0; k < F; ++k)
+        s += x[(row + r) * F + k] * w1[k * PH + j];
+      h[r * PH + j] = tanhf(s);
+    }
+}
+
+/* Stage 1 forward and backward on h: adds the rows' loss terms to *loss
+ * (double, unscaled), their gradients to dw2, db2, and writes dh; scale =
+ * 1 / global batch. Also counts correct argmaxes into *correct. */
+static int pipe_stage1(loom_ctx *ctx, uint8_t *arena,
+                       const struct PipeLayout *L, int row, int rows,
+                       const float *h, float scale, double *loss,
+                       float *correct, float *dw2, float *db2, float *dh) {
+  const float *w2 = F32(L->w2), *b2 = F32(L->b2);
+  const int32_t *y = (const int32_t *)(arena + L->y);
+  for (int r = 0; r < rows; ++r) {
+    int t = y[row + r];
+    if (t < 0 || t >= C) {
+      loom_error(ctx, "loom_cross_entropy_fwd", "target outside [0, 10)");
+      return 0;
+    }
+    float logits[C], mx = -INFINITY;
+    int arg = 0;
+    for (int c = 0; c < C; ++c) {
+      float s = b2[c];
+      for (int j = 0; j < PH; ++j)
+        s += h[r * PH + j] * w2[j * C + c];
+      logits[c] = s;
+      if (s > mx) {
+        mx = s;
+        arg = c;
+      }
+    }
+    double z = 0;
+    for (int c = 0; c < C; ++c)
+      z += exp((double)(logits[c] - mx));
+    *loss += log(z) + mx - logits[t];
+    *correct += (arg == t);
+    if (!dw2)
+      continue;
+    float dl[C];
+    for (int c = 0; c < C; ++c)
+      dl[c] = (float)(exp((double)(logits[c] - mx)) / z - (c == t)) * scale;
+    for (int c = 0; c < C; ++c) {
+      db2[c] += dl[c];
+      for (int j = 0; j < PH; ++j)
+        dw2[j * C + c] += h[r * PH + j] * dl[c];
+    }
+    for (int j = 0; j < PH; ++j) {
+      float s = 0;
+      for (int c = 0; c < C; ++c)
+        s += dl[c] * w2[j * C + c];
+      dh[r * PH + j] = s;
+    }
+  }
+  return 1;
+}
+
+/* Stage 0 backward: dw1 += x^T (dh * (1 - h^2)), db1 += its column sums. */
+static void pipe_bwd0(uint8_t *arena, const struct PipeLayout *L, int row,
+                      int rows, const float *h, const float *dh, float *dw1,
+                      float *db1) {
+  const float *x = F32(L->x);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < PH; ++j) {
+      float g = dh[r * PH + j] * (1.0f - h[r * PH + j] * h[r * PH + j]);
+      db1[j] += g;
+      for (int k = 0; k < F; ++k)
+        dw1[k * PH + j] += x[(row + r) * F + k] * g;
+    }
+}
+
+static void pipe_update(float *p, float *m, const float *g, int n) {
+  for (int i = 0; i < n; ++i) {
+    m[i] = PMOMENTUM * m[i] + g[i];
+    p[i] -= PLR * m[i];
+  }
+}
+
+/* Test hooks: HANG_NONE; PIPE_HANG: at step 2 stage 1 waits for a message
+ * stage 0 never sends (slot 7), and stage 0 stops taking part (sleeps);
+ * PIPE_SIZE: at step 1 stage 1 expects one float more of micro-batch 1. */
+enum { PIPE_HANG = 1, PIPE_SIZE = 2 };
+
+static int tag_of(int mb, int slot) { return mb * 65536 + slot; }
+
+static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
+                       int hook) {
+  const struct PipeLayout *L =
+      stage < 0 ? &kWhole : stage == 0 ? &kStage0 : &kStage1;
+  const int R = B / DP, MR = R / PM; /* this rank's rows, per micro-batch */
+  int64_t *steps = (int64_t *)(arena + QSTEPS_OFF);
+  if (loom_step(ctx) != *steps + 1) {
+    loom_error(ctx, "pipe_train_step", "loom_step does not count steps from 1");
+    return;
+  }
+  *steps += 1;
+  static float h[PM][B * PH], dh[PM][B * PH];
+  float dw1[F * PH], db1[PH], dw2[PH * C], db2[C];
+  memset(dw1, 0, sizeof dw1);
+  memset(db1, 0, sizeof db1);
+  memset(dw2, 0, sizeof dw2);
+  memset(db2, 0, sizeof db2);
+  double lossSum = 0;
+  float correct = 0;
+  const float scale = 1.0f / B;
+  if (stage == 0) {
+    for (int mb = 0; mb < PM; ++mb) {
+      pipe_fwd0(arena, L, mb * MR, MR, h[mb]);
+      loom_send(ctx, h[mb], (int64_t)MR * PH, 2, +1, tag_of(mb, 0));
+    }
+    if (hook == PIPE_HANG && loom_step(ctx) == 2)
+      sleep(60);
+    for (int mb = 0; mb < PM; ++mb) {
+      loom_recv(ctx, dh[mb], (int64_t)MR * PH, 2, +1, tag_of(mb, 1));
+      pipe_bwd0(arena, L, mb * MR, MR, h[mb], dh[mb], dw1, db1);
+    }
+  } else if (stage == 1) {
+    for (int mb = 0; mb < PM; ++mb) {
+      int64_t n = (int64_t)MR * PH;
+      int tag = tag_of(mb, 0);
+      if (hook == PIPE_HANG && loom_step(ctx) == 2)
+        tag = tag_of(mb, 7);
+      if (hook == PIPE_SIZE && mb == 1)
+        n += 1;
+      loom_recv(ctx, h[mb], n, 2, -1, tag);
+      if (!pipe_stage1(ctx, arena, L, mb * MR, MR, h[mb], scale, &lossSum,
+                       &correct, dw2, db2, dh[mb]))
+        return;
+      loom_send(ctx, dh[mb], (int64_t)MR * PH, 2, -1, tag_of(mb, 1));
+    }
+  } else {
+    for (int mb = 0; mb < PM; ++mb) {
+      pipe_fwd0(arena, L, mb * MR, MR, h[mb]);
+      if (!pipe_stage1(ctx, arena, L, mb * MR, MR, h[mb], scale, &lossSum,
+                       &correct, dw2, db2, dh[mb]))
+        return;
+    }
+    for (int mb = 0; mb < PM; ++mb)
+      pipe_bwd0(arena, L, mb * MR, MR, h[mb], dh[mb], dw1, db1);
+  }
+  /* Gradients summed over dp (each stage its own), then the loss and the
+   * squared norm summed over the stages. */
+  float sq0 = 0, sq1 = 0;
+  if (stage <= 0) {
+    loom_all_reduce(ctx, dw1, F * PH, 0, 0);
+    loom_all_reduce(ctx, db1, PH, 0, 0);
+    sq0 = (float)(loom_sum_squares(ctx, F * PH, dw1) +
+                  loom_sum_squares(ctx, PH, db1));
+  }
+  if (stage != 0) {
+    loom_all_reduce(ctx, dw2, PH * C, 0, 0);
+    loom_all_reduce(ctx, db2, C, 0, 0);
+    sq1 = (float)(loom_sum_squares(ctx, PH * C, dw2) +
+                  loom_sum_squares(ctx, C, db2));
+  }
+  float loss = (float)(lossSum / B);
+  loom_all_reduce(ctx, &loss, 1, 0, 0);
+  float sums[2] = {loss, stage < 0 ? sq0 + sq1 : stage == 0 ? sq0 : sq1};
+  if (stage >= 0)
+    loom_all_reduce(ctx, sums, 2, 2, 0);
+  if (stage <= 0) {
+    pipe_update(F32(L->w1), F32(L->mw1), dw1, F * PH);
+    pipe_update(F32(L->b1), F32(L->mb1), db1, PH);
+  }
+  if (stage != 0) {
+    pipe_update(F32(L->w2), F32(L->mw2), dw2, PH * C);
+    pipe_update(F32(L->b2), F32(L->mb2), db2, C);
+  }
+  float *out = F32(QOUT_OFF);
+  out[0] = sums[0];
+  out[1] = sqrtf(sums[1]);
+  out[2] = PLR;
+}
+
+/* Evaluation: one message of every row of this dp rank (slot 2). */
+static void pipe_eval(loom_ctx *ctx, uint8_t *arena, int DP, int stage) {
+  const struct PipeLayout *L =
+      stage < 0 ? &kWhole : stage == 0 ? &kStage0 : &kStage1;
+  const int R = B / DP;
+  static float h[B * PH];
+  double lossSum = 0;
+  float correct = 0;
+  if (stage <= 0)
+    pipe_fwd0(arena, L, 0, R, h);
+  if (stage == 0)
+    loom_send(ctx, h, (int64_t)R * PH, 2, +1, tag_of(0, 2));
+  if (stage == 1)
+    loom_recv(ctx, h, (int64_t)R * PH, 2, -1, tag_of(0, 2));
+  if (stage != 0 && !pipe_stage1(ctx, arena, L, 0, R, h, 0, &lossSum,
+                                 &correct, NULL, NULL, NULL))
+    return;
+  float sums[3] = {(float)(lossSum / B), stage == 0 ? 0 : (float)R,
+                   correct};
+  loom_all_reduce(ctx, sums, 3, 0, 0);
+  if (stage >= 0)
+    loom_all_reduce(ctx, sums, 3, 2, 0);
+  float *out = F32(QOUT_OFF);
+  out[3] = sums[0];
+  out[4] = sums[1];
+  out[5] = sums[2];
+}
+
+#define LOOM_PIPE_PROGRAMS(NAME, DP, STAGE, HOOK)                              \
+  void loom_pipe_##NAME##_train_step(loom_ctx *ctx, uint8_t *arena) {          \
+    pipe_train(ctx, arena, DP, STAGE, HOOK);                                   \
+  }                                                                            \
+  void loom_pipe_##NAME##_eval_step(loom_ctx *ctx, uint8_t *arena) {           \
+    pipe_eval(ctx, arena, DP, STAGE);                                          \
+  }
+LOOM_PIPE_PROGRAMS(whole, 1, -1, 0)
+LOOM_PIPE_PROGRAMS(d1_s0, 1, 0, 0)
+LOOM_PIPE_PROGRAMS(d1_s1, 1, 1, 0)
+LOOM_PIPE_PROGRAMS(d2_s0, 2, 0, 0)
+LOOM_PIPE_PROGRAMS(d2_s1, 2, 1, 0)
+LOOM_PIPE_PROGRAMS(hang_s0, 1, 0, PIPE_HANG)
+LOOM_PIPE_PROGRAMS(hang_s1, 1, 1, PIPE_HANG)
+LOOM_PIPE_PROGRAMS(size_s1, 1, 1, PIPE_SIZE)

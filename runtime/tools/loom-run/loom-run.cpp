@@ -55,6 +55,8 @@ __attribute__((used)) static void *const kAbiKeepAlive[] = {
     reinterpret_cast<void *>(&loom_mesh_coord),
     reinterpret_cast<void *>(&loom_all_reduce_start),
     reinterpret_cast<void *>(&loom_all_reduce_wait),
+    reinterpret_cast<void *>(&loom_send),
+    reinterpret_cast<void *>(&loom_recv),
     reinterpret_cast<void *>(&loom_embedding_fwd_sharded),
     reinterpret_cast<void *>(&loom_embedding_bwd_sharded),
     reinterpret_cast<void *>(&loom_cross_entropy_fwd_sharded),
@@ -467,6 +469,9 @@ private:
   /// A line of its own between progress updates (rank 0).
   void say(const std::string &line);
   void checkpoint(int64_t step, int64_t steps, int64_t skippedTotal);
+  /// Copies this rank's blocks of the global batch in staging_ into the
+  /// input buffers its stage's arena holds.
+  void scatterInputs();
 
   const World &world_;
   const Options &opts_;
@@ -477,9 +482,13 @@ private:
   /// The mesh's communicators, behind ctx_.mesh; freed before MPI_Finalize.
   std::unique_ptr<CommMesh> mesh_;
   MeshCoord coord_{0, 0, 0};
-  /// Inputs split over the mesh: the loader writes the global batch here
-  /// (globalInputs_ lay it out) and each rank copies its slice into the
-  /// arena. Unused (empty) when no input is split.
+  /// This rank's pipeline stage (coord_[2]): the programs it runs and the
+  /// buffers its arena holds.
+  int64_t stage_ = 0;
+  /// Inputs split over the mesh or held by some pipeline stages only: the
+  /// loader writes the global batch here (globalInputs_ lay it out) and each
+  /// rank copies its slice of its stage's inputs into the arena. Unused
+  /// (empty) otherwise.
   std::vector<Buffer> globalInputs_;
   std::vector<unsigned char> staging_;
   /// --log-dir: this rank's log.
@@ -508,19 +517,25 @@ void Trainer::say(const std::string &line) {
   std::fflush(stdout);
 }
 
+void Trainer::scatterInputs() {
+  const Manifest &m = artifact_->manifest();
+  for (size_t i = 0; i < m.inputs.size(); ++i) {
+    const Buffer &b = m.inputs[i];
+    if (!b.inStage(stage_))
+      continue; // another stage's input: not in this arena
+    extractBlock(staging_.data() + globalInputs_[i].offset, b.global(),
+                 sliceStart(b, coord_), b.shape, dtypeSize(b.dtype),
+                 arena_ + b.offset);
+  }
+}
+
 void Trainer::nextTrainBatch() {
   if (globalInputs_.empty()) {
     loader_->nextTrainBatch(arena_);
     return;
   }
   loader_->nextTrainBatch(staging_.data());
-  const Manifest &m = artifact_->manifest();
-  for (size_t i = 0; i < m.inputs.size(); ++i) {
-    const Buffer &b = m.inputs[i];
-    extractBlock(staging_.data() + globalInputs_[i].offset, b.global(),
-                 sliceStart(b, coord_), b.shape, dtypeSize(b.dtype),
-                 arena_ + b.offset);
-  }
+  scatterInputs();
 }
 
 void Trainer::evalBatch(int64_t i) {
@@ -529,13 +544,7 @@ void Trainer::evalBatch(int64_t i) {
     return;
   }
   loader_->evalBatch(i, staging_.data());
-  const Manifest &m = artifact_->manifest();
-  for (size_t k = 0; k < m.inputs.size(); ++k) {
-    const Buffer &b = m.inputs[k];
-    extractBlock(staging_.data() + globalInputs_[k].offset, b.global(),
-                 sliceStart(b, coord_), b.shape, dtypeSize(b.dtype),
-                 arena_ + b.offset);
-  }
+  scatterInputs();
 }
 
 void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
@@ -573,6 +582,11 @@ void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
 void Trainer::callProgram(loom_program_fn fn, const char *role) {
   ctx_.clearError();
   fn(&ctx_, arena_);
+  // Sends complete by the end of the program call (their receivers are in
+  // the same step). After an error the job is ended instead: a receiver
+  // may never come.
+  if (!ctx_.failed)
+    mesh_->completeSends(&ctx_);
   if (int64_t pending = mesh_->pendingReductions()) {
     // Their buffers are the arena's: finish them before anything else.
     mesh_->drainReductions(&ctx_);
@@ -600,7 +614,7 @@ float Trainer::readOutput(const std::string &name) const {
 
 EvalResult Trainer::evaluate() {
   EvalResult r;
-  loom_program_fn eval = artifact_->program("eval_step");
+  loom_program_fn eval = artifact_->program("eval_step", stage_);
   int64_t batches = loader_->evalBatches();
   if (opts_.evalBatches >= 0)
     batches = std::min(batches, opts_.evalBatches);
@@ -687,10 +701,11 @@ int Trainer::run() {
                    (mesh.ranks() == 1
                         ? std::string("without mpirun or with mpirun -np 1")
                         : "with mpirun -np " + std::to_string(mesh.ranks())));
-  if (mesh.pp > 1)
+  if (mesh.pp > 1 && manifest.stages != mesh.pp)
     failEverywhere(path + ": mesh " + meshText +
-                   ": this runtime runs data and tensor parallel artifacts; "
-                   "pipeline parallelism (pp > 1) has not landed");
+                   ": a pipeline-parallel mesh, but the manifest has no "
+                   "\"stages\" and per-stage programs (each rank runs the "
+                   "program of its stage); recompile it with this Loom");
   if (mesh.ranks() > 1 && manifest.abiVersion < 3)
     failEverywhere(path + ": mesh " + meshText + " in an ABI " +
                    std::to_string(manifest.abiVersion) +
@@ -744,6 +759,7 @@ int Trainer::run() {
     fail(e.what());
   }
   coord_ = {mesh_->coord(0), mesh_->coord(1), mesh_->coord(2)};
+  stage_ = coord_[2];
   mesh_->setTimeout(opts_.timeout ? *opts_.timeout
                                   : world_.size > 1 ? kDefaultTimeout : 0);
   ctx_.mesh = mesh_.get();
@@ -830,9 +846,9 @@ int Trainer::run() {
     // Every rank reads the same global batch (the same shuffle and cursor
     // as one rank) and keeps its slice of the split inputs.
     const std::vector<Buffer> &inputs = artifact_->manifest().inputs;
-    bool split = false;
+    bool split = artifact_->manifest().stages > 1;
     for (const Buffer &b : inputs)
-      split |= b.isSplit();
+      split |= b.isSplit() || b.stage >= 0;
     if (split) {
       int64_t offset = 0;
       for (const Buffer &b : inputs) {
@@ -885,8 +901,9 @@ int Trainer::run() {
   threads_ = threads;
   dataPath_ = dataPath;
 
+  // The arena of this rank's stage.
   size_t arenaBytes =
-      (static_cast<size_t>(m.arenaBytes) + kArenaAlignment - 1) /
+      (static_cast<size_t>(m.arenaBytesOf(stage_)) + kArenaAlignment - 1) /
       kArenaAlignment * kArenaAlignment;
   arena_ = static_cast<unsigned char *>(
       std::aligned_alloc(kArenaAlignment, arenaBytes));
@@ -897,7 +914,7 @@ int Trainer::run() {
   int64_t start = 0, skippedTotal = 0;
   try {
     initParams(m, seed_, arena_, coord_);
-    zeroState(m, arena_);
+    zeroState(m, arena_, stage_);
     if (resumeFrom) {
       const CheckpointIndex &ix = resumeFrom->index;
       loadCheckpoint(*resumeFrom, m, arena_, mesh_.get());
@@ -967,7 +984,7 @@ int Trainer::run() {
                    m.model.c_str(), resumeFrom->index.artifact.c_str());
   }
 
-  loom_program_fn train = artifact_->program("train_step");
+  loom_program_fn train = artifact_->program("train_step", stage_);
   double trainSeconds = 0;
   double lastLoss = NAN;
   EvalResult lastEval;
