@@ -504,8 +504,8 @@ int64_t CommMesh::pendingSends() const {
 void CommMesh::completeSends(loom_ctx *ctx) {
   Comms &c = *comms_;
   while (!c.sends.empty()) {
-    PendingSend &p = c.sends.front();
 #if LOOM_HAVE_MPI
+    PendingSend &p = c.sends.front();
     if (p.request != MPI_REQUEST_NULL) {
       InFlight what;
       what.name = "send";

@@ -1400,6 +1400,24 @@ TEST_F(LoomRunPipeline, WatchdogEndsARecvThatNeverGetsItsSend) {
                     "complete within 1.5 s; aborting the job");
 }
 
+TEST_F(LoomRunPipeline, WatchdogEndsASendNobodyReceives) {
+  // At step 2 stage 0 also sends 2^20 floats that stage 1 never receives:
+  // the send is still pending when stage 0's program returns.
+  std::string hang = pack(
+      "pipehangsend", pipelineManifest(1, 2, *data_, "hangsend_s0",
+                                       "hangsend_s1"));
+  auto t0 = std::chrono::steady_clock::now();
+  RunResult r = mpiRun(2, hang + " --steps=5 --threads=1 --timeout=1.5");
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  EXPECT_NE(r.status, 0);
+  EXPECT_LT(seconds, 15.0);
+  EXPECT_HAS(r.err, "loom-run: error: rank 0 (stage 0), step 2: send to "
+                    "stage 1 (micro-batch 0, slot 9, 1048576 floats) did not "
+                    "complete within 1.5 s; aborting the job");
+}
+
 TEST_F(LoomRunPipeline, ASizeMismatchIsAnError) {
   std::string bad =
       pack("pipesize", pipelineManifest(1, 2, *data_, "d1_s0", "size_s1"));

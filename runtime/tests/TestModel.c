@@ -487,8 +487,11 @@ static void pipe_update(float *p, float *m, const float *g, int n) {
 
 /* Test hooks: HANG_NONE; PIPE_HANG: at step 2 stage 1 waits for a message
  * stage 0 never sends (slot 7), and stage 0 stops taking part (sleeps);
- * PIPE_SIZE: at step 1 stage 1 expects one float more of micro-batch 1. */
-enum { PIPE_HANG = 1, PIPE_SIZE = 2 };
+ * PIPE_SIZE: at step 1 stage 1 expects one float more of micro-batch 1;
+ * PIPE_HANGSEND: at step 2 stage 0 also sends 2^20 floats (slot 9, past
+ * MPI's eager limit) that stage 1 never receives, stage 1 then stops taking
+ * part (sleeps at the end of its program). */
+enum { PIPE_HANG = 1, PIPE_SIZE = 2, PIPE_HANGSEND = 3 };
 
 static int tag_of(int mb, int slot) { return mb * 65536 + slot; }
 
@@ -519,6 +522,10 @@ static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
     }
     if (hook == PIPE_HANG && loom_step(ctx) == 2)
       sleep(60);
+    if (hook == PIPE_HANGSEND && loom_step(ctx) == 2) {
+      static float big[1 << 20];
+      loom_send(ctx, big, 1 << 20, 2, +1, tag_of(0, 9));
+    }
     for (int mb = 0; mb < PM; ++mb) {
       loom_recv(ctx, dh[mb], (int64_t)MR * PH, 2, +1, tag_of(mb, 1));
       pipe_bwd0(arena, L, mb * MR, MR, h[mb], dh[mb], dw1, db1);
@@ -579,6 +586,8 @@ static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
   out[0] = sums[0];
   out[1] = sqrtf(sums[1]);
   out[2] = PLR;
+  if (hook == PIPE_HANGSEND && stage == 1 && loom_step(ctx) == 2)
+    sleep(60);
 }
 
 /* Evaluation: one message of every row of this dp rank (slot 2). */
@@ -624,3 +633,5 @@ LOOM_PIPE_PROGRAMS(d2_s1, 2, 1, 0)
 LOOM_PIPE_PROGRAMS(hang_s0, 1, 0, PIPE_HANG)
 LOOM_PIPE_PROGRAMS(hang_s1, 1, 1, PIPE_HANG)
 LOOM_PIPE_PROGRAMS(size_s1, 1, 1, PIPE_SIZE)
+LOOM_PIPE_PROGRAMS(hangsend_s0, 1, 0, PIPE_HANGSEND)
+LOOM_PIPE_PROGRAMS(hangsend_s1, 1, 1, PIPE_HANGSEND)
