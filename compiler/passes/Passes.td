@@ -49,6 +49,19 @@ def LossScaling : Pass<"loom-loss-scaling", "mlir::ModuleOp"> {
   }];
 }
 
+def Microbatch : Pass<"loom-microbatch", "mlir::ModuleOp"> {
+  let summary = "Unroll the train step over micro-batches, accumulating gradients";
+  let description = [{
+    With `pipeline microbatches = M`, the forward and backward pass of the
+    train step is copied once per micro-batch (inputs sliced per
+    data-parallel rank), each copy tagged `dist.microbatch`; gradients are
+    summed and the loss combined so the step computes the mean over the
+    global batch exactly (cross-entropy micro-batches weighted by their
+    counted rows). The parameters, the norm and the optimizer stay once.
+  }];
+  let dependentDialects = ["loom::LoomDialect", "loom::train::TrainDialect"];
+}
+
 def PropagateSharding : Pass<"loom-propagate-sharding", "mlir::ModuleOp"> {
   let summary = "Give every value of each train step a sharding on the mesh";
   let description = [{

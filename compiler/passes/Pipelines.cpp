@@ -20,6 +20,7 @@ void loom::buildLoomToTrainPipeline(OpPassManager &pm) {
 }
 
 void loom::buildTrainToDistPipeline(OpPassManager &pm) {
+  pm.addPass(createMicrobatch());
   pm.addPass(createPropagateSharding());
   pm.addPass(createPartition());
   pm.addPass(createRecompute());

@@ -28,6 +28,8 @@ using namespace loom::sharding;
 
 namespace loom {
 
+LogicalResult propagateSharding(Operation *step, const Mesh &mesh);
+
 Mesh meshOfStep(Operation *step) {
   Mesh mesh;
   if (auto cfg = step->getAttrOfType<DictionaryAttr>("config")) {
@@ -41,7 +43,10 @@ Mesh meshOfStep(Operation *step) {
 }
 
 LogicalResult propagateSharding(Operation *step) {
-  Mesh mesh = meshOfStep(step);
+  return propagateSharding(step, meshOfStep(step));
+}
+
+LogicalResult propagateSharding(Operation *step, const Mesh &mesh) {
   Block &body = step->getRegion(0).front();
   MLIRContext *ctx = step->getContext();
   Builder b(ctx);

@@ -846,6 +846,23 @@ FailureOr<Rule> scalarRule(Operation *op, ArrayRef<Sharding> in,
   return replicatedRule(op, "scalar: replicated");
 }
 
+/// A slice keeps every dimension's split but the sliced one's, which must be
+/// whole (a partial sum stays partial: slicing is linear).
+FailureOr<Rule> sliceRule(Operation *op, ArrayRef<Sharding> in,
+                          const RuleContext &ctx) {
+  Rule r;
+  Sharding want = in[0];
+  int64_t rank = ttype(op->getOperand(0)).getRank();
+  int64_t dim = cast<IntegerAttr>(op->getAttr("dim")).getInt();
+  if (dim < 0)
+    dim += rank;
+  want.dims[dim] = kNone;
+  r.operands = {want};
+  r.results = {want};
+  r.reason = "slice: other dimensions keep their split, the sliced one whole";
+  return r;
+}
+
 using RuleFn = FailureOr<Rule> (*)(Operation *, ArrayRef<Sharding>,
                                    const RuleContext &);
 
@@ -889,6 +906,7 @@ void loom::registerShardingRules(DialectRegistry &registry) {
            loom::CastOp>(ctx);
     attach<matmulRule, loom::MatmulOp>(ctx);
     attach<reshapeRule, loom::ReshapeOp>(ctx);
+    attach<sliceRule, loom::SliceOp>(ctx);
     attach<transposeRule, loom::TransposeOp>(ctx);
     attach<headsRule, loom::SplitHeadsOp, loom::MergeHeadsOp>(ctx);
     attach<broadcastRule, loom::BroadcastToOp>(ctx);
