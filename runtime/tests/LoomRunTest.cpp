@@ -1148,7 +1148,7 @@ TEST_F(LoomRunMpi, AKilledRankEndsTheJobAndTheRunResumes) {
 /// and the outputs in every stage) over dp = 1 or 2, as loomc writes it.
 std::string pipelineManifest(int dp, int pp, const std::string &data,
                              const std::string &s0 = "d1_s0",
-                             const std::string &s1 = "d1_s1") {
+                             const std::string &s1 = "d1_s1", int tp = 1) {
   const bool staged = pp > 1;
   const int rows = 64 / dp;
   // kStage0 / kStage1 / kWhole of TestModel.c.
@@ -1170,7 +1170,8 @@ std::string pipelineManifest(int dp, int pp, const std::string &data,
      << LOOM_ABI_VERSION << R"(,
   "model": "TestPipeline", "source": "runtime/tests/TestModel.c",
   "target": "cpu", "cpu_features": [],
-  "mesh": {"dp": )" << dp << R"(, "tp": 1, "pp": )" << pp << "},";
+  "mesh": {"dp": )" << dp << R"(, "tp": )" << tp << R"(, "pp": )" << pp
+     << "},";
   if (staged)
     os << R"( "stages": 2, "stage_arena_bytes": [24832, 1792],
   "arena_bytes": 24832,)";
@@ -1297,6 +1298,20 @@ TEST_F(LoomRunPipeline, MatchesTheSingleRankRun) {
   EXPECT_EQ(num(got[9], "eval_loss"), num(base[9], "eval_loss"));
   EXPECT_EQ(num(got[9], "eval_accuracy"), num(base[9], "eval_accuracy"));
   EXPECT_EQ(readFile(w1), readFile(w2));
+  // tp = 2 x pp = 2, the stages replicated over tp (ranks 0, 2: stage 0;
+  // 1, 3: stage 1): the pp groups are {0, 1} and {2, 3}; --save takes tp
+  // coordinate 0's copies.
+  std::string mt = tmp("pipetp.jsonl"), wt = tmp("pipetpw.safetensors");
+  r = mpiRun(4, pack("pipetp", pipelineManifest(1, 2, *data_, "d1_s0",
+                                                "d1_s1", 2)) +
+                    " --steps=10 --threads=1 --eval-every=5 --metrics=" + mt +
+                    " --save=" + wt);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  got = metricsOf(mt);
+  ASSERT_EQ(got.size(), 10u);
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_EQ(num(got[i], "loss"), num(base[i], "loss")) << i;
+  EXPECT_EQ(readFile(w1), readFile(wt));
   // Each stage's log books its sends and receives: 2 micro-batches of
   // 32 x 16 floats each way (8192 bytes) and the 2-float loss/norm
   // all-reduce over pp; 5 transfers.
