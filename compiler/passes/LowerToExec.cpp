@@ -18,6 +18,7 @@
 
 #include "compiler/passes/Passes.h"
 #include "llvm/ADT/MapVector.h"
+#include <set>
 
 #include "dialects/Loom/LoomOps.h"
 
@@ -624,6 +625,19 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
       StringRef a = cast<StringAttr>(op->getAttr("axis")).getValue();
       return a == "dp" ? 0 : a == "tp" ? 1 : 2;
     };
+    if (n == "dist.send" || n == "dist.recv") {
+      bool send = n == "dist.send";
+      Value v = send ? op->getOperand(0) : op->getResult(0);
+      if (!cast<RankedTensorType>(v.getType()).getElementType().isF32())
+        return op->emitOpError("moves f32 tensors; this one is ")
+               << cast<RankedTensorType>(v.getType()).getElementType();
+      Value tag = b.create<arith::ConstantOp>(
+          loc, b.getI64IntegerAttr(cast<IntegerAttr>(op->getAttr("tag")).getInt()));
+      call(b, loc, send ? "loom_send" : "loom_recv",
+           {send ? V(0) : R(0), i64(b, numel(v)), i32(b, axisOf()),
+            i32(b, cast<IntegerAttr>(op->getAttr("peer")).getInt()), tag});
+      return success();
+    }
     auto in = cast<RankedTensorType>(op->getOperand(0).getType());
     if (!in.getElementType().isF32())
       return op->emitOpError("collectives move f32 tensors; this one is ")
@@ -1028,9 +1042,20 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
       return;
     Builder b(&getContext());
 
-    // Persistent layout: params, optimizer state, inputs, output slots.
-    PersistentPlan plan;
-    auto place = [&](const std::string &name, Operation *decl, Type type,
+    // Pipeline stages: one persistent layout and arena per stage; inputs and
+    // output slots sit at the same offsets in every stage's arena.
+    auto stageOf = [](dist::ProgramOp p) -> int {
+      auto a = p->getAttrOfType<IntegerAttr>("stage");
+      return a ? static_cast<int>(a.getInt()) : 0;
+    };
+    int stages = 1;
+    for (auto p : programs)
+      stages = std::max(stages, stageOf(p) + 1);
+    std::vector<PersistentPlan> plans(stages);
+    PersistentPlan commonPlan; ///< what every stage holds (pp > 1)
+    std::vector<std::map<std::string, int>> stageOfName(1);
+    auto place = [&](PersistentPlan &plan, const std::string &name,
+                     Operation *decl, Type type,
                      std::vector<PersistentPlan::Named> &list, int cat) {
       if (plan.offsets.count(name))
         return;
@@ -1040,43 +1065,102 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
       plan.end += size;
       plan.bytes[cat] += size;
     };
-    for (auto p : programs)
-      for (Operation &op : p.getBody().front()) {
-        StringRef n = op.getName().getStringRef();
-        auto name = [&]() { return cast<StringAttr>(op.getAttr("name")).str(); };
-        if (n == "train.param")
-          place(name(), &op, op.getResult(0).getType(), plan.params, 0);
-        else if (n == "train.state")
-          place(name(), &op, op.getResult(0).getType(), plan.state, 1);
-        else if (n == "train.input")
-          place(name(), &op, op.getResult(0).getType(), plan.inputs, 2);
-      }
-    for (auto p : programs)
-      for (auto out : p.getBody().front().getOps<train::OutputOp>()) {
-        std::string name = out.getName().str();
-        if (!plan.outputs.count(name)) {
-          plan.outputs[name] = plan.end;
-          plan.end += kAlign;
-          plan.bytes[3] += kAlign;
+    auto placeOutputs = [&](PersistentPlan &plan) {
+      for (auto p : programs)
+        for (auto out : p.getBody().front().getOps<train::OutputOp>()) {
+          std::string name = out.getName().str();
+          if (!plan.outputs.count(name)) {
+            plan.outputs[name] = plan.end;
+            plan.end += kAlign;
+            plan.bytes[3] += kAlign;
+          }
         }
+    };
+    if (stages == 1) {
+      // Params, optimizer state and inputs in order of first appearance,
+      // then the output slots.
+      for (auto p : programs)
+        for (Operation &op : p.getBody().front()) {
+          StringRef n = op.getName().getStringRef();
+          auto name = [&]() { return cast<StringAttr>(op.getAttr("name")).str(); };
+          if (n == "train.param")
+            place(plans[0], name(), &op, op.getResult(0).getType(), plans[0].params, 0);
+          else if (n == "train.state")
+            place(plans[0], name(), &op, op.getResult(0).getType(), plans[0].state, 1);
+          else if (n == "train.input")
+            place(plans[0], name(), &op, op.getResult(0).getType(), plans[0].inputs, 2);
+        }
+      placeOutputs(plans[0]);
+    } else {
+      // Persistent tensors every stage holds (the step counter, the loss
+      // scale: bookkeeping each stage keeps in step) join the inputs and
+      // outputs at common offsets; the rest live on their stage only.
+      std::map<std::string, std::set<int>> holders;
+      for (auto p : programs)
+        for (Operation &op : p.getBody().front())
+          if (isOneOf(&op, {"train.param", "train.state"}))
+            holders[cast<StringAttr>(op.getAttr("name")).str()].insert(stageOf(p));
+      auto everywhere = [&](Operation &op) {
+        return holders[cast<StringAttr>(op.getAttr("name")).str()].size() ==
+               static_cast<size_t>(stages);
+      };
+      PersistentPlan common;
+      placeOutputs(common);
+      for (auto p : programs)
+        for (Operation &op : p.getBody().front()) {
+          StringRef n = op.getName().getStringRef();
+          if (n == "train.input")
+            place(common, cast<StringAttr>(op.getAttr("name")).str(), &op,
+                  op.getResult(0).getType(), common.inputs, 2);
+          else if ((n == "train.param" || n == "train.state") && everywhere(op))
+            place(common, cast<StringAttr>(op.getAttr("name")).str(), &op,
+                  op.getResult(0).getType(),
+                  n == "train.param" ? common.params : common.state,
+                  n == "train.param" ? 0 : 1);
+        }
+      commonPlan = common;
+      for (int st = 0; st < stages; ++st) {
+        plans[st] = common;
+        plans[st].params.clear();
+        plans[st].state.clear();
       }
+      for (auto p : programs)
+        for (Operation &op : p.getBody().front()) {
+          StringRef n = op.getName().getStringRef();
+          PersistentPlan &plan = plans[stageOf(p)];
+          auto name = [&]() { return cast<StringAttr>(op.getAttr("name")).str(); };
+          if (n == "train.param")
+            place(plan, name(), &op, op.getResult(0).getType(), plan.params, 0);
+          else if (n == "train.state")
+            place(plan, name(), &op, op.getResult(0).getType(), plan.state, 1);
+        }
+    }
 
     std::vector<std::unique_ptr<ProgramLowering>> lowerings;
     std::vector<std::string> opTable;
-    int64_t arena = plan.end;
+    std::vector<int64_t> stageArena(stages, 0);
+    for (int st = 0; st < stages; ++st)
+      stageArena[st] = plans[st].end;
     for (auto p : programs) {
-      lowerings.push_back(std::make_unique<ProgramLowering>(p, plan, opTable));
+      lowerings.push_back(
+          std::make_unique<ProgramLowering>(p, plans[stageOf(p)], opTable));
       if (failed(lowerings.back()->plan()))
         return signalPassFailure();
-      arena = std::max(arena, lowerings.back()->transientEnd());
+      int64_t &a = stageArena[stageOf(p)];
+      a = std::max(a, lowerings.back()->transientEnd());
     }
-    arena = alignUp(std::max<int64_t>(arena, kAlign));
+    int64_t arena = 0;
+    for (int64_t &a : stageArena) {
+      a = alignUp(std::max<int64_t>(a, kAlign));
+      arena = std::max(arena, a);
+    }
     OpBuilder mb(module.getContext());
     for (size_t i = 0; i < programs.size(); ++i) {
       mb.setInsertionPoint(programs[i]);
-      if (failed(lowerings[i]->emit(mb, arena)))
+      if (failed(lowerings[i]->emit(mb, stageArena[stageOf(programs[i])])))
         return signalPassFailure();
     }
+    PersistentPlan &plan = plans[0];
 
     // The manifest's compiler-side facts: buffers, outputs, memory.
     auto shapeAttr = [&](Type t) {
@@ -1105,32 +1189,75 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
       return a.getDictionary(&getContext());
     };
     SmallVector<Attribute> params, state, inputs;
-    for (auto &n : plan.params)
+    auto staged = [&](Attribute a, int st) -> Attribute {
+      if (stages == 1)
+        return a;
+      NamedAttrList l(cast<DictionaryAttr>(a));
+      l.append("stage", b.getI64IntegerAttr(st));
+      return l.getDictionary(&getContext());
+    };
+    for (auto &n : commonPlan.params)
       params.push_back(entry(n, true));
-    for (auto &n : plan.state)
+    for (auto &n : commonPlan.state)
       state.push_back(entry(n, false));
+    for (int st = 0; st < stages; ++st) {
+      for (auto &n : plans[st].params)
+        params.push_back(staged(entry(n, true), st));
+      for (auto &n : plans[st].state)
+        state.push_back(staged(entry(n, false), st));
+    }
     for (auto &n : plan.inputs)
       inputs.push_back(entry(n, false));
     NamedAttrList outputs;
     for (auto &[name, offset] : plan.outputs)
       outputs.append(name, b.getI64IntegerAttr(offset));
     NamedAttrList programsAttr;
-    for (auto p : programs)
-      programsAttr.append(p.getSymName(),
-                          b.getStringAttr(("loom_" + p.getSymName()).str()));
-    std::map<std::string, int64_t> peak;
-    for (size_t i = 0; i < programs.size(); ++i)
-      if (programs[i].getKind() == "train")
-        peak = lowerings[i]->peakBreakdown();
-    NamedAttrList memory;
-    memory.append("params", b.getI64IntegerAttr(plan.bytes[0]));
-    memory.append("optimizer", b.getI64IntegerAttr(plan.bytes[1]));
-    memory.append("inputs", b.getI64IntegerAttr(plan.bytes[2]));
-    memory.append("grads", b.getI64IntegerAttr(peak["grads"]));
-    memory.append("activations", b.getI64IntegerAttr(peak["activations"]));
-    memory.append("workspace",
-                  b.getI64IntegerAttr(peak["workspace"] + plan.bytes[3]));
-    memory.append("peak", b.getI64IntegerAttr(arena));
+    if (stages == 1) {
+      for (auto p : programs)
+        programsAttr.append(p.getSymName(),
+                            b.getStringAttr(("loom_" + p.getSymName()).str()));
+    } else {
+      // kind name -> the symbol of each stage, by stage.
+      std::map<std::string, std::vector<std::string>> byName;
+      for (auto p : programs) {
+        std::string name = p.getSymName().str();
+        std::string suffix = "_stage" + std::to_string(stageOf(p));
+        if (StringRef(name).ends_with(suffix))
+          name.resize(name.size() - suffix.size());
+        auto &v = byName[name];
+        v.resize(stages);
+        v[stageOf(p)] = ("loom_" + p.getSymName()).str();
+      }
+      for (auto &[name, syms] : byName) {
+        SmallVector<Attribute> list;
+        for (auto &sym : syms)
+          list.push_back(b.getStringAttr(sym));
+        programsAttr.append(name, b.getArrayAttr(list));
+      }
+    }
+    auto memoryOf = [&](int st) {
+      std::map<std::string, int64_t> peak;
+      for (size_t i = 0; i < programs.size(); ++i)
+        if (programs[i].getKind() == "train" && stageOf(programs[i]) == st)
+          peak = lowerings[i]->peakBreakdown();
+      const PersistentPlan &pl = plans[st];
+      NamedAttrList memory;
+      memory.append("params", b.getI64IntegerAttr(pl.bytes[0]));
+      memory.append("optimizer", b.getI64IntegerAttr(pl.bytes[1]));
+      memory.append("inputs", b.getI64IntegerAttr(pl.bytes[2]));
+      memory.append("grads", b.getI64IntegerAttr(peak["grads"]));
+      memory.append("activations", b.getI64IntegerAttr(peak["activations"]));
+      memory.append("workspace",
+                    b.getI64IntegerAttr(peak["workspace"] + pl.bytes[3]));
+      memory.append("peak", b.getI64IntegerAttr(stageArena[st]));
+      return memory.getDictionary(&getContext());
+    };
+    // The largest stage's plan is "the" per-rank memory; every stage's too.
+    int biggest = 0;
+    for (int st = 0; st < stages; ++st)
+      if (stageArena[st] > stageArena[biggest])
+        biggest = st;
+    DictionaryAttr memory = memoryOf(biggest);
     NamedAttrList manifest;
     manifest.append("model", programs.front()->getAttr("loom.model")
                                  ? programs.front()->getAttr("loom.model")
@@ -1141,7 +1268,16 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
     manifest.append("inputs", b.getArrayAttr(inputs));
     manifest.append("outputs", outputs.getDictionary(&getContext()));
     manifest.append("programs", programsAttr.getDictionary(&getContext()));
-    manifest.append("memory", memory.getDictionary(&getContext()));
+    manifest.append("memory", memory);
+    if (stages > 1) {
+      SmallVector<Attribute> perStage;
+      SmallVector<int64_t> arenas(stageArena.begin(), stageArena.end());
+      for (int st = 0; st < stages; ++st)
+        perStage.push_back(memoryOf(st));
+      manifest.append("stages", b.getI64IntegerAttr(stages));
+      manifest.append("stage_arena_bytes", b.getI64ArrayAttr(arenas));
+      manifest.append("stage_memory", b.getArrayAttr(perStage));
+    }
     SmallVector<Attribute> ops;
     for (const std::string &o : opTable)
       ops.push_back(b.getStringAttr(o));

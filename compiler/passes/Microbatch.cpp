@@ -156,8 +156,18 @@ LogicalResult microbatch(Operation *step, int64_t m, int64_t dp) {
   SmallVector<DenseMap<Value, Value>> gradParts(m);
   for (int64_t j = 0; j < m; ++j) {
     IRMapping map;
+    auto tag = [&](Value v) {
+      // The ops forming this micro-batch's view belong to its copy.
+      for (Operation *o = v.getDefiningOp(); o && !o->hasAttr("dist.microbatch");
+           o = o->getNumOperands() ? o->getOperand(0).getDefiningOp() : nullptr) {
+        if (o->getName().getStringRef() == "train.input")
+          break;
+        o->setAttr("dist.microbatch", b.getI64IntegerAttr(j));
+      }
+      return v;
+    };
     for (Operation *in : inputs)
-      map.map(in->getResult(0), sliceInput(in->getResult(0), j));
+      map.map(in->getResult(0), tag(sliceInput(in->getResult(0), j)));
     // The seed of this micro-batch: its count (cross-entropy) or 1/M. The
     // count is known after its forward pass, so the seed is formed there.
     Value count;
@@ -169,6 +179,7 @@ LogicalResult microbatch(Operation *step, int64_t m, int64_t dp) {
         Value s = crossEntropy
                       ? tb.mul(seed, count)
                       : tb.mul(seed, tb.scalar(1.0 / double(m), b.getF32Type()));
+        s.getDefiningOp()->setAttr("dist.microbatch", b.getI64IntegerAttr(j));
         map.map(seed, s);
       }
       Operation *c = b.clone(*op, map);
@@ -183,7 +194,7 @@ LogicalResult microbatch(Operation *step, int64_t m, int64_t dp) {
                                  {tb.attr("dim", b.getI64IntegerAttr(0)),
                                   tb.attr("start", b.getI64IntegerAttr(0)),
                                   tb.attr("end", b.getI64IntegerAttr(1))});
-        count = tb.reshape(first, f32);
+        count = tag(tb.reshape(first, f32));
         counts.push_back(count);
       }
     }

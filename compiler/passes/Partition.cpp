@@ -509,7 +509,9 @@ LogicalResult ProgramPartitioner::run() {
   for (Operation &op : llvm::make_early_inc_range(body))
     if (failed(rewrite(&op)))
       return failure();
-  if (mesh_.group(kDp) > 1)
+  // Buckets mix the gradients of every layer; with pipeline stages each
+  // gradient is reduced on its own stage instead.
+  if (mesh_.group(kDp) > 1 && mesh_.size[2] == 1)
     bucketGradients();
   return success();
 }
@@ -526,13 +528,6 @@ struct PartitionPass : impl::PartitionBase<PartitionPass> {
       return;
     // All steps of one module share the model's mesh.
     Mesh mesh = meshOfStep(steps.front());
-    if (mesh.size[2] != 1) {
-      steps.front()->emitOpError("mesh dp=")
-          << mesh.size[0] << ", tp=" << mesh.size[1] << ", pp=" << mesh.size[2]
-          << ": pipeline parallelism (pp > 1) is not implemented yet; this "
-             "build partitions dp × tp";
-      return signalPassFailure();
-    }
     // Shardings come from loom-propagate-sharding; run it here when the
     // pipeline did not.
     for (Operation *step : steps) {

@@ -97,6 +97,33 @@ def Partition : Pass<"loom-partition", "mlir::ModuleOp"> {
                            "loom::train::TrainDialect"];
 }
 
+def SplitPipeline : Pass<"loom-split-pipeline", "mlir::ModuleOp"> {
+  let summary = "Cut each program into pipeline stages at layer boundaries";
+  let description = [{
+    With pp > 1, each dist.program becomes one program per stage (`stage`,
+    `<name>_stage<s>`): layers assigned to stages as contiguous runs, pinned
+    by `pipeline stages = [...]` or balanced by FLOPs and parameter bytes
+    (the embedding counted on stage 0, the head and loss on the last);
+    parameters and their optimizer on their stage; bookkeeping copied to
+    every stage; values crossing stages through dist.send/dist.recv along
+    pp; the global norm summed over pp. The split is recorded as
+    `loom.pipeline_split` for --report.
+  }];
+  let dependentDialects = ["loom::dist::DistDialect", "loom::LoomDialect",
+                           "loom::train::TrainDialect"];
+}
+
+def SchedulePipeline : Pass<"loom-schedule-pipeline", "mlir::ModuleOp"> {
+  let summary = "Order each stage's micro-batches: GPipe or 1F1B";
+  let description = [{
+    Reorders each stage program's forward and backward micro-batch groups:
+    `gpipe` runs every forward then every backward; `1f1b` runs pp − 1 − s
+    forwards on stage s, then one forward and one backward in turn, then the
+    remaining backwards. The order is recorded as `dist.schedule` ("F0",
+    "B0", …).
+  }];
+}
+
 def Recompute : Pass<"loom-recompute", "mlir::ModuleOp"> {
   let summary = "Recompute layer activations in the backward pass";
   let description = [{

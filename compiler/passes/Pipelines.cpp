@@ -23,6 +23,8 @@ void loom::buildTrainToDistPipeline(OpPassManager &pm) {
   pm.addPass(createMicrobatch());
   pm.addPass(createPropagateSharding());
   pm.addPass(createPartition());
+  pm.addPass(createSplitPipeline());
+  pm.addPass(createSchedulePipeline());
   pm.addPass(createRecompute());
 }
 

@@ -87,9 +87,17 @@ Communication analyzeCommunication(ModuleOp module) {
         c.axis = axis ? axis.getValue().str() : "";
         c.group = groupOf(c.axis);
         double g = static_cast<double>(c.group);
-        int64_t in = bytesOf(op.getOperand(0).getType());
+        int64_t in = op.getNumOperands() ? bytesOf(op.getOperand(0).getType()) : 0;
         int64_t out = op.getNumResults() ? bytesOf(op.getResult(0).getType()) : in;
-        if (c.kind == "all_reduce") {
+        if (auto stage = program->getAttrOfType<IntegerAttr>("stage"))
+          c.stage = stage.getInt();
+        if (c.kind == "send") {
+          c.payloadBytes = in;
+          c.sentBytes = in;
+        } else if (c.kind == "recv") {
+          c.payloadBytes = out;
+          c.sentBytes = 0;
+        } else if (c.kind == "all_reduce") {
           c.payloadBytes = in;
           c.sentBytes = 2 * (g - 1) / g * in;
         } else if (c.kind == "all_gather") {

@@ -27,6 +27,7 @@ struct Collective {
   int64_t payloadBytes = 0; ///< the per-rank buffer the collective moves
   double sentBytes = 0;     ///< ring model, per rank
   std::string where;        ///< DSL location of the op it serves
+  int64_t stage = 0;        ///< the pipeline stage whose program runs it
   std::string cause;
 };
 
