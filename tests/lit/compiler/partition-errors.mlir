@@ -1,6 +1,7 @@
-// RUN: loom-opt %s --split-input-file --loom-partition -verify-diagnostics
+// RUN: loom-opt %s --split-input-file --loom-partition --loom-split-pipeline -verify-diagnostics
 
-// expected-error @+1 {{'train.step' op mesh dp=1, tp=1, pp=2: pipeline parallelism (pp > 1) is not implemented yet}}
+// A pipeline needs layers to cut at.
+// expected-error @+1 {{'dist.program' op pp = 2 needs at least 2 layers to cut at, the model has 0}}
 train.step @train_step "train" attributes {config = {mesh = array<i64: 1, 1, 2>}} {
   %l = loom.constant dense<2.0> : tensor<f32>
   train.output "loss", %l : tensor<f32>
