@@ -509,6 +509,22 @@ LogicalResult ProgramPartitioner::run() {
   for (Operation &op : llvm::make_early_inc_range(body))
     if (failed(rewrite(&op)))
       return failure();
+  // Ops made here (collectives, loss weights) belong to the micro-batch of
+  // what they read, so pipeline schedules move them with it.
+  for (Operation &op : body) {
+    if (op.hasAttr(kOperandsAttr) || op.hasAttr("dist.microbatch"))
+      continue;
+    std::optional<int64_t> mb;
+    bool mixed = false;
+    for (Value v : op.getOperands())
+      if (Operation *d = v.getDefiningOp())
+        if (auto a = d->getAttrOfType<IntegerAttr>("dist.microbatch")) {
+          mixed |= mb && *mb != a.getInt();
+          mb = a.getInt();
+        }
+    if (mb && !mixed)
+      op.setAttr("dist.microbatch", b_.getI64IntegerAttr(*mb));
+  }
   // Buckets mix the gradients of every layer; with pipeline stages each
   // gradient is reduced on its own stage instead.
   if (mesh_.group(kDp) > 1 && mesh_.size[2] == 1)
