@@ -76,7 +76,13 @@ LogicalResult translate(ModuleOp module, const CpuOptions &options,
   llvm::FunctionAnalysisManager fam;
   llvm::CGSCCAnalysisManager cgam;
   llvm::ModuleAnalysisManager mam;
-  llvm::PassBuilder pb(tm.get());
+  // No loop unrolling: the vectoriser still interleaves, but a program of
+  // many small fixed-size loops (a pipeline stage with unrolled
+  // micro-batches) is not blown up into straight-line code whose
+  // instruction selection takes minutes.
+  llvm::PipelineTuningOptions tuning;
+  tuning.LoopUnrolling = false;
+  llvm::PassBuilder pb(tm.get(), tuning);
   pb.registerModuleAnalyses(mam);
   pb.registerCGSCCAnalyses(cgam);
   pb.registerFunctionAnalyses(fam);
