@@ -121,7 +121,7 @@ bool writeOutput(const std::function<void(raw_ostream &)> &print);
 int userError(const Twine &msg);
 
 /// GEMM and attention FLOPs of one training step (forward and backward).
-uint64_t countFlops(mlir::ModuleOp module) {
+uint64_t countFlops(mlir::ModuleOp module, int stage = -1) {
   uint64_t flops = 0;
   module.walk([&](mlir::Operation *op) {
     llvm::StringRef n = op->getName().getStringRef();
@@ -130,6 +130,11 @@ uint64_t countFlops(mlir::ModuleOp module) {
     auto kind = parent ? parent->getAttrOfType<mlir::StringAttr>("kind") : nullptr;
     if (!kind || kind.getValue() != "train")
       return;
+    if (stage >= 0) {
+      auto s = parent->getAttrOfType<mlir::IntegerAttr>("stage");
+      if (!s || s.getInt() != stage)
+        return;
+    }
     auto shapeOf = [](mlir::Value v) {
       return mlir::cast<mlir::RankedTensorType>(v.getType()).getShape();
     };
@@ -170,7 +175,8 @@ std::string humanBytes(int64_t b) {
 
 /// `--report`: the memory plan by category and the FLOPs of one step.
 bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
-                 int64_t fp32Peak, const loom::loomc::Communication &comm) {
+                 int64_t fp32Peak, const loom::loomc::Communication &comm,
+                 const std::vector<uint64_t> &stageFlops) {
   auto manifest = module->getAttrOfType<mlir::DictionaryAttr>("loom.manifest");
   auto memory = manifest.getAs<mlir::DictionaryAttr>("memory");
   auto get = [&](llvm::StringRef k) {
@@ -194,9 +200,17 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
                 d = r / (comm.mesh[2] * comm.mesh[1]);
         os << (r ? ", " : "") << "{\"rank\": " << r << ", \"coords\": {\"dp\": "
            << d << ", \"tp\": " << t << ", \"pp\": " << p << "}, \"memory\": {";
-        for (size_t i = 0; i < std::size(keys); ++i)
-          os << (i ? ", " : "") << "\"" << keys[i] << "\": " << get(keys[i]);
-        os << "}, \"flops_per_step\": " << flops
+        auto stageMem = manifest.getAs<mlir::ArrayAttr>("stage_memory");
+        for (size_t i = 0; i < std::size(keys); ++i) {
+          int64_t v = get(keys[i]);
+          if (stageMem && p < static_cast<int64_t>(stageMem.size()))
+            if (auto a = mlir::cast<mlir::DictionaryAttr>(stageMem[p])
+                             .getAs<mlir::IntegerAttr>(keys[i]))
+              v = a.getInt();
+          os << (i ? ", " : "") << "\"" << keys[i] << "\": " << v;
+        }
+        os << "}, \"stage\": " << p << ", \"flops_per_step\": "
+           << (stageMem && p < static_cast<int64_t>(stageFlops.size()) ? stageFlops[p] : flops)
            << ", \"comm_bytes_per_step\": " << static_cast<int64_t>(comm.sentBytes)
            << ", \"comm_payload_bytes_per_step\": " << comm.payloadBytes
            << ", \"collectives_per_step\": " << comm.collectives.size();
@@ -240,6 +254,39 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
                          100.0 * (1.0 - double(get("peak")) / double(fp32Peak)));
     os << llvm::format("FLOPs per step and rank (GEMM + attention, fwd+bwd): %.3g\n",
                        static_cast<double>(flops));
+    if (auto stages = manifest.getAs<mlir::ArrayAttr>("stage_memory")) {
+      // Activations held by the schedule are in each stage's plan: 1F1B
+      // keeps at most pp - s micro-batches alive on stage s, GPipe all.
+      os << "pipeline stages (each rank holds one; the plan above is the "
+            "largest):\n";
+      if (auto split = module->getAttrOfType<mlir::ArrayAttr>("loom.pipeline_split")) {
+        std::map<int64_t, std::string> layers;
+        for (mlir::Attribute a : split) {
+          auto d = mlir::cast<mlir::DictionaryAttr>(a);
+          auto &l = layers[d.getAs<mlir::IntegerAttr>("stage").getInt()];
+          l += (l.empty() ? "" : " ") + d.getAs<mlir::StringAttr>("layer").str();
+        }
+        for (auto &[st, l] : layers)
+          os << "  stage " << st << ": " << l << "\n";
+      }
+      for (size_t st = 0; st < stages.size(); ++st) {
+        auto m = mlir::cast<mlir::DictionaryAttr>(stages[st]);
+        auto v = [&](llvm::StringRef k) { return m.getAs<mlir::IntegerAttr>(k).getInt(); };
+        double sent = 0;
+        for (const auto &c : comm.collectives)
+          if (c.stage == static_cast<int64_t>(st))
+            sent += c.sentBytes;
+        os << llvm::format("  stage %zu: params %s, grads %s, optimizer %s, "
+                           "activations %s, peak %s; %.3g FLOPs; sends %s\n",
+                           st, humanBytes(v("params")).c_str(),
+                           humanBytes(v("grads")).c_str(),
+                           humanBytes(v("optimizer")).c_str(),
+                           humanBytes(v("activations")).c_str(),
+                           humanBytes(v("peak")).c_str(),
+                           st < stageFlops.size() ? double(stageFlops[st]) : 0.0,
+                           humanBytes(static_cast<int64_t>(sent)).c_str());
+      }
+    }
     if (auto rc = manifest.getAs<mlir::DictionaryAttr>("recompute")) {
       auto layers = rc.getAs<mlir::ArrayAttr>("layers");
       os << "recompute: " << layers.size() << " layer(s) recomputed in the "
@@ -262,7 +309,9 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
         e.first += 1;
         e.second += c.sentBytes;
       }
-      os << "communication per step and rank: " << comm.collectives.size()
+      os << (comm.mesh[2] > 1 ? "communication per step, all stages' programs: "
+                              : "communication per step and rank: ")
+         << comm.collectives.size()
          << " collective(s), payload " << humanBytes(comm.payloadBytes)
          << ", sent " << humanBytes(static_cast<int64_t>(comm.sentBytes))
          << " (ring model; --explain-sharding lists each)\n";
@@ -487,6 +536,19 @@ int main(int argc, char **argv) {
   if (!stage(loom::buildTrainToDistPipeline))
     return 1;
   uint64_t flops = countFlops(*ir); // per rank
+  std::vector<uint64_t> stageFlops;
+  for (int st = 0; st < 64; ++st) {
+    bool any = false;
+    ir->walk([&](mlir::Operation *op) {
+      if (auto a = op->getAttrOfType<mlir::IntegerAttr>("stage"))
+        any |= a.getInt() == st;
+    });
+    if (!any)
+      break;
+    stageFlops.push_back(countFlops(*ir, st));
+  }
+  if (!stageFlops.empty())
+    flops = *std::max_element(stageFlops.begin(), stageFlops.end());
   loom::loomc::Communication comm = loom::loomc::analyzeCommunication(*ir);
   if (explainSharding)
     return writeOutput([&](raw_ostream &os) {
@@ -499,7 +561,7 @@ int main(int argc, char **argv) {
   if (!stage(loom::buildDistToExecPipeline))
     return 1;
   if (report.getNumOccurrences())
-    return printReport(*ir, flops, report == "json", fp32Peak, comm) ? 0 : 1;
+    return printReport(*ir, flops, report == "json", fp32Peak, comm, stageFlops) ? 0 : 1;
   if (emit == Emit::Exec)
     return print();
   if (target == "cuda")
