@@ -567,6 +567,12 @@ Manifest parseManifest(std::string_view text) {
     for (size_t i = 0; i < a.size(); ++i)
       m.ops.push_back(R::string(a[i], "ops[" + std::to_string(i) + "]"));
   }
+  if (const json::Value *spans = doc.find("trace_spans")) {
+    const json::Array &a = R::array(*spans, "trace_spans");
+    for (size_t i = 0; i < a.size(); ++i)
+      m.traceSpans.push_back(
+          R::string(a[i], "trace_spans[" + std::to_string(i) + "]"));
+  }
 
   if (const json::Value *f = doc.find("cpu_features")) {
     const json::Array &a = R::array(*f, "cpu_features");

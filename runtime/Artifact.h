@@ -111,6 +111,9 @@ struct Manifest {
   /// For --check-numerics: what op k of the programs is, with its DSL line
   /// ("loom.matmul at gpt.loom:29:24"); optional.
   std::vector<std::string> ops;
+  /// The names of the pipeline schedule's spans (loom_trace_begin's `span`
+  /// indexes them: "F0", "B3", ...); optional, empty when absent.
+  std::vector<std::string> traceSpans;
   Mesh mesh;
   /// ZeRO stage: 0, or 1 (optimizer state split over dp).
   int64_t zero = 0;

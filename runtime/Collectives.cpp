@@ -44,6 +44,7 @@
 
 #include "runtime/Context.h"
 #include "runtime/Support.h"
+#include "runtime/Trace.h"
 
 #include <algorithm>
 #include <chrono>
@@ -145,6 +146,10 @@ struct CommMesh::Comms {
   // Accounting (the program's thread only).
   Stats stats;
 
+  /// loom-run --trace: every watched collective and transfer is recorded
+  /// while it is active. nullptr: not tracing.
+  Tracer *tracer = nullptr;
+
   // loom_send's requests not yet known complete, in send order (the
   // program's thread only).
   std::deque<PendingSend> sends;
@@ -185,6 +190,10 @@ public:
     if (!c_)
       return;
     start_ = nowSeconds();
+    if (c_->tracer && c_->tracer->active()) {
+      traced_ = true;
+      what_ = what;
+    }
     std::lock_guard<std::mutex> lock(c_->watchMutex);
     InFlight &s = c_->slot[slot_];
     s = what;
@@ -199,18 +208,27 @@ public:
     if (!c_)
       return;
     double end = nowSeconds();
-    std::lock_guard<std::mutex> lock(c_->watchMutex);
-    c_->slot[slot_].active = false;
-    if (slot_ == 0)
-      c_->stats.seconds += end - start_;
+    {
+      std::lock_guard<std::mutex> lock(c_->watchMutex);
+      c_->slot[slot_].active = false;
+      if (slot_ == 0)
+        c_->stats.seconds += end - start_;
+    }
+    if (traced_)
+      trace(end);
   }
   Watch(const Watch &) = delete;
   Watch &operator=(const Watch &) = delete;
 
 private:
+  /// The trace's event for what ran from start_ to `end`.
+  void trace(double end);
+
   CommMesh::Comms *c_;
   int slot_;
   double start_ = 0;
+  bool traced_ = false;
+  InFlight what_;
 };
 
 /// "stage 1" along pp, "dp coordinate 1" along another axis.
@@ -242,6 +260,45 @@ std::string describeInFlight(const InFlight &s) {
   if (!detail.empty())
     text += " (" + detail + ")";
   return text;
+}
+
+/// Bytes per element of an InFlight's unit.
+int64_t unitBytes(const char *unit) {
+  if (std::strcmp(unit, "floats") == 0)
+    return 4;
+  if (std::strcmp(unit, "doubles") == 0 ||
+      std::strcmp(unit, "(float, index) pairs") == 0)
+    return 8;
+  return std::strcmp(unit, "bytes") == 0 ? 1 : 0;
+}
+
+void Watch::trace(double end) {
+  Tracer &t = *c_->tracer;
+  TraceEvent e;
+  const InFlight &w = what_;
+  if (w.p2p) {
+    // "send to stage 1", "recv from stage 0"; a loom_send's completion
+    // after the program (booked, already counted) says so.
+    bool recv = std::strcmp(w.name, "recv") == 0;
+    e.name = std::string(w.name) + (recv ? " from " : " to ") +
+             peerName(w.axis, w.peer);
+    e.tag = w.tag;
+  } else {
+    e.name = std::string(w.name) + " over " +
+             (w.axis < 0 ? std::string("the world") : meshAxisName(w.axis));
+    if (*w.inside)
+      e.name += std::string(" (") + w.inside + ")";
+  }
+  e.category = "comm";
+  e.tid = slot_ == 1 ? kTraceProgress : kTraceComm;
+  e.ts = t.micros(start_);
+  e.dur = t.micros(end) - e.ts;
+  e.step = w.step;
+  if (*w.unit) {
+    e.count = w.count;
+    e.bytes = w.count * unitBytes(w.unit);
+  }
+  t.record(std::move(e));
 }
 
 } // namespace
@@ -485,6 +542,8 @@ void CommMesh::setStep(int64_t step) {
   comms_->runtimeStep = step;
 }
 
+void CommMesh::setTracer(Tracer *tracer) { comms_->tracer = tracer; }
+
 CommMesh::Stats CommMesh::takeStats() {
   std::lock_guard<std::mutex> lock(comms_->watchMutex);
   Stats s = comms_->stats;
@@ -619,6 +678,50 @@ std::vector<std::string> CommMesh::allGather(const std::string &mine,
   for (int r = 0; r < worldSize_; ++r)
     out[size_t(r)].assign(all.data() + offsets[size_t(r)],
                           size_t(lens[size_t(r)]));
+#endif
+  return out;
+}
+
+std::vector<std::string> CommMesh::gatherToRoot(const std::string &mine,
+                                               const char *what) {
+  if (worldSize_ == 1)
+    return {mine};
+  std::vector<std::string> out;
+#if LOOM_HAVE_MPI
+  if (mine.size() > size_t(INT_MAX))
+    throw Error(std::string(what) + ": " + std::to_string(mine.size()) +
+                " bytes are too many to gather");
+  Watch w(comms_.get(), 0, "gather", what, -1, int64_t(mine.size()), "bytes",
+          stepOf(comms_.get()), int64_t(mine.size()));
+  int len = int(mine.size());
+  bool root = worldRank_ == 0;
+  // Every rank learns every length, so that all of them agree whether the
+  // whole fits MPI's int displacements before the Gatherv.
+  std::vector<int> lens(static_cast<size_t>(worldSize_)),
+      offsets(static_cast<size_t>(worldSize_));
+  int rc = MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT,
+                         comms_->world);
+  if (rc != MPI_SUCCESS)
+    throw Error(std::string(what) + ": MPI_Allgather failed: " +
+                mpiErrorText(rc));
+  int64_t total = 0;
+  for (int r = 0; r < worldSize_; ++r) {
+    offsets[size_t(r)] = int(std::min<int64_t>(total, INT_MAX));
+    total += lens[size_t(r)];
+  }
+  if (total > INT_MAX)
+    throw Error(std::string(what) + ": " + std::to_string(total) +
+                " bytes are too many to gather");
+  std::vector<char> all(root ? size_t(std::max<int64_t>(total, 1)) : 1);
+  rc = MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(),
+                   offsets.data(), MPI_CHAR, 0, comms_->world);
+  if (rc != MPI_SUCCESS)
+    throw Error(std::string(what) + ": MPI_Gatherv failed: " +
+                mpiErrorText(rc));
+  for (int r = 0; root && r < worldSize_; ++r)
+    out.emplace_back(all.data() + offsets[size_t(r)], size_t(lens[size_t(r)]));
+#else
+  (void)what;
 #endif
   return out;
 }

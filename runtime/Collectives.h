@@ -38,6 +38,8 @@ struct loom_ctx;
 
 namespace loom::runtime {
 
+class Tracer;
+
 /// The mesh axes, numbered as the ABI's `axis` argument.
 enum MeshAxis : int32_t { kAxisDP = 0, kAxisTP = 1, kAxisPP = 2 };
 
@@ -99,6 +101,11 @@ public:
   };
   Stats takeStats();
 
+  /// loom-run --trace: from now on every collective and transfer watched
+  /// here (the ABI's, the progress thread's, the runtime's own) is recorded
+  /// into `tracer` while tracer->active(); nullptr stops it.
+  void setTracer(Tracer *tracer);
+
   /// loom_send transfers not yet known to be complete.
   int64_t pendingSends() const;
   /// Waits for every pending loom_send (the runtime calls it after each
@@ -125,6 +132,10 @@ public:
   /// Every rank's `mine`, in world rank order, on every rank.
   std::vector<std::string> allGather(const std::string &mine,
                                      const char *what);
+  /// Every rank's `mine`, in world rank order, on rank 0 (MPI_Gatherv);
+  /// other ranks get an empty vector.
+  std::vector<std::string> gatherToRoot(const std::string &mine,
+                                        const char *what);
   /// Rank 0 receives `bytes` bytes from rank `from` into `data`; rank `from`
   /// sends them from `data`. Both call it with the same arguments; other
   /// ranks must not. Any size (chunked under MPI's int counts).

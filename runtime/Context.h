@@ -34,6 +34,10 @@ struct loom_ctx {
   /// runtime/Collectives.h), owned by the runtime; the collectives use it.
   /// nullptr: a world of one rank.
   void *mesh = nullptr;
+  /// `loom-run --trace`: the rank's recorder (loom::runtime::Tracer,
+  /// runtime/Trace.h) behind loom_trace_begin / loom_trace_end. nullptr: not
+  /// tracing (the markers return at once).
+  void *tracer = nullptr;
   /// The first error a kernel reported in the current program call.
   bool failed = false;
   std::string errorOp, errorMessage;

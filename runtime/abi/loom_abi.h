@@ -30,7 +30,8 @@ extern "C" {
  *  per-rank (local) shapes with `global_shape` and `shard` (ARTIFACT.md);
  *  additions within ABI 3: loom_send / loom_recv and the manifest's pipeline
  *  fields (`stages`, `stage_arena_bytes`, per-stage `programs`, `stage` on
- *  buffers). The runtime still runs ABI 2 artifacts of one rank. */
+ *  buffers); loom_trace_begin / loom_trace_end and the manifest's
+ *  `trace_spans`. The runtime still runs ABI 2 artifacts of one rank. */
 #define LOOM_ABI_VERSION 3
 
 typedef struct loom_ctx loom_ctx;
@@ -306,6 +307,18 @@ void loom_recv(loom_ctx *ctx, float *data, int64_t n, int32_t axis,
  *  position in that axis group; 0 without a mesh. Sharded programs use it to
  *  address their slice of a tensor split over `axis` (since ABI 3). */
 int64_t loom_mesh_coord(loom_ctx *ctx, int32_t axis);
+
+/* --- Pipeline schedule markers (additions within ABI 3) ----------------- */
+/** Pipeline schedule markers: the compiler brackets each group of ops of one
+ *  micro-batch and phase (forward/backward) with begin/end; `span` indexes
+ *  the manifest's "trace_spans" array of names (e.g. "F0", "B3"). No-ops
+ *  unless loom-run traces (--trace): then each begin/end pair of one program
+ *  call becomes a complete event named trace_spans[span] ("span N" for an
+ *  index outside the array) on the rank's "compute" thread. Pairs match by
+ *  span index, innermost first; an end without a begin, or a begin left open
+ *  when the program returns, is dropped (loom-run warns once). */
+void loom_trace_begin(loom_ctx *ctx, int64_t span);
+void loom_trace_end(loom_ctx *ctx, int64_t span);
 
 /* --- Entry points an artifact exports ------------------------------------- */
 /** A program: one call runs one training step (or one evaluation batch) on

@@ -18,10 +18,12 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <set>
 #include <csignal>
 #include <cstring>
 #include <fstream>
 #include <ftw.h>
+#include <glob.h>
 #include <random>
 #include <sstream>
 #include <sys/stat.h>
@@ -346,9 +348,14 @@ TEST_F(LoomRun, UsageErrorsExitTwo) {
   r = loomRun("");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "no artifact given");
-  r = loomRun(*artifact_ + " --trace=t.json");
+  r = loomRun(*artifact_ + " --infer");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "not implemented in this runtime yet");
+  r = loomRun(*artifact_ + " --trace-steps=2");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_HAS(r.err, "--trace-steps needs --trace=FILE.json");
+  r = loomRun(*artifact_ + " --trace=t.json --trace-steps=0");
+  EXPECT_EQ(r.status, 2);
   r = loomRun(*artifact_ + " --timeout=soon");
   EXPECT_EQ(r.status, 2);
   EXPECT_EQ(r.err, "loom-run: error: --timeout expects a number of seconds "
@@ -702,6 +709,123 @@ TEST(LoomRunSamples, DigitsAndText) {
 // Partitioned artifacts under mpirun (TestModel.c's loom_par_* programs)
 //===----------------------------------------------------------------------===//
 
+/// What a --trace file holds, checked for what every trace must satisfy:
+/// valid JSON of {"traceEvents": [...], "displayTimeUnit": "ms"}, "X" events
+/// with ts, dur >= 0 on pids 0..ranks-1 and tids 0..2, a process_name per
+/// rank, and every span and every comm event of a program call (not the
+/// runtime's own collectives "over the world") inside a program event of
+/// its rank and step.
+struct TraceSummary {
+  /// events[rank][name]: how many.
+  std::vector<std::map<std::string, int>> events;
+  std::vector<std::string> processNames;
+  std::set<int64_t> steps; ///< steps of the train_step events
+  int commEvents = 0;
+};
+
+TraceSummary checkTrace(const std::string &path, int ranks) {
+  TraceSummary t;
+  t.events.resize(size_t(ranks));
+  t.processNames.resize(size_t(ranks));
+  json::Value doc;
+  try {
+    doc = json::parse(readFile(path));
+  } catch (const std::exception &e) {
+    ADD_FAILURE() << path << " is not JSON: " << e.what();
+    return t;
+  }
+  const json::Value *unit = doc.find("displayTimeUnit");
+  EXPECT_TRUE(unit && unit->isString() && unit->asString() == "ms");
+  const json::Value *evs = doc.find("traceEvents");
+  if (!evs || !evs->isArray()) {
+    ADD_FAILURE() << "no traceEvents array";
+    return t;
+  }
+  struct Program {
+    double ts, end;
+    int64_t step;
+  };
+  std::vector<std::vector<Program>> programs(static_cast<size_t>(ranks));
+  struct Inner {
+    int pid;
+    std::string name;
+    double ts, end;
+    int64_t step;
+  };
+  std::vector<Inner> inner;
+  for (const json::Value &e : evs->asArray()) {
+    std::string ph = e.find("ph")->asString();
+    int pid = int(e.find("pid")->asInt());
+    EXPECT_GE(pid, 0);
+    EXPECT_LT(pid, ranks);
+    if (pid < 0 || pid >= ranks)
+      continue;
+    std::string name = e.find("name")->asString();
+    if (ph == "M") {
+      if (name == "process_name")
+        t.processNames[size_t(pid)] =
+            e.find("args")->find("name")->asString();
+      continue;
+    }
+    EXPECT_EQ(ph, "X") << name;
+    double ts = e.find("ts")->asDouble(), dur = e.find("dur")->asDouble();
+    EXPECT_GE(ts, 0) << name;
+    EXPECT_GE(dur, 0) << name;
+    int64_t tid = e.find("tid")->asInt();
+    std::string cat = e.find("cat")->asString();
+    const json::Value *stepArg = e.find("args")->find("step");
+    int64_t step = stepArg ? stepArg->asInt() : -1;
+    ++t.events[size_t(pid)][name];
+    if (cat == "comm") {
+      EXPECT_TRUE(tid == 1 || tid == 2) << name;
+      EXPECT_TRUE(e.find("args")->find("bytes")) << name;
+      ++t.commEvents;
+      if (name.find("the world") == std::string::npos)
+        inner.push_back({pid, name, ts, ts + dur, step});
+      continue;
+    }
+    EXPECT_EQ(cat, "compute") << name;
+    EXPECT_EQ(tid, 0) << name;
+    if (name == "train_step" || name == "eval_step") {
+      programs[size_t(pid)].push_back({ts, ts + dur, step});
+      if (name == "train_step")
+        t.steps.insert(step);
+    } else {
+      inner.push_back({pid, name, ts, ts + dur, step});
+    }
+  }
+  // ts and dur are printed to the nanosecond, each rounded.
+  const double eps = 0.01;
+  for (const Inner &i : inner) {
+    bool inside = false;
+    for (const Program &p : programs[size_t(i.pid)])
+      inside |= p.step == i.step && i.ts >= p.ts - eps && i.end <= p.end + eps;
+    EXPECT_TRUE(inside) << "rank " << i.pid << ": " << i.name << " of step "
+                        << i.step << " at [" << i.ts << ", " << i.end
+                        << "] is in no program call of its step";
+  }
+  return t;
+}
+
+TEST_F(LoomRun, TraceOfOneRankWithoutMpi) {
+  std::string trace = tmp("softmax.trace.json");
+  RunResult r = loomRun(*artifact_ + " --steps=5 --eval-every=2 "
+                                     "--eval-batches=1 --trace=" + trace);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_HAS(r.out, "loom-run: trace " + trace);
+  TraceSummary t = checkTrace(trace, 1);
+  // Steps 1..3 (the default), with the evaluation after step 2.
+  EXPECT_EQ(t.steps, (std::set<int64_t>{1, 2, 3}));
+  EXPECT_EQ(t.events[0]["train_step"], 3);
+  EXPECT_EQ(t.events[0]["eval_step"], 1);
+  EXPECT_EQ(t.processNames[0], "rank 0 (dp 0, tp 0, pp 0)");
+  EXPECT_EQ(t.commEvents, 0);
+  // Written through a temporary file, none of which is left.
+  glob_t g;
+  EXPECT_EQ(glob((trace + ".tmp.*").c_str(), 0, nullptr, &g), GLOB_NOMATCH);
+  globfree(&g);
+}
+
 #ifdef LOOM_MPIEXEC
 
 /// The softmax regression of TestModel.c partitioned over dp x tp (ZeRO-1
@@ -804,6 +928,23 @@ std::map<std::string, std::vector<float>> weightsOf(const std::string &path) {
     out[t.name] = v;
   }
   return out;
+}
+
+TEST_F(LoomRunMpi, TraceOfDataParallelRanksHasTheProgressThreadsReductions) {
+  std::string trace = tmp("par.trace.json");
+  RunResult r = mpiRun(2, artifact(kMeshes[0]) +
+                              " --steps=2 --threads=1 --trace=" + trace);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  TraceSummary t = checkTrace(trace, 2);
+  EXPECT_EQ(t.steps, (std::set<int64_t>{1, 2}));
+  for (int rank = 0; rank < 2; ++rank) {
+    auto &ev = t.events[size_t(rank)];
+    // Two buckets per step through loom_all_reduce_start.
+    EXPECT_EQ(ev["all_reduce over dp (loom_all_reduce_start)"], 4) << rank;
+    EXPECT_GT(ev["all_reduce over dp"], 0) << rank;
+    EXPECT_GT(ev["all_reduce over the world (step metrics)"], 0) << rank;
+  }
+  EXPECT_EQ(t.processNames[1], "rank 1 (dp 1, tp 0, pp 0)");
 }
 
 TEST_F(LoomRunMpi, InitialisationIsShardingIndependent) {
@@ -1178,6 +1319,7 @@ std::string pipelineManifest(int dp, int pp, const std::string &data,
   else
     os << R"( "arena_bytes": 26496,)";
   os << R"(
+  "trace_spans": ["F0", "F1", "B0", "B1"],
   "programs": {"train_step": )" << programs("train_step")
      << R"(, "eval_step": )" << programs("eval_step") << R"(},
   "params": [
@@ -1269,6 +1411,48 @@ TEST_F(LoomRunPipeline, EachStageInitialisesItsParametersAndSaveHasAll) {
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_EQ(weightsOf(trained), weightsOf(back)) << np;
   }
+}
+
+TEST_F(LoomRunPipeline, TraceOfOneRankHasTheScheduleSpans) {
+  std::string trace = tmp("pipe1.trace.json");
+  RunResult r = loomRun(*single_ + " --steps=4 --threads=1 --trace=" + trace +
+                        " --trace-steps=2");
+  ASSERT_EQ(r.status, 0) << r.err;
+  TraceSummary t = checkTrace(trace, 1);
+  EXPECT_EQ(t.steps, (std::set<int64_t>{1, 2}));
+  for (const char *span : {"F0", "F1"})
+    EXPECT_EQ(t.events[0][span], 2) << span;
+  for (const char *span : {"B0", "B1"})
+    EXPECT_EQ(t.events[0][span], 4) << span; // last stage's and first's
+}
+
+TEST_F(LoomRunPipeline, TraceOfTwoStagesHasEveryRankSpansAndTransfers) {
+  std::string trace = tmp("pipe2.trace.json");
+  // The evaluation after the last step (one batch) is traced too.
+  RunResult r = mpiRun(2, *pp2_ + " --steps=3 --threads=1 --eval-batches=1 "
+                                  "--trace=" + trace);
+  ASSERT_EQ(r.status, 0) << r.out << r.err;
+  EXPECT_HAS(r.out, "loom-run: trace " + trace);
+  TraceSummary t = checkTrace(trace, 2);
+  EXPECT_EQ(t.steps, (std::set<int64_t>{1, 2, 3}));
+  EXPECT_EQ(t.processNames[0], "rank 0 (dp 0, tp 0, pp 0)");
+  EXPECT_EQ(t.processNames[1], "rank 1 (dp 0, tp 0, pp 1)");
+  for (int rank = 0; rank < 2; ++rank) {
+    EXPECT_EQ(t.events[size_t(rank)]["train_step"], 3) << rank;
+    EXPECT_EQ(t.events[size_t(rank)]["eval_step"], 1) << rank;
+  }
+  // Stage 0: forward and backward of both micro-batches, each step; it
+  // sends activations to stage 1 and receives their gradients back.
+  EXPECT_EQ(t.events[0]["F0"], 3);
+  EXPECT_EQ(t.events[0]["B1"], 3);
+  EXPECT_EQ(t.events[0]["recv from stage 1"], 6);
+  EXPECT_GE(t.events[0]["send to stage 1"], 6);
+  // Stage 1: one span per micro-batch, the mirror-image transfers.
+  EXPECT_EQ(t.events[1]["B0"], 3);
+  EXPECT_EQ(t.events[1]["F0"], 0);
+  EXPECT_EQ(t.events[1]["recv from stage 0"], 7); // and the eval's
+  EXPECT_GE(t.events[1]["send to stage 0"], 6);
+  EXPECT_GT(t.events[0]["all_reduce over pp"], 0);
 }
 
 TEST_F(LoomRunPipeline, MatchesTheSingleRankRun) {

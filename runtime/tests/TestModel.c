@@ -495,6 +495,12 @@ enum { PIPE_HANG = 1, PIPE_SIZE = 2, PIPE_HANGSEND = 3 };
 
 static int tag_of(int mb, int slot) { return mb * 65536 + slot; }
 
+/* Schedule markers as loomc brackets them: the manifest's trace_spans are
+ * ["F0", "F1", "B0", "B1"] (forward of micro-batch mb: span mb, backward:
+ * span PM + mb). No-ops unless loom-run --trace. */
+static int span_f(int mb) { return mb; }
+static int span_b(int mb) { return PM + mb; }
+
 static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
                        int hook) {
   const struct PipeLayout *L =
@@ -517,7 +523,9 @@ static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
   const float scale = 1.0f / B;
   if (stage == 0) {
     for (int mb = 0; mb < PM; ++mb) {
+      loom_trace_begin(ctx, span_f(mb));
       pipe_fwd0(arena, L, mb * MR, MR, h[mb]);
+      loom_trace_end(ctx, span_f(mb));
       loom_send(ctx, h[mb], (int64_t)MR * PH, 2, +1, tag_of(mb, 0));
     }
     if (hook == PIPE_HANG && loom_step(ctx) == 2)
@@ -528,7 +536,9 @@ static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
     }
     for (int mb = 0; mb < PM; ++mb) {
       loom_recv(ctx, dh[mb], (int64_t)MR * PH, 2, +1, tag_of(mb, 1));
+      loom_trace_begin(ctx, span_b(mb));
       pipe_bwd0(arena, L, mb * MR, MR, h[mb], dh[mb], dw1, db1);
+      loom_trace_end(ctx, span_b(mb));
     }
   } else if (stage == 1) {
     for (int mb = 0; mb < PM; ++mb) {
@@ -539,20 +549,31 @@ static void pipe_train(loom_ctx *ctx, uint8_t *arena, int DP, int stage,
       if (hook == PIPE_SIZE && mb == 1)
         n += 1;
       loom_recv(ctx, h[mb], n, 2, -1, tag);
+      /* The last stage runs forward and backward of a micro-batch at once:
+       * one span, the backward's. */
+      loom_trace_begin(ctx, span_b(mb));
       if (!pipe_stage1(ctx, arena, L, mb * MR, MR, h[mb], scale, &lossSum,
                        &correct, dw2, db2, dh[mb]))
         return;
+      loom_trace_end(ctx, span_b(mb));
       loom_send(ctx, dh[mb], (int64_t)MR * PH, 2, -1, tag_of(mb, 1));
     }
   } else {
     for (int mb = 0; mb < PM; ++mb) {
+      loom_trace_begin(ctx, span_f(mb));
       pipe_fwd0(arena, L, mb * MR, MR, h[mb]);
+      loom_trace_end(ctx, span_f(mb));
+      loom_trace_begin(ctx, span_b(mb));
       if (!pipe_stage1(ctx, arena, L, mb * MR, MR, h[mb], scale, &lossSum,
                        &correct, dw2, db2, dh[mb]))
         return;
+      loom_trace_end(ctx, span_b(mb));
     }
-    for (int mb = 0; mb < PM; ++mb)
+    for (int mb = 0; mb < PM; ++mb) {
+      loom_trace_begin(ctx, span_b(mb));
       pipe_bwd0(arena, L, mb * MR, MR, h[mb], dh[mb], dw1, db1);
+      loom_trace_end(ctx, span_b(mb));
+    }
   }
   /* Gradients summed over dp (each stage its own), then the loss and the
    * squared norm summed over the stages. */

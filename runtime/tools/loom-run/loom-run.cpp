@@ -17,6 +17,7 @@
 #include "runtime/Json.h"
 #include "runtime/Sharding.h"
 #include "runtime/Support.h"
+#include "runtime/Trace.h"
 #include "runtime/Version.h"
 #include "runtime/World.h"
 
@@ -57,6 +58,8 @@ __attribute__((used)) static void *const kAbiKeepAlive[] = {
     reinterpret_cast<void *>(&loom_all_reduce_wait),
     reinterpret_cast<void *>(&loom_send),
     reinterpret_cast<void *>(&loom_recv),
+    reinterpret_cast<void *>(&loom_trace_begin),
+    reinterpret_cast<void *>(&loom_trace_end),
     reinterpret_cast<void *>(&loom_embedding_fwd_sharded),
     reinterpret_cast<void *>(&loom_embedding_bwd_sharded),
     reinterpret_cast<void *>(&loom_cross_entropy_fwd_sharded),
@@ -104,6 +107,12 @@ options (--flag=value and --flag value are both accepted):
                      after SECONDS ends the job (MPI_Abort) naming the rank,
                      step and collective (default 300 on several ranks;
                      0 turns it off)
+  --trace=FILE.json  record a timeline of the first --trace-steps steps on
+                     every rank (program calls, the compiler's schedule
+                     spans, collectives and transfers) and write it, gathered
+                     on rank 0, as one Chrome/Perfetto trace JSON
+  --trace-steps=N    steps to trace (default 3): steps 1..N, or the first N
+                     after --resume
   --describe         print the artifact's manifest and exit
   --version          print the runtime's version and build features
   --help             this text
@@ -113,7 +122,7 @@ exit status: 0 success, 1 a run-time error, 2 a usage error
 
 /// Flags in DESIGN.md whose features have not landed: named so that using
 /// one says so instead of "unknown option".
-const char *const kNotYet[] = {"trace", "infer", "batch", "calibrate"};
+const char *const kNotYet[] = {"infer", "batch", "calibrate"};
 
 /// The watchdog's limit when --timeout is not given (several ranks).
 constexpr double kDefaultTimeout = 300;
@@ -139,6 +148,9 @@ struct Options {
   bool checkNumerics = false;
   std::string logDir;
   std::optional<double> timeout;
+  std::string trace;
+  int64_t traceSteps = 3;
+  bool traceStepsGiven = false;
 };
 
 struct UsageError {
@@ -248,7 +260,12 @@ Options parseArgs(int argc, char **argv) {
       o.logDir = nonEmpty(name, takeValue());
     else if (flag("timeout"))
       o.timeout = parseSeconds(name, takeValue());
-    else if (flag("metrics"))
+    else if (flag("trace"))
+      o.trace = nonEmpty(name, takeValue());
+    else if (flag("trace-steps")) {
+      o.traceSteps = parseCount(name, takeValue(), 1);
+      o.traceStepsGiven = true;
+    } else if (flag("metrics"))
       o.metrics = takeValue();
     else if (flag("init-from"))
       o.initFrom = nonEmpty(name, takeValue());
@@ -275,6 +292,8 @@ Options parseArgs(int argc, char **argv) {
   }
   if (o.help || o.version)
     return o;
+  if (o.traceStepsGiven && o.trace.empty())
+    throw UsageError{"--trace-steps needs --trace=FILE.json"};
   if (o.ckptDir.empty()) {
     if (o.resume)
       throw UsageError{"--resume needs --ckpt-dir=DIR (where the checkpoints "
@@ -447,6 +466,16 @@ private:
                            : "";
     std::fprintf(stderr, "%sloom-run: error: %s%s\n",
                  progressShown_ ? "\n" : "", rank.c_str(), message.c_str());
+    // One rank has nobody to gather from: its timeline up to the error.
+    if (tracer_ && world_.size == 1) {
+      try {
+        Tracer::write(opts_.trace, {tracer_->fragment(0, 0, 0, 0)});
+        std::fprintf(stderr, "loom-run: trace (up to the error) %s\n",
+                     opts_.trace.c_str());
+      } catch (const Error &e) {
+        std::fprintf(stderr, "loom-run: error: %s\n", e.what());
+      }
+    }
     abortWorld(world_, 1);
   }
   /// A failure every rank meets alike (the artifact, the mesh, the flags):
@@ -458,7 +487,12 @@ private:
     finalizeWorld(world_);
     std::exit(1);
   }
-  void callProgram(loom_program_fn fn, const char *role);
+  /// Runs one program call (`batch`: the eval batch, -1 for training);
+  /// traced as one "compute" event covering the call and the completion of
+  /// its sends and reductions.
+  void callProgram(loom_program_fn fn, const char *role, int64_t batch = -1);
+  /// --trace: gathers every rank's events on rank 0, which writes the file.
+  void finishTrace();
   /// Writes a batch the loader cut into this rank's input buffers.
   void nextTrainBatch();
   void evalBatch(int64_t i);
@@ -493,6 +527,9 @@ private:
   std::vector<unsigned char> staging_;
   /// --log-dir: this rank's log.
   std::ofstream rankLog_;
+  /// --trace: this rank's recorder (behind ctx_.tracer and the mesh's);
+  /// null when not tracing.
+  std::unique_ptr<Tracer> tracer_;
   unsigned char *arena_ = nullptr;
   bool tty_ = false, progressShown_ = false;
   double lastProgress_ = 0;
@@ -579,8 +616,11 @@ void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
     say("loom-run: checkpoint " + path);
 }
 
-void Trainer::callProgram(loom_program_fn fn, const char *role) {
+void Trainer::callProgram(loom_program_fn fn, const char *role,
+                          int64_t batch) {
   ctx_.clearError();
+  bool traced = tracer_ && tracer_->active();
+  double t0 = traced ? steadySeconds() : 0;
   fn(&ctx_, arena_);
   // Sends complete by the end of the program call (their receivers are in
   // the same step). After an error the job is ended instead: a receiver
@@ -596,6 +636,16 @@ void Trainer::callProgram(loom_program_fn fn, const char *role) {
                 " started and not waited (loom_all_reduce_wait) before the "
                 "program returned")
                    .c_str());
+  }
+  if (traced) {
+    tracer_->endProgram();
+    TraceEvent e;
+    e.name = role;
+    e.ts = tracer_->micros(t0);
+    e.dur = tracer_->micros(steadySeconds()) - e.ts;
+    e.step = ctx_.step;
+    e.batch = batch;
+    tracer_->record(std::move(e));
   }
   if (ctx_.failed)
     fail("rank " + std::to_string(world_.rank) + ", step " +
@@ -623,7 +673,7 @@ EvalResult Trainer::evaluate() {
   bool hasAccuracy = artifact_->manifest().output("eval_correct").has_value();
   for (int64_t i = 0; i < batches; ++i) {
     evalBatch(i);
-    callProgram(eval, "eval_step");
+    callProgram(eval, "eval_step", i);
     // Without counted rows (a non-classification loss) every batch weighs 1.
     double count = counted ? readOutput("eval_count") : 1.0;
     lossSum += static_cast<double>(readOutput("eval_loss")) * count;
@@ -672,6 +722,30 @@ void Trainer::progress(int64_t step, int64_t steps, double loss,
                 formatDuration(eta).c_str());
   }
   std::fflush(stdout);
+}
+
+void Trainer::finishTrace() {
+  tracer_->setActive(false);
+  std::string warnings = tracer_->warnings();
+  if (!warnings.empty())
+    std::fprintf(stderr, "loom-run: warning: rank %d, --trace: %s\n",
+                 world_.rank, warnings.c_str());
+  std::string mine =
+      tracer_->fragment(world_.rank, coord_[0], coord_[1], coord_[2]);
+  std::vector<std::string> all;
+  try {
+    all = mesh_->gatherToRoot(mine, "--trace");
+  } catch (const Error &e) {
+    fail("rank " + std::to_string(world_.rank) + ": " + e.what());
+  }
+  if (world_.rank != 0)
+    return;
+  try {
+    Tracer::write(opts_.trace, all);
+  } catch (const Error &e) {
+    fail(e.what());
+  }
+  say("loom-run: trace " + opts_.trace);
 }
 
 int Trainer::run() {
@@ -763,6 +837,21 @@ int Trainer::run() {
   mesh_->setTimeout(opts_.timeout ? *opts_.timeout
                                   : world_.size > 1 ? kDefaultTimeout : 0);
   ctx_.mesh = mesh_.get();
+
+  // --trace: one clock origin for every rank, taken as they leave a barrier.
+  if (!opts_.trace.empty()) {
+    if (std::string why = cannotCreate(opts_.trace); !why.empty())
+      failEverywhere("cannot write --trace file " + opts_.trace + ": " + why);
+    tracer_ = std::make_unique<Tracer>(manifest.traceSpans);
+    try {
+      mesh_->barrier("--trace clock origin");
+    } catch (const Error &e) {
+      fail(e.what());
+    }
+    tracer_->setOrigin();
+    mesh_->setTracer(tracer_.get());
+    ctx_.tracer = tracer_.get();
+  }
 
   // --log-dir: every rank's own file, made (or found) by every rank.
   if (!opts_.logDir.empty()) {
@@ -993,6 +1082,12 @@ int Trainer::run() {
   int stopSignal = 0; // the signal every rank agreed to stop on
   for (int64_t s = start + 1; s <= steps; ++s) {
     double t0 = nowSeconds();
+    if (tracer_) {
+      // Steps start+1 .. start+N: everything they do, evaluation and
+      // checkpoints included.
+      tracer_->setActive(s <= start + opts_.traceSteps);
+      tracer_->setStep(s);
+    }
     mesh_->setStep(s);
     mesh_->takeStats(); // this step's collectives from here
     nextTrainBatch();
@@ -1129,6 +1224,8 @@ int Trainer::run() {
   }
 
   int sig = stopSignal;
+  if (tracer_)
+    finishTrace();
   // The final weights of a run that reached --steps; one stopped early has
   // its checkpoint instead.
   // Every rank takes part (the slices are gathered to rank 0, which writes).
