@@ -388,9 +388,7 @@ int64_t rankOf(Value v) {
 FailureOr<Rule> inputRule(Operation *op, ArrayRef<Sharding> in,
                           const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   auto t = ttype(op->getResult(0));
   Sharding s = Sharding::replicated(t.getRank());
   if (mesh.group(kDp) > 1) {
@@ -413,7 +411,6 @@ FailureOr<Rule> storedRule(Operation *op, ArrayRef<Sharding> in,
   const Mesh &mesh = ctx.mesh;
   StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   auto name = cast<StringAttr>(op->getAttr("name")).getValue();
   auto s = ctx.stored(name);
   r.results = {s ? *s : Sharding::replicated(rankOf(op->getResult(0)))};
@@ -430,37 +427,24 @@ FailureOr<Rule> storedRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> constantRule(Operation *op, ArrayRef<Sharding> in,
                              const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   return replicatedRule(op, "constant: replicated");
 }
 
 FailureOr<Rule> elementwiseRule(Operation *op, ArrayRef<Sharding> in,
                                 const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   return elementwise(op, in, mesh);
 }
 
 FailureOr<Rule> matmulRule(Operation *op, ArrayRef<Sharding> in,
                            const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   return matmul(op, in, mesh, false, false);
 }
 
 FailureOr<Rule> gemmRule(Operation *op, ArrayRef<Sharding> in,
                          const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   auto flag = [&](StringRef k) {
     auto a = op->getAttrOfType<BoolAttr>(k);
     return a && a.getValue();
@@ -471,18 +455,12 @@ FailureOr<Rule> gemmRule(Operation *op, ArrayRef<Sharding> in,
 FailureOr<Rule> reshapeRule(Operation *op, ArrayRef<Sharding> in,
                             const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   return reshape(op, in, mesh);
 }
 
 FailureOr<Rule> transposeRule(Operation *op, ArrayRef<Sharding> in,
                               const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   auto perm = cast<DenseI64ArrayAttr>(op->getAttr("permutation")).asArrayRef();
   Sharding res = Sharding::replicated(perm.size());
   for (size_t i = 0; i < perm.size(); ++i)
@@ -499,7 +477,6 @@ FailureOr<Rule> headsRule(Operation *op, ArrayRef<Sharding> in,
   const Mesh &mesh = ctx.mesh;
   StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   bool split = n == "loom.split_heads";
   auto it = ttype(op->getOperand(0));
   Sharding want = in[0];
@@ -528,10 +505,7 @@ FailureOr<Rule> headsRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> broadcastRule(Operation *op, ArrayRef<Sharding> in,
                               const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   auto it = ttype(op->getOperand(0)), rt = ttype(op->getResult(0));
   Sharding res = Sharding::replicated(rt.getRank());
   for (int64_t k = 0; k < it.getRank(); ++k) {
@@ -552,10 +526,8 @@ FailureOr<Rule> broadcastRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> reduceRule(Operation *op, ArrayRef<Sharding> in,
                            const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
   StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   auto it = ttype(op->getOperand(0));
   auto dims = cast<DenseI64ArrayAttr>(op->getAttr("dims")).asArrayRef();
   auto keep = op->getAttrOfType<BoolAttr>("keepdim");
@@ -585,10 +557,7 @@ FailureOr<Rule> reduceRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> normRule(Operation *op, ArrayRef<Sharding> in,
                          const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   Sharding x = full(in[0]);
   x.dims.back() = kNone;
   r.operands.push_back(x);
@@ -604,10 +573,7 @@ FailureOr<Rule> normRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> softmaxGradRule(Operation *op, ArrayRef<Sharding> in,
                                 const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   Sharding x = full(in[0]);
   x.dims.back() = kNone;
   r.operands = {x, x};
@@ -618,10 +584,7 @@ FailureOr<Rule> softmaxGradRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> normGradRule(Operation *op, ArrayRef<Sharding> in,
                              const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   // (dy, x, g, [mean,] rstd) -> (dx, dg[, db])
   Sharding x = full(in[1]);
   x.dims.back() = kNone;
@@ -643,7 +606,6 @@ FailureOr<Rule> attentionRule(Operation *op, ArrayRef<Sharding> in,
   const Mesh &mesh = ctx.mesh;
   StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   int b = in[0].dims[0], h = in[0].dims[1];
   auto qt = ttype(op->getOperand(0));
   if (h != kNone && qt.getDimSize(1) % mesh.group(h) != 0)
@@ -677,10 +639,7 @@ FailureOr<Rule> attentionRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> embeddingRule(Operation *op, ArrayRef<Sharding> in,
                               const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   // (ids, table[V, D]): a vocabulary split gives partial rows.
   Sharding ids = full(in[0]);
   int v = in[1].dims[0];
@@ -699,10 +658,7 @@ FailureOr<Rule> embeddingRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> embeddingGradRule(Operation *op, ArrayRef<Sharding> in,
                                   const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   // (ids, dy) -> dtable: its vocabulary split is the one its parameter's
   // optimizer update needs (propagated backwards from that consumer).
   Sharding ids = full(in[0]);
@@ -730,10 +686,8 @@ FailureOr<Rule> embeddingGradRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> crossEntropyRule(Operation *op, ArrayRef<Sharding> in,
                                  const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
   StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   Sharding logits = full(in[0]);
   int c = logits.dims.back();
   Sharding rows = make(lead(logits, logits.dims.size() - 1));
@@ -761,9 +715,6 @@ FailureOr<Rule> crossEntropyRule(Operation *op, ArrayRef<Sharding> in,
 FailureOr<Rule> mseRule(Operation *op, ArrayRef<Sharding> in,
                         const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   Rule e = elementwise(op, in, mesh);
   Sharding s = e.operands[0];
   for (Sharding &o : e.operands)
@@ -776,10 +727,7 @@ FailureOr<Rule> mseRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> globalNormRule(Operation *op, ArrayRef<Sharding> in,
                                const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   // A gradient is needed as its optimizer update needs it (ZeRO-1: split
   // over dp, so its all-reduce becomes a reduce-scatter).
   for (auto [v, s] : llvm::zip(op->getOperands(), in)) {
@@ -802,10 +750,8 @@ FailureOr<Rule> globalNormRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> optimizerRule(Operation *op, ArrayRef<Sharding> in,
                               const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
   StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   // The update runs where the optimizer state lives.
   Sharding st = ctx.of(op->getOperand(2));
   for (unsigned i = 0; i < op->getNumOperands(); ++i)
@@ -826,10 +772,7 @@ FailureOr<Rule> optimizerRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> updateRule(Operation *op, ArrayRef<Sharding> in,
                            const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
   Rule r;
-  (void)mesh, (void)n, (void)in;
   auto name = cast<StringAttr>(op->getAttr("name")).getValue();
   auto s = ctx.stored(name);
   r.operands = {s ? full(*s) : Sharding::replicated(rankOf(op->getOperand(0)))};
@@ -839,10 +782,6 @@ FailureOr<Rule> updateRule(Operation *op, ArrayRef<Sharding> in,
 
 FailureOr<Rule> scalarRule(Operation *op, ArrayRef<Sharding> in,
                            const RuleContext &ctx) {
-  const Mesh &mesh = ctx.mesh;
-  StringRef n = op->getName().getStringRef();
-  Rule r;
-  (void)mesh, (void)n, (void)in;
   return replicatedRule(op, "scalar: replicated");
 }
 
