@@ -101,8 +101,10 @@ struct PersistentPlan {
 class ProgramLowering {
 public:
   ProgramLowering(dist::ProgramOp program, PersistentPlan &persistent,
-                  std::vector<std::string> &opTable)
-      : program_(program), persistent_(persistent), opTable_(opTable) {}
+                  std::vector<std::string> &opTable,
+                  std::vector<std::string> &spanTable)
+      : program_(program), persistent_(persistent), opTable_(opTable),
+        spanTable_(spanTable) {}
 
   LogicalResult plan();
   LogicalResult emit(OpBuilder &moduleBuilder, int64_t arenaBytes);
@@ -164,6 +166,7 @@ private:
   dist::ProgramOp program_;
   PersistentPlan &persistent_;
   std::vector<std::string> &opTable_;
+  std::vector<std::string> &spanTable_; ///< manifest "trace_spans"
   std::vector<Buffer> buffers_;
   DenseMap<Value, int> bufOf_;
   DenseMap<Value, Value> views_;
@@ -1016,7 +1019,35 @@ LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
   auto wait = [&](Value handle) {
     call(b, program_.getLoc(), "loom_all_reduce_wait", {handle});
   };
+  // Pipeline schedule spans (loom-run --trace): each run of ops of one
+  // micro-batch and phase is bracketed by loom_trace_begin/end. Fused loops
+  // carry no phase and continue the current span; any other op without one
+  // (the optimizer, bookkeeping) closes it.
+  int64_t openSpan = -1;
+  auto closeSpan = [&]() {
+    if (openSpan >= 0)
+      call(b, program_.getLoc(), "loom_trace_end", {i64(b, openSpan)});
+    openSpan = -1;
+  };
   for (Operation &op : program_.getBody().front()) {
+    auto phase = op.getAttrOfType<StringAttr>("dist.phase");
+    auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch");
+    if (phase && mb) {
+      std::string name = (phase.getValue() == "bwd" ? "B" : "F") +
+                         std::to_string(mb.getInt());
+      auto it = llvm::find(spanTable_, name);
+      int64_t id = it - spanTable_.begin();
+      if (it == spanTable_.end())
+        spanTable_.push_back(name);
+      if (id != openSpan) {
+        closeSpan();
+        call(b, op.getLoc(), "loom_trace_begin", {i64(b, id)});
+        openSpan = id;
+      }
+    } else if (!isa<linalg::GenericOp, linalg::FillOp, arith::ConstantOp>(op) &&
+               op.getName().getStringRef() != "tensor.empty") {
+      closeSpan();
+    }
     for (Value v : op.getOperands())
       if (auto it = pending_.find(v); it != pending_.end()) {
         wait(it->second);
@@ -1027,6 +1058,7 @@ LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
     if (!op.hasAttr("async"))
       checkResults(b, &op);
   }
+  closeSpan();
   // A reduction nothing reads still completes within the step.
   for (auto &[v, handle] : pending_)
     wait(handle);
@@ -1137,13 +1169,14 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
     }
 
     std::vector<std::unique_ptr<ProgramLowering>> lowerings;
-    std::vector<std::string> opTable;
+    std::vector<std::string> opTable, spanTable;
     std::vector<int64_t> stageArena(stages, 0);
     for (int st = 0; st < stages; ++st)
       stageArena[st] = plans[st].end;
     for (auto p : programs) {
       lowerings.push_back(
-          std::make_unique<ProgramLowering>(p, plans[stageOf(p)], opTable));
+          std::make_unique<ProgramLowering>(p, plans[stageOf(p)], opTable,
+                                            spanTable));
       if (failed(lowerings.back()->plan()))
         return signalPassFailure();
       int64_t &a = stageArena[stageOf(p)];
@@ -1282,6 +1315,12 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
     for (const std::string &o : opTable)
       ops.push_back(b.getStringAttr(o));
     manifest.append("ops", b.getArrayAttr(ops));
+    if (!spanTable.empty()) {
+      SmallVector<Attribute> spans;
+      for (const std::string &n : spanTable)
+        spans.push_back(b.getStringAttr(n));
+      manifest.append("trace_spans", b.getArrayAttr(spans));
+    }
     if (auto cfg = programs.front().getConfigAttr())
       manifest.append("train", cfg);
     for (auto p : programs)
