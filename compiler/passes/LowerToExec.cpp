@@ -1323,14 +1323,29 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
     }
     if (auto cfg = programs.front().getConfigAttr())
       manifest.append("train", cfg);
-    for (auto p : programs)
-      if (auto layers = p->getAttrOfType<ArrayAttr>("loom.recomputed_layers")) {
+    // Recomputation: one entry; with pipeline stages, the stages' choices
+    // together (layers of every stage, bytes and FLOPs summed).
+    {
+      SmallVector<Attribute> layers;
+      int64_t freed = 0, flops = 0;
+      bool any = false;
+      for (auto p : programs)
+        if (auto l = p->getAttrOfType<ArrayAttr>("loom.recomputed_layers")) {
+          any = true;
+          layers.append(l.begin(), l.end());
+          if (auto a = p->getAttrOfType<IntegerAttr>("loom.recompute_freed_bytes"))
+            freed += a.getInt();
+          if (auto a = p->getAttrOfType<IntegerAttr>("loom.recompute_flops"))
+            flops += a.getInt();
+        }
+      if (any) {
         NamedAttrList rc;
-        rc.append("layers", layers);
-        rc.append("freed_bytes", p->getAttr("loom.recompute_freed_bytes"));
-        rc.append("extra_flops", p->getAttr("loom.recompute_flops"));
+        rc.append("layers", b.getArrayAttr(layers));
+        rc.append("freed_bytes", b.getI64IntegerAttr(freed));
+        rc.append("extra_flops", b.getI64IntegerAttr(flops));
         manifest.append("recompute", rc.getDictionary(&getContext()));
       }
+    }
     if (auto mesh = module.lookupSymbol<dist::MeshOp>("mesh"))
       manifest.append("mesh", mesh.getShapeAttr());
     int64_t zero = 0;
