@@ -32,7 +32,6 @@ namespace loom {
 using namespace mlir;
 
 namespace loom {
-LogicalResult propagateSharding(Operation *step, const sharding::Mesh &mesh);
 namespace {
 
 RankedTensorType ttype(Value v) { return cast<RankedTensorType>(v.getType()); }
@@ -91,7 +90,7 @@ LogicalResult microbatch(Operation *step, int64_t m, int64_t dp) {
   // sums are the gradients and the loss, which are summed across copies.
   sharding::Mesh split;
   split.size = {m, 1, 1};
-  if (failed(propagateSharding(step, split)))
+  if (failed(sharding::propagateSharding(step, split)))
     return failure();
   DenseMap<Value, sharding::Sharding> of;
   for (Operation &op : body)
@@ -148,7 +147,6 @@ LogicalResult microbatch(Operation *step, int64_t m, int64_t dp) {
                           tb.attr("end", b.getI64IntegerAttr(j + 1))});
     SmallVector<int64_t> back(t.getShape());
     back[0] = dp * rows;
-    (void)dp;
     return tb.reshape(s, RankedTensorType::get(back, t.getElementType()));
   };
 

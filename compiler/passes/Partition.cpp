@@ -35,9 +35,6 @@ using namespace loom::sharding;
 
 namespace loom {
 
-Mesh meshOfStep(Operation *step);
-LogicalResult propagateSharding(Operation *step);
-
 namespace {
 
 RankedTensorType ttype(Value v) { return cast<RankedTensorType>(v.getType()); }

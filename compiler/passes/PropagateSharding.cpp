@@ -27,8 +27,7 @@ using namespace mlir;
 using namespace loom::sharding;
 
 namespace loom {
-
-LogicalResult propagateSharding(Operation *step, const Mesh &mesh);
+namespace sharding {
 
 Mesh meshOfStep(Operation *step) {
   Mesh mesh;
@@ -119,6 +118,8 @@ LogicalResult propagateSharding(Operation *step, const Mesh &mesh) {
   }
   return success();
 }
+
+} // namespace sharding
 
 namespace {
 struct PropagateShardingPass

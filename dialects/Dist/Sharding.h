@@ -103,6 +103,13 @@ mlir::FailureOr<Sharding> annotated(mlir::Operation *param, const Mesh &mesh);
 std::optional<int> zeroDim(mlir::RankedTensorType t, const Sharding &s,
                            const Mesh &mesh);
 
+/// The mesh (and ZeRO stage) of a train step's `config` attribute.
+Mesh meshOfStep(mlir::Operation *step);
+/// loom-propagate-sharding on one train step, for its own mesh or `mesh`
+/// (compiler/passes/PropagateSharding.cpp).
+mlir::LogicalResult propagateSharding(mlir::Operation *step);
+mlir::LogicalResult propagateSharding(mlir::Operation *step, const Mesh &mesh);
+
 /// Attribute names the propagation writes and partitioning reads.
 constexpr const char *kResultsAttr = "dist.sharding";
 constexpr const char *kOperandsAttr = "dist.operand_sharding";

@@ -210,7 +210,7 @@ struct Bad {
 };
 
 std::vector<Bad> malformed() {
-  std::string eight(8, 'x'), sixteen(16, 'x');
+  std::string four(4, 'x'), eight(8, 'x'), sixteen(16, 'x');
   auto one = [](const std::string &entry) { return "{" + entry + "}"; };
   std::vector<Bad> v;
   v.push_back({"empty file", "", "shorter than the 8-byte header length"});
@@ -251,7 +251,7 @@ std::vector<Bad> malformed() {
        "tensor 'a': unknown dtype 'F8'"});
   v.push_back({"dtype not a string",
                image(one(R"("a":{"dtype":4,"shape":[1],"data_offsets":[0,4]})"),
-                     "xxxx"),
+                     four),
                "'dtype' missing or not a string"});
   v.push_back({"shape missing",
                image(one(R"("a":{"dtype":"U8","data_offsets":[0,1]})"), "x"),
@@ -284,7 +284,7 @@ std::vector<Bad> malformed() {
   v.push_back(
       {"end before begin",
        image(one(R"("a":{"dtype":"U8","shape":[0],"data_offsets":[4,2]})"),
-             "xxxx"),
+             four),
        "end before they begin"});
   v.push_back(
       {"offsets past the end",

@@ -41,7 +41,10 @@ std::string typeText(Type t) {
   return s;
 }
 
-std::string human(double b) {
+
+} // namespace
+
+std::string humanBytes(double b) {
   char buf[32];
   if (b >= double(1 << 30))
     std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(1 << 30));
@@ -53,8 +56,6 @@ std::string human(double b) {
     std::snprintf(buf, sizeof buf, "%.0f B", b);
   return buf;
 }
-
-} // namespace
 
 Communication analyzeCommunication(ModuleOp module) {
   Communication comm;
@@ -162,7 +163,7 @@ void explainSharding(ModuleOp module, const Communication &comm,
           os << " over " << a.getValue();
         if (op.getNumOperands())
           os << "  " << typeText(op.getOperand(0).getType()) << " ("
-             << human(static_cast<double>(bytesOf(op.getOperand(0).getType())))
+             << humanBytes(static_cast<double>(bytesOf(op.getOperand(0).getType())))
              << ")";
         if (auto cause = op.getAttrOfType<StringAttr>("dist.cause"))
           os << "\n  " << std::string(29, ' ') << "  because " << cause.getValue();
@@ -188,11 +189,11 @@ void explainSharding(ModuleOp module, const Communication &comm,
   for (const Collective &c : comm.collectives)
     os << llvm::format("  %-34s over %-3s payload %10s, sends %10s  at %s\n",
                        c.kind.c_str(), c.axis.c_str(),
-                       human(static_cast<double>(c.payloadBytes)).c_str(),
-                       human(c.sentBytes).c_str(), c.where.c_str());
+                       humanBytes(static_cast<double>(c.payloadBytes)).c_str(),
+                       humanBytes(c.sentBytes).c_str(), c.where.c_str());
   os << "total: " << comm.collectives.size() << " collective(s), payload "
-     << human(static_cast<double>(comm.payloadBytes)) << ", sent per rank "
-     << human(comm.sentBytes) << " (ring model)\n";
+     << humanBytes(static_cast<double>(comm.payloadBytes)) << ", sent per rank "
+     << humanBytes(comm.sentBytes) << " (ring model)\n";
 }
 
 } // namespace loom::loomc

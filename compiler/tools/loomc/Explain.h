@@ -38,6 +38,9 @@ struct Communication {
   int64_t payloadBytes = 0;
 };
 
+/// Bytes for people: "1.50 MiB", "2.0 KiB", "4 B".
+std::string humanBytes(double bytes);
+
 /// The collectives of the module's `train` dist.program.
 Communication analyzeCommunication(mlir::ModuleOp module);
 

@@ -160,18 +160,7 @@ uint64_t countFlops(mlir::ModuleOp module, int stage = -1) {
   return flops;
 }
 
-std::string humanBytes(int64_t b) {
-  char buf[32];
-  if (b >= (int64_t(1) << 30))
-    std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(int64_t(1) << 30));
-  else if (b >= (1 << 20))
-    std::snprintf(buf, sizeof buf, "%.2f MiB", b / double(1 << 20));
-  else if (b >= (1 << 10))
-    std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  else
-    std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(b));
-  return buf;
-}
+using loom::loomc::humanBytes;
 
 /// `--report`: the memory plan by category and the FLOPs of one step.
 bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
