@@ -93,7 +93,6 @@ private:
   LogicalResult rewrite(Operation *op);
   LogicalResult rewriteGlobalNorm(Operation *op, ArrayRef<Sharding> req);
   void weightLoss(Operation *ce, unsigned rowAxes);
-  void bucketGradients();
 
   Operation *program_;
   Mesh mesh_;
@@ -399,14 +398,48 @@ LogicalResult ProgramPartitioner::rewrite(Operation *op) {
   return success();
 }
 
+LogicalResult ProgramPartitioner::run() {
+  Block &body = program_->getRegion(0).front();
+  for (Operation &op : llvm::make_early_inc_range(body))
+    if (failed(rewrite(&op)))
+      return failure();
+  // Ops made here (collectives, loss weights) belong to the micro-batch of
+  // what they read, so pipeline schedules move them with it.
+  for (Operation &op : body) {
+    if (op.hasAttr(kOperandsAttr) || op.hasAttr("dist.microbatch"))
+      continue;
+    std::optional<int64_t> mb;
+    bool mixed = false;
+    for (Value v : op.getOperands())
+      if (Operation *d = v.getDefiningOp())
+        if (auto a = d->getAttrOfType<IntegerAttr>("dist.microbatch")) {
+          mixed |= mb && *mb != a.getInt();
+          mb = a.getInt();
+        }
+    if (mb && !mixed)
+      op.setAttr("dist.microbatch", b_.getI64IntegerAttr(*mb));
+  }
+  // Buckets mix the gradients of every layer; with pipeline stages they are
+  // made per stage by loom-schedule-pipeline, after the schedule has placed
+  // each gradient.
+  if (mesh_.group(kDp) > 1 && mesh_.size[2] == 1)
+    bucketDataParallelGradients(program_, bucketBytes_);
+  else if (mesh_.group(kDp) > 1)
+    program_->setAttr("dist.bucket_bytes", b_.getI64IntegerAttr(bucketBytes_));
+  return success();
+}
+
+} // namespace
+
 /// The first bucket holds the gradients computed first in the backward pass;
 /// kept small (as PyTorch DDP does) so its reduction starts early.
 constexpr int64_t kFirstBucketBytes = int64_t(1) << 20;
 
-void ProgramPartitioner::bucketGradients() {
+void bucketDataParallelGradients(Operation *program, int64_t bucketBytes) {
   // The data-parallel gradient all-reduces, in the order their gradients
-  // are computed; fused up to bucketBytes_ each.
-  Block &body = program_->getRegion(0).front();
+  // are computed; fused up to bucketBytes each.
+  Block &body = program->getRegion(0).front();
+  OpBuilder b_(program->getContext());
   SmallVector<Operation *> reduces;
   for (Operation &op : body)
     if (op.getName().getStringRef() == "dist.all_reduce" &&
@@ -431,8 +464,8 @@ void ProgramPartitioner::bucketGradients() {
   int64_t bytes = 0;
   for (Operation *r : reduces) {
     int64_t n = ttype(r->getOperand(0)).getNumElements() * 4;
-    int64_t cap = buckets.size() == 1 ? std::min(bucketBytes_, kFirstBucketBytes)
-                                      : bucketBytes_;
+    int64_t cap = buckets.size() == 1 ? std::min(bucketBytes, kFirstBucketBytes)
+                                      : bucketBytes;
     if (!buckets.back().empty() && bytes + n > cap) {
       buckets.emplace_back();
       bytes = 0;
@@ -463,14 +496,20 @@ void ProgramPartitioner::bucketGradients() {
     auto flat = RankedTensorType::get({total}, b_.getF32Type());
     Value cat = tb.create1("loom.concat", flats, flat,
                            {tb.attr("dim", b_.getI64IntegerAttr(0))});
-    Operation *red = collective(
-        "dist.all_reduce", cat, flat,
-        {b_.getNamedAttr("axis", b_.getStringAttr("dp")),
-         b_.getNamedAttr("reduction", b_.getStringAttr("sum"))},
+    OperationState st(cat.getLoc(), "dist.all_reduce");
+    st.addOperands(cat);
+    st.addTypes(flat);
+    st.addAttribute("axis", b_.getStringAttr("dp"));
+    st.addAttribute("reduction", b_.getStringAttr("sum"));
+    Operation *red = b_.create(st);
+    // Tagged with the stage of its gradients, if the program has stages.
+    if (Attribute stage = bucket.back()->getAttr("dist.stage"))
+      red->setAttr("dist.stage", stage);
+    red->setAttr("dist.cause", b_.getStringAttr(
         "gradient bucket " + std::to_string(index) + " of " +
             std::to_string(buckets.size()) + ": " + std::to_string(bucket.size()) +
             " data-parallel gradients fused (" + std::to_string(total * 4) +
-            " bytes), issued after the last is computed");
+            " bytes), issued after the last is computed"));
     red->setAttr("async", b_.getUnitAttr());
     // Unpacked right before the first op that reads a reduced gradient, so
     // the reduction overlaps the backward ops in between.
@@ -501,33 +540,7 @@ void ProgramPartitioner::bucketGradients() {
   }
 }
 
-LogicalResult ProgramPartitioner::run() {
-  Block &body = program_->getRegion(0).front();
-  for (Operation &op : llvm::make_early_inc_range(body))
-    if (failed(rewrite(&op)))
-      return failure();
-  // Ops made here (collectives, loss weights) belong to the micro-batch of
-  // what they read, so pipeline schedules move them with it.
-  for (Operation &op : body) {
-    if (op.hasAttr(kOperandsAttr) || op.hasAttr("dist.microbatch"))
-      continue;
-    std::optional<int64_t> mb;
-    bool mixed = false;
-    for (Value v : op.getOperands())
-      if (Operation *d = v.getDefiningOp())
-        if (auto a = d->getAttrOfType<IntegerAttr>("dist.microbatch")) {
-          mixed |= mb && *mb != a.getInt();
-          mb = a.getInt();
-        }
-    if (mb && !mixed)
-      op.setAttr("dist.microbatch", b_.getI64IntegerAttr(*mb));
-  }
-  // Buckets mix the gradients of every layer; with pipeline stages each
-  // gradient is reduced on its own stage instead.
-  if (mesh_.group(kDp) > 1 && mesh_.size[2] == 1)
-    bucketGradients();
-  return success();
-}
+namespace {
 
 struct PartitionPass : impl::PartitionBase<PartitionPass> {
   using PartitionBase::PartitionBase;

@@ -28,10 +28,17 @@ namespace loom {
 #define GEN_PASS_REGISTRATION
 #include "compiler/passes/Passes.h.inc"
 
-/// The named pipelines loomc runs, stage by stage.
 /// Attaches the sharding rules of the loom and train ops
 /// (ShardingRuleOpInterface external models, ShardingRules.cpp).
 void registerShardingRules(mlir::DialectRegistry &registry);
+
+/// Fuses the data-parallel gradient all-reduces of a partitioned program
+/// into buckets of at most `bucketBytes` (the first 1 MiB), each started
+/// asynchronously right after its last gradient and waited before the first
+/// reader (Partition.cpp; loom-schedule-pipeline calls it per stage).
+void bucketDataParallelGradients(mlir::Operation *program, int64_t bucketBytes);
+
+/// The named pipelines loomc runs, stage by stage.
 
 void buildLoomToTrainPipeline(mlir::OpPassManager &pm);
 void buildTrainToDistPipeline(mlir::OpPassManager &pm);

@@ -70,6 +70,26 @@ double flopsOf(Operation *op) {
   return 0;
 }
 
+/// The ops of each micro-batch's backward pass: those that depend on that
+/// micro-batch's loss seed (or the loss scale seeding it).
+DenseSet<Operation *> backwardOps(Block &body) {
+  DenseSet<Operation *> backward;
+  for (Operation &op : body) {
+    if (!op.hasAttr("dist.microbatch"))
+      continue;
+    for (Value v : op.getOperands()) {
+      Operation *d = v.getDefiningOp();
+      if (d && (d->hasAttr("loom.loss_seed") ||
+                d->getName().getStringRef() == "train.loss_scale_value" ||
+                backward.count(d))) {
+        backward.insert(&op);
+        break;
+      }
+    }
+  }
+  return backward;
+}
+
 struct Split {
   int stages = 1;
   DenseMap<Operation *, int> stageOf;
@@ -78,41 +98,88 @@ struct Split {
   std::vector<double> stageCost;
 };
 
-/// Contiguous runs of `cost` over `parts` parts minimising the largest sum
-/// (plus `head` on the first, `tail` on the last).
-std::vector<int> balance(const std::vector<double> &cost, int parts,
-                         double head, double tail) {
-  int n = static_cast<int>(cost.size());
-  std::vector<double> prefix(n + 1, 0);
-  for (int i = 0; i < n; ++i)
-    prefix[i + 1] = prefix[i] + cost[i];
-  const double inf = 1e300;
-  // best[p][i]: the smallest max over the first i layers in p parts.
-  std::vector<std::vector<double>> best(parts + 1, std::vector<double>(n + 1, inf));
-  std::vector<std::vector<int>> cut(parts + 1, std::vector<int>(n + 1, 0));
-  best[0][0] = 0;
-  for (int p = 1; p <= parts; ++p)
-    for (int i = p; i <= n; ++i)
-      for (int k = p - 1; k < i; ++k) {
-        double part = prefix[i] - prefix[k];
-        if (p == 1)
-          part += head;
-        if (p == parts && i == n)
-          part += tail;
-        double v = std::max(best[p - 1][k], part);
-        if (v < best[p][i]) {
-          best[p][i] = v;
-          cut[p][i] = k;
-        }
-      }
-  std::vector<int> stageOfLayer(n);
-  for (int p = parts, i = n; p >= 1; --p) {
-    int k = cut[p][i];
+/// What one pipeline stage costs when it holds a contiguous run of layers.
+struct StageCosts {
+  std::vector<double> time;      ///< per layer: FLOPs + parameter bytes
+  std::vector<double> staticMem; ///< per layer: params, grads, optimizer state
+  std::vector<double> actMem;    ///< per layer: activations one micro-batch saves
+  std::vector<double> workMem;   ///< per layer: other values of one micro-batch
+  double headTime = 0, tailTime = 0; ///< before the first / after the last layer
+  double headMem = 0, tailMem = 0; ///< static bytes
+  double headAct = 0, tailAct = 0; ///< activations per micro-batch
+  /// Micro-batches whose activations stage `s` holds at once under the
+  /// schedule (1F1B: pp - s, GPipe: all of them).
+  std::function<double(int)> held;
+};
+
+/// Layer runs for `parts` stages: the largest stage time as small as it can
+/// be, then, among cuts within 5% of that time, the largest stage memory
+/// (static bytes plus the activations the schedule holds) as small as it can
+/// be -- a stage that runs out of memory is worse than one a little slower.
+std::vector<int> balance(const StageCosts &c, int parts) {
+  int n = static_cast<int>(c.time.size());
+  auto prefixOf = [&](const std::vector<double> &v) {
+    std::vector<double> pre(n + 1, 0);
+    for (int i = 0; i < n; ++i)
+      pre[i + 1] = pre[i] + v[i];
+    return pre;
+  };
+  std::vector<double> t = prefixOf(c.time), sm = prefixOf(c.staticMem),
+                      am = prefixOf(c.actMem);
+  auto timeOf = [&](int p, int k, int i) {
+    double v = t[i] - t[k];
+    if (p == 1)
+      v += c.headTime;
+    if (p == parts && i == n)
+      v += c.tailTime;
+    return v;
+  };
+  // Static bytes, the saved activations of the micro-batches in flight, and
+  // the working set of the layer whose backward pass needs the most.
+  auto memOf = [&](int p, int k, int i) {
+    double v = sm[i] - sm[k] + (am[i] - am[k]) * c.held(p - 1);
+    double work = 0;
     for (int l = k; l < i; ++l)
-      stageOfLayer[l] = p - 1;
-    i = k;
-  }
-  return stageOfLayer;
+      work = std::max(work, c.workMem[l]);
+    v += work;
+    if (p == 1)
+      v += c.headMem + c.headAct * c.held(0);
+    if (p == parts && i == n)
+      v += c.tailMem + c.tailAct * c.held(parts - 1);
+    return v;
+  };
+  const double inf = 1e300;
+  // best[p][i]: the smallest max over the first i layers in p parts, of
+  // `costOf` among the cuts whose every part's time stays within `cap`.
+  auto solve = [&](auto costOf, double cap, std::vector<int> &stageOfLayer) {
+    std::vector<std::vector<double>> best(parts + 1, std::vector<double>(n + 1, inf));
+    std::vector<std::vector<int>> cut(parts + 1, std::vector<int>(n + 1, 0));
+    best[0][0] = 0;
+    for (int p = 1; p <= parts; ++p)
+      for (int i = p; i <= n; ++i)
+        for (int k = p - 1; k < i; ++k) {
+          if (best[p - 1][k] >= inf || timeOf(p, k, i) > cap)
+            continue;
+          double v = std::max(best[p - 1][k], costOf(p, k, i));
+          if (v < best[p][i]) {
+            best[p][i] = v;
+            cut[p][i] = k;
+          }
+        }
+    stageOfLayer.assign(n, 0);
+    for (int p = parts, i = n; p >= 1; --p) {
+      int k = cut[p][i];
+      for (int l = k; l < i; ++l)
+        stageOfLayer[l] = p - 1;
+      i = k;
+    }
+    return best[parts][n];
+  };
+  std::vector<int> byTime, byMemory;
+  double fastest = solve(timeOf, inf, byTime);
+  if (solve(memOf, fastest * 1.05, byMemory) >= inf)
+    return byTime;
+  return byMemory;
 }
 
 FailureOr<Split> assignStages(Operation *program, int pp,
@@ -120,36 +187,123 @@ FailureOr<Split> assignStages(Operation *program, int pp,
   Block &body = program->getRegion(0).front();
   Split split;
   split.stages = pp;
-  // Layers in forward order, and their costs.
-  llvm::MapVector<StringRef, double> layerCost;
-  double before = 0, after = 0;
+  // Layers in forward order, and their costs: time (FLOPs, plus parameter
+  // bytes at one FLOP per byte) and memory.
+  llvm::MapVector<StringRef, double> layerCost, layerStatic, layerAct, layerWork;
+  double before = 0, after = 0, beforeMem = 0, afterMem = 0;
+  double beforeAct = 0, afterAct = 0;
   bool seenLayer = false;
+  Operation *firstLayerOp = nullptr;
+  DenseSet<Operation *> backward = backwardOps(body);
+  auto bytesOf = [](Value v) {
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    return t ? double(t.getNumElements()) *
+                   std::max<int64_t>(1, t.getElementTypeBitWidth() / 8)
+             : 0.0;
+  };
   for (Operation &op : body) {
     auto tag = op.getAttrOfType<StringAttr>("loom.layer");
     double c = flopsOf(&op);
+    // Activations: forward values of the first micro-batch that its
+    // backward pass reads.
+    double saved = 0, work = 0;
+    auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch");
+    if (!mb || mb.getInt() == 0)
+      for (Value r : op.getResults()) {
+        if (!backward.count(&op) &&
+            llvm::any_of(r.getUsers(), [&](Operation *u) { return backward.count(u); }))
+          saved += bytesOf(r);
+        else
+          work += bytesOf(r);
+      }
     if (tag) {
       layerCost[tag.getValue()] += c;
+      layerAct[tag.getValue()] += saved;
+      layerWork[tag.getValue()] += work;
+      if (!firstLayerOp)
+        firstLayerOp = &op;
       seenLayer = true;
     } else if (!seenLayer) {
       before += c;
+      beforeAct += saved;
     } else {
       after += c;
+      afterAct += saved;
     }
   }
-  for (Operation &op : body)
+  // Parameters: their gradient and optimizer state too. A parameter outside
+  // the layers (embedding, head) counts where it is first used.
+  std::map<std::string, std::string> layerOfParam;
+  std::map<std::string, bool> headParam;
+  for (Operation &op : body) {
+    StringRef n = op.getName().getStringRef();
+    if (n != "train.param")
+      continue;
+    std::string name = cast<StringAttr>(op.getAttr("name")).str();
+    double bytes = bytesOf(op.getResult(0));
+    // A layer's parameters are named by its path ("layers.3.attn.wq").
+    StringRef layer;
     if (auto tag = op.getAttrOfType<StringAttr>("loom.layer"))
-      if (op.getName().getStringRef() == "train.param")
-        layerCost[tag.getValue()] += 3.0 * 4.0 * ttype(op.getResult(0)).getNumElements();
+      layer = tag.getValue();
+    for (auto &entry : layerCost)
+      if (layer.empty() && StringRef(name).starts_with((entry.first + ".").str()))
+        layer = entry.first;
+    if (!layer.empty()) {
+      layerCost[layer] += 3.0 * bytes;
+      layerStatic[layer] += 2.0 * bytes;
+      layerOfParam[name] = layer.str();
+      continue;
+    }
+    Operation *first = nullptr;
+    for (Operation *u : op.getUsers())
+      if (!first || u->isBeforeInBlock(first))
+        first = u;
+    bool head = !firstLayerOp || (first && first->isBeforeInBlock(firstLayerOp));
+    headParam[name] = head;
+    (head ? beforeMem : afterMem) += 2.0 * bytes;
+  }
+  for (Operation &op : body) {
+    if (op.getName().getStringRef() != "train.state")
+      continue;
+    StringRef name = cast<StringAttr>(op.getAttr("name")).getValue();
+    std::string param = name.rsplit('.').first.str();
+    double bytes = bytesOf(op.getResult(0));
+    if (auto it = layerOfParam.find(param); it != layerOfParam.end())
+      layerStatic[StringRef(it->second)] += bytes;
+    else if (auto h = headParam.find(param); h != headParam.end())
+      (h->second ? beforeMem : afterMem) += bytes;
+  }
   int layers = static_cast<int>(layerCost.size());
   if (layers < pp)
     return program->emitOpError("pp = ")
            << pp << " needs at least " << pp << " layers to cut at, the model has "
            << layers << " (pipeline stages are cut at layer boundaries)";
-  std::vector<double> cost;
+  StageCosts costs;
   for (auto &[name, c] : layerCost) {
     split.layers.push_back(name.str());
-    cost.push_back(c);
+    costs.time.push_back(c);
+    costs.staticMem.push_back(layerStatic.lookup(name));
+    costs.actMem.push_back(layerAct.lookup(name));
+    costs.workMem.push_back(layerWork.lookup(name));
   }
+  std::vector<double> &cost = costs.time;
+  costs.headTime = before;
+  costs.tailTime = after;
+  costs.headMem = beforeMem;
+  costs.tailMem = afterMem;
+  costs.headAct = beforeAct;
+  costs.tailAct = afterAct;
+  int64_t m = 1;
+  std::string schedule = "1f1b";
+  if (auto cfg = program->getAttrOfType<DictionaryAttr>("config")) {
+    if (auto a = cfg.getAs<IntegerAttr>("microbatches"))
+      m = a.getInt();
+    if (auto a = cfg.getAs<StringAttr>("schedule"))
+      schedule = a.str();
+  }
+  costs.held = [=](int stage) {
+    return double(schedule == "gpipe" ? m : std::min<int64_t>(m, pp - stage));
+  };
   if (!pinned.empty()) {
     split.layerStage.assign(layers, 0);
     int s = 0;
@@ -166,7 +320,7 @@ FailureOr<Split> assignStages(Operation *program, int pp,
       if (pinned[i] <= pinned[i - 1])
         return program->emitOpError("pipeline stage cuts must increase");
   } else {
-    split.layerStage = balance(cost, pp, before, after);
+    split.layerStage = balance(costs, pp);
   }
   split.stageCost.assign(pp, 0);
   split.stageCost[0] += before;
@@ -284,38 +438,41 @@ void SplitPipelinePass::runOnOperation() {
   for (Operation &op : module.getBody()->getOperations())
     if (op.getName().getStringRef() == "dist.program")
       programs.push_back(&op);
+  // The training step decides the cut; the other programs (evaluation)
+  // follow it, so every layer and its parameters live on one stage.
+  llvm::stable_sort(programs, [](Operation *a, Operation *b) {
+    auto isTrain = [](Operation *p) {
+      return cast<StringAttr>(p->getAttr("kind")).getValue() == "train";
+    };
+    return isTrain(a) && !isTrain(b);
+  });
+  std::optional<SmallVector<int64_t>> decided;
   for (Operation *program : programs) {
     SmallVector<int64_t> pinned;
     if (auto cfg = program->getAttrOfType<DictionaryAttr>("config"))
       if (auto st = cfg.getAs<DenseI64ArrayAttr>("stages"))
         pinned.assign(st.asArrayRef().begin(), st.asArrayRef().end());
+    if (decided)
+      pinned = *decided;
     auto split = assignStages(program, pp, pinned);
     if (failed(split))
       return signalPassFailure();
+    if (!decided) {
+      decided.emplace();
+      for (size_t l = 1; l < split->layerStage.size(); ++l)
+        if (split->layerStage[l] != split->layerStage[l - 1])
+          decided->push_back(static_cast<int64_t>(l));
+    }
     Block &body = program->getRegion(0).front();
     OpBuilder b(program);
     // Phases, on the whole step: an op of a micro-batch is backward when it
     // depends on that micro-batch's seed.
     {
-      DenseSet<Operation *> backward;
-      for (Operation &op : body) {
-        auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch");
-        bool bwd = false;
-        for (Value v : op.getOperands()) {
-          Operation *d = v.getDefiningOp();
-          if (!d)
-            continue;
-          if (mb && (d->hasAttr("loom.loss_seed") ||
-                     d->getName().getStringRef() == "train.loss_scale_value"))
-            bwd = true;
-          if (backward.count(d))
-            bwd = true;
-        }
-        if (bwd && mb)
-          backward.insert(&op);
-        if (mb)
-          op.setAttr("dist.phase", b.getStringAttr(bwd ? "bwd" : "fwd"));
-      }
+      DenseSet<Operation *> backward = backwardOps(body);
+      for (Operation &op : body)
+        if (op.hasAttr("dist.microbatch"))
+          op.setAttr("dist.phase",
+                     b.getStringAttr(backward.count(&op) ? "bwd" : "fwd"));
     }
     // Cross-stage values: one slot each.
     std::map<std::pair<Operation *, unsigned>, int64_t> slotOf;
@@ -506,9 +663,75 @@ struct ScheduleKey {
   int phase = 0;
 };
 
+/// Moves the gradient bookkeeping that follows the micro-batches -- the sum
+/// of each micro-batch's gradient into the running total, its loss
+/// weighting, the data-parallel all-reduce -- right after what it reads.
+/// Each micro-batch's gradient is then folded into the total as soon as it
+/// is computed (a stage holds two gradients per parameter, not one per
+/// micro-batch), and the last micro-batch's gradients are final, ready to
+/// be reduced, while the rest of its backward pass still runs. Only these
+/// ops move: each is pure, and the dp all-reduces keep their relative order
+/// on every member of the dp group, which runs the same program.
+void hoistGradientBookkeeping(Block &body) {
+  DenseSet<Operation *> chain;
+  SmallVector<Operation *> candidates;
+  for (Operation &op : body)
+    candidates.push_back(&op);
+  for (Operation *op : candidates) {
+    if (op->hasAttr("dist.microbatch")) {
+      chain.insert(op);
+      continue;
+    }
+    StringRef n = op->getName().getStringRef();
+    bool movable = n == "loom.add" || n == "loom.mul" || n == "loom.reshape" ||
+                   n == "loom.concat" ||
+                   (n == "dist.all_reduce" &&
+                    cast<StringAttr>(op->getAttr("axis")).getValue() == "dp");
+    if (!movable || op->getNumRegions() != 0)
+      continue;
+    Operation *latest = nullptr;
+    bool readsChain = false;
+    for (Value v : op->getOperands()) {
+      Operation *d = v.getDefiningOp();
+      if (!d || d->getBlock() != &body)
+        continue;
+      readsChain |= chain.count(d) != 0;
+      if (!latest || latest->isBeforeInBlock(d))
+        latest = d;
+    }
+    if (!readsChain || !latest)
+      continue;
+    chain.insert(op);
+    if (latest->isBeforeInBlock(op) && latest->getNextNode() != op)
+      op->moveAfter(latest);
+  }
+}
+
 struct SchedulePipelinePass
     : impl::SchedulePipelineBase<SchedulePipelinePass> {
   void runOnOperation() override {
+    if (failed(scheduleStages()))
+      return signalPassFailure();
+    for (Operation &program : getOperation().getBody()->getOperations()) {
+      if (program.getName().getStringRef() != "dist.program" ||
+          cast<StringAttr>(program.getAttr("kind")).getValue() != "train")
+        continue;
+      int64_t m = 1;
+      if (auto cfg = program.getAttrOfType<DictionaryAttr>("config"))
+        if (auto a = cfg.getAs<IntegerAttr>("microbatches"))
+          m = a.getInt();
+      if (m > 1)
+        hoistGradientBookkeeping(program.getRegion(0).front());
+      // Partition leaves the buckets of a pipelined program to this pass:
+      // now each stage's gradients are in place.
+      if (auto bytes = program.getAttrOfType<IntegerAttr>("dist.bucket_bytes")) {
+        bucketDataParallelGradients(&program, bytes.getInt());
+        program.removeAttr("dist.bucket_bytes");
+      }
+    }
+  }
+
+  LogicalResult scheduleStages() {
     ModuleOp module = getOperation();
     int pp = 1;
     for (Operation &op : module.getBody()->getOperations())
@@ -530,7 +753,7 @@ struct SchedulePipelinePass
       if (schedule != "gpipe" && schedule != "1f1b") {
         program.emitOpError("pipeline schedule '")
             << schedule << "' is not implemented yet (gpipe and 1f1b are)";
-        return signalPassFailure();
+        return failure();
       }
       Block &body = program.getRegion(0).front();
       DenseMap<Operation *, ScheduleKey> key;
@@ -629,6 +852,7 @@ struct SchedulePipelinePass
                                             (phase ? "B" : "F") + std::to_string(j)));
       program.setAttr("dist.schedule", ArrayAttr::get(&getContext(), orderAttr));
     }
+    return success();
   }
 };
 
