@@ -40,6 +40,17 @@
 #include <cstddef>
 #include <cstdint>
 
+// The generator and its key/counter helpers are plain integer arithmetic, so
+// the CUDA kernels (runtime/cuda) compile the same functions for the device:
+// one definition, bit-identical streams on both sides (std::array in device
+// code needs nvcc's --expt-relaxed-constexpr). A host compiler sees an empty
+// macro.
+#if defined(__CUDACC__)
+#define LOOM_HOST_DEVICE __host__ __device__
+#else
+#define LOOM_HOST_DEVICE
+#endif
+
 namespace loom::kernels {
 
 using PhiloxCounter = std::array<uint32_t, 4>;
@@ -48,7 +59,8 @@ using PhiloxBlock = std::array<uint32_t, 4>;
 
 /// Philox-4x32 with 10 rounds; the key is bumped by the Weyl constants
 /// between rounds, as in Random123's philox4x32_R.
-inline PhiloxBlock philox4x32(PhiloxCounter counter, PhiloxKey key) {
+LOOM_HOST_DEVICE inline PhiloxBlock philox4x32(PhiloxCounter counter,
+                                               PhiloxKey key) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
@@ -75,26 +87,27 @@ inline uint64_t fnv1a64(const char *data, size_t size) {
 }
 
 /// A uniform float in [0, 1) from the top 24 bits of a random word.
-inline float uniform01(uint32_t word) {
+LOOM_HOST_DEVICE inline float uniform01(uint32_t word) {
   return float(word >> 8) * (1.0f / 16777216.0f);
 }
 
 /// The key of stream `stream` under run seed `seed` (see the convention).
-inline PhiloxKey philoxKey(uint64_t seed, uint64_t stream) {
+LOOM_HOST_DEVICE inline PhiloxKey philoxKey(uint64_t seed, uint64_t stream) {
   return {uint32_t(seed) ^ uint32_t(stream),
           uint32_t(seed >> 32) ^ uint32_t(stream >> 32)};
 }
 
 /// The counter of element `index` in use `extra` of a stream.
-inline PhiloxCounter philoxCounter(uint64_t index, uint64_t extra) {
+LOOM_HOST_DEVICE inline PhiloxCounter philoxCounter(uint64_t index,
+                                                    uint64_t extra) {
   return {uint32_t(index), uint32_t(index >> 32), uint32_t(extra),
           uint32_t(extra >> 32)};
 }
 
 /// The four random words of element `index` in use `extra` of stream
 /// `stream` (argument order as runtime/Random.h's philoxAt).
-inline PhiloxBlock philoxAt(uint64_t seed, uint64_t stream, uint64_t extra,
-                            uint64_t index) {
+LOOM_HOST_DEVICE inline PhiloxBlock philoxAt(uint64_t seed, uint64_t stream,
+                                             uint64_t extra, uint64_t index) {
   return philox4x32(philoxCounter(index, extra), philoxKey(seed, stream));
 }
 

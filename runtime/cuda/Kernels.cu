@@ -1,0 +1,1541 @@
+//===- Kernels.cu - the GPU kernels but the GEMMs ------------------------===//
+//
+// Conventions (runtime/cuda/README.md): device pointers for step-varying
+// scalars; data errors into the device error word; deterministic reductions
+// (a fixed thread-to-data mapping that depends on the shape only, partial
+// sums combined in a fixed order, no float atomics); sums in double, as the
+// CPU kernels of runtime/kernels/Kernels.h accumulate them.
+//
+// Row kernels (norms, softmax, cross-entropy) give each row a group of G
+// threads: a warp (G = 32, eight rows per 256-thread block) for rows of up to
+// 1024 columns, the whole 256-thread block otherwise. A group's reductions
+// are butterfly shuffles (every lane ends with the same, order-fixed value)
+// and, across warps, per-warp values summed in warp order.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/CudaKernels.h"
+#include "runtime/cuda/Internal.h"
+#include "runtime/kernels/Philox.h"
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+namespace loom::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+/// Rows of up to this many columns get a warp each, longer ones a block.
+constexpr int64_t kWarpRowCols = 1024;
+using ull = unsigned long long;
+
+/// Blocks for a grid-stride loop over `work` items: enough to fill the GPU,
+/// never more than the work needs. (Only elementwise kernels use it: their
+/// results do not depend on the grid.)
+unsigned elementwiseGrid(const CudaContext &ctx, int64_t work,
+                         int threads = kThreads) {
+  int64_t blocks = (work + threads - 1) / threads;
+  const int64_t cap =
+      int64_t(ctx.multiprocessors > 0 ? ctx.multiprocessors : 132) * 16;
+  if (blocks > cap)
+    blocks = cap;
+  return unsigned(blocks < 1 ? 1 : blocks);
+}
+
+std::string rankPrefix(const CudaContext &ctx, const char *kernel) {
+  return "rank " + std::to_string(ctx.rank) + ": cuda: " + kernel + ": ";
+}
+
+//===----------------------------------------------------------------------===//
+// Device helpers
+//===----------------------------------------------------------------------===//
+
+/// Records a data error: the first (code, op) to claim the word wins; every
+/// report of that (code, op) keeps the lowest key in `a` (atomicMin), so the
+/// recorded element is the first in index order.
+__device__ void reportError(DeviceError *error, int32_t code, int32_t op,
+                            ull key, int64_t context) {
+  const ull mine = ull(uint32_t(code)) | (ull(uint32_t(op)) << 32);
+  const ull old = atomicCAS(reinterpret_cast<ull *>(error), 0ull, mine);
+  if (old == 0ull || old == mine) {
+    atomicMin(reinterpret_cast<ull *>(&error->a), key);
+    atomicExch(reinterpret_cast<ull *>(&error->b), ull(context));
+  }
+}
+
+/// Whether another (code, op) already holds the error word.
+__device__ bool claimedByOther(const DeviceError *error, int32_t code,
+                               int32_t op) {
+  const ull mine = ull(uint32_t(code)) | (ull(uint32_t(op)) << 32);
+  const ull now = *reinterpret_cast<const volatile ull *>(error);
+  return now != 0ull && now != mine;
+}
+
+template <class T> __device__ T warpSum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ float warpMax(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+/// Sum over the G threads of a row group; the same value in every thread.
+/// shm: 32 entries of block shared memory (used when G > 32).
+template <int G> __device__ double groupSum(double v, double *shm) {
+  v = warpSum(v);
+  if constexpr (G > 32) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads(); // shm free (an earlier reduction may still read it)
+    if (lane == 0)
+      shm[warp] = v;
+    __syncthreads();
+    v = 0;
+    for (int w = 0; w < G / 32; ++w)
+      v += shm[w];
+  }
+  return v;
+}
+
+template <int G> __device__ float groupMax(float v, float *shm) {
+  v = warpMax(v);
+  if constexpr (G > 32) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+      shm[warp] = v;
+    __syncthreads();
+    v = shm[0];
+    for (int w = 1; w < G / 32; ++w)
+      v = fmaxf(v, shm[w]);
+  }
+  return v;
+}
+
+/// The larger value, the lower index on a tie (std::max_element's first
+/// maximum); commutative and associative.
+__device__ void argmaxCombine(float &v, int64_t &i, float ov, int64_t oi) {
+  if (ov > v || (ov == v && oi < i)) {
+    v = ov;
+    i = oi;
+  }
+}
+
+template <int G>
+__device__ void groupArgmax(float &v, int64_t &i, float *shmV, int64_t *shmI) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, offset);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, i, offset);
+    argmaxCombine(v, i, ov, oi);
+  }
+  if constexpr (G > 32) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) {
+      shmV[warp] = v;
+      shmI[warp] = i;
+    }
+    __syncthreads();
+    v = shmV[0];
+    i = shmI[0];
+    for (int w = 1; w < G / 32; ++w)
+      argmaxCombine(v, i, shmV[w], shmI[w]);
+  }
+}
+
+/// Block-wide sum (blockDim.x a multiple of 32, at most 1024), the same
+/// value in every thread, in a fixed order.
+template <class T> __device__ T blockSum(T v, T *shm) {
+  v = warpSum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0)
+    shm[warp] = v;
+  __syncthreads();
+  T total = 0;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w)
+    total += shm[w];
+  return total;
+}
+
+__device__ ull blockMinU64(ull v, ull *shm) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const ull o = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = o < v ? o : v;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0)
+    shm[warp] = v;
+  __syncthreads();
+  ull m = shm[0];
+  for (int w = 1; w < int(blockDim.x >> 5); ++w)
+    m = shm[w] < m ? shm[w] : m;
+  return m;
+}
+
+/// The row of this thread's group and its lane within the group.
+template <int G> __device__ int64_t groupRow() {
+  return int64_t(blockIdx.x) * (kThreads / G) + threadIdx.x / G;
+}
+template <int G> __device__ int groupLane() { return int(threadIdx.x % G); }
+
+//===----------------------------------------------------------------------===//
+// 16-bit formats, bit for bit as runtime/kernels/LowPrecision.cpp
+//===----------------------------------------------------------------------===//
+
+__device__ float fromBF16(uint16_t h) {
+  return __uint_as_float(uint32_t(h) << 16);
+}
+
+__device__ uint16_t toBF16(float f) {
+  uint32_t u = __float_as_uint(f);
+  if (isnan(f))
+    return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+__device__ float fromF16(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu,
+           mant = h & 0x3ffu, u;
+  if (exp == 0) {
+    if (mant == 0) {
+      u = sign;
+    } else {
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while (!(mant & 0x400u));
+      u = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
+    }
+  } else if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (mant << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  return __uint_as_float(u);
+}
+
+__device__ uint16_t toF16(float f) {
+  const uint32_t u = __float_as_uint(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t absu = u & 0x7fffffffu;
+  if (absu >= 0x7f800000u)
+    return uint16_t(sign | 0x7c00u | (absu > 0x7f800000u ? 0x200u : 0));
+  if (absu >= 0x477ff000u)
+    return uint16_t(sign | 0x7c00u);
+  if (absu < 0x38800000u) {
+    const float scaled = __fmul_rn(__uint_as_float(absu), 16777216.0f);
+    return uint16_t(sign | uint32_t(rintf(scaled)));
+  }
+  const uint32_t exp = ((absu >> 23) - 127 + 15) << 10;
+  const uint32_t mant = absu & 0x7fffffu;
+  uint32_t h = exp | (mant >> 13);
+  const uint32_t rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+    ++h;
+  return uint16_t(sign | h);
+}
+
+//===----------------------------------------------------------------------===//
+// Row kernels: layer norm, RMS norm, softmax, log-softmax
+//===----------------------------------------------------------------------===//
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    layerNormFwdKernel(int64_t rows, int64_t cols, const float *x,
+                       const float *gain, const float *bias, float eps,
+                       float *y, float *mean, float *rstd) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *xr = x + r * cols;
+  float *yr = y + r * cols;
+  double sum = 0;
+  for (int64_t c = lane; c < cols; c += G)
+    sum += xr[c];
+  const double mu = groupSum<G>(sum, shm) / double(cols);
+  double squares = 0;
+  for (int64_t c = lane; c < cols; c += G) {
+    const double d = xr[c] - mu;
+    squares += d * d;
+  }
+  squares = groupSum<G>(squares, shm);
+  const double rs = 1.0 / sqrt(squares / double(cols) + double(eps));
+  for (int64_t c = lane; c < cols; c += G) {
+    double v = (xr[c] - mu) * rs;
+    if (gain)
+      v *= gain[c];
+    if (bias)
+      v += bias[c];
+    yr[c] = float(v);
+  }
+  if (lane == 0) {
+    if (mean)
+      mean[r] = float(mu);
+    if (rstd)
+      rstd[r] = float(rs);
+  }
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    layerNormBwdKernel(int64_t rows, int64_t cols, const float *dy,
+                       const float *x, const float *gain, const float *mean,
+                       const float *rstd, float *dx) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *dyr = dy + r * cols, *xr = x + r * cols;
+  const double mu = mean[r], rs = rstd[r];
+  double sumG = 0, sumGX = 0;
+  for (int64_t c = lane; c < cols; c += G) {
+    const double g = gain ? double(dyr[c]) * gain[c] : double(dyr[c]);
+    sumG += g;
+    sumGX += g * (xr[c] - mu) * rs;
+  }
+  const double meanG = groupSum<G>(sumG, shm) / double(cols);
+  const double meanGX = groupSum<G>(sumGX, shm) / double(cols);
+  for (int64_t c = lane; c < cols; c += G) {
+    const double g = gain ? double(dyr[c]) * gain[c] : double(dyr[c]);
+    const double xhat = (xr[c] - mu) * rs;
+    dx[r * cols + c] = float(rs * (g - meanG - xhat * meanGX));
+  }
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    rmsNormFwdKernel(int64_t rows, int64_t cols, const float *x,
+                     const float *gain, float eps, float *y, float *rstd) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *xr = x + r * cols;
+  double squares = 0;
+  for (int64_t c = lane; c < cols; c += G)
+    squares += double(xr[c]) * xr[c];
+  squares = groupSum<G>(squares, shm);
+  const double rs = 1.0 / sqrt(squares / double(cols) + double(eps));
+  for (int64_t c = lane; c < cols; c += G)
+    y[r * cols + c] = float(gain ? xr[c] * rs * gain[c] : xr[c] * rs);
+  if (lane == 0 && rstd)
+    rstd[r] = float(rs);
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    rmsNormBwdKernel(int64_t rows, int64_t cols, const float *dy,
+                     const float *x, const float *gain, const float *rstd,
+                     float *dx) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *dyr = dy + r * cols, *xr = x + r * cols;
+  const double rs = rstd[r];
+  double sumGX = 0;
+  for (int64_t c = lane; c < cols; c += G)
+    sumGX += (gain ? double(dyr[c]) * gain[c] : double(dyr[c])) * xr[c];
+  const double k = rs * rs * groupSum<G>(sumGX, shm) / double(cols);
+  for (int64_t c = lane; c < cols; c += G) {
+    const double g = gain ? double(dyr[c]) * gain[c] : double(dyr[c]);
+    dx[r * cols + c] = float(rs * (g - xr[c] * k));
+  }
+}
+
+/// Column sums of the norms' parameter gradients, pass 1: block (32 columns
+/// x 8 row lanes) over one chunk of rows; partial[chunk][col] in double.
+/// layer: dgain += dy * ((x - mean) * rstd), dbias += dy; RMS (mean null):
+/// dgain += dy * x * rstd.
+__global__ void __launch_bounds__(kThreads)
+    normColumnPartials(int64_t rows, int64_t cols, int64_t rowsPerChunk,
+                       const float *dy, const float *x, const float *mean,
+                       const float *rstd, double *partialGain,
+                       double *partialBias) {
+  __shared__ double sGain[8][33], sBias[8][33];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int64_t col = int64_t(blockIdx.x) * 32 + tx;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r0 = chunk * rowsPerChunk;
+  const int64_t r1 = r0 + rowsPerChunk < rows ? r0 + rowsPerChunk : rows;
+  double accGain = 0, accBias = 0;
+  if (col < cols) {
+    for (int64_t r = r0 + ty; r < r1; r += 8) {
+      const float d = dy[r * cols + col], xv = x[r * cols + col];
+      const double rs = rstd[r];
+      if (mean) {
+        accGain += double(d) * ((xv - double(mean[r])) * rs);
+        accBias += d;
+      } else {
+        accGain += double(d) * xv * rs;
+      }
+    }
+  }
+  sGain[ty][tx] = accGain;
+  sBias[ty][tx] = accBias;
+  __syncthreads();
+  if (ty == 0 && col < cols) {
+    double g = 0, b = 0;
+    for (int k = 0; k < 8; ++k) {
+      g += sGain[k][tx];
+      b += sBias[k][tx];
+    }
+    partialGain[chunk * cols + col] = g;
+    if (partialBias)
+      partialBias[chunk * cols + col] = b;
+  }
+}
+
+/// Pass 2: each column adds its chunks' partials in chunk order.
+__global__ void normColumnFinish(int64_t cols, int64_t chunks,
+                                 const double *partialGain,
+                                 const double *partialBias, float *dgain,
+                                 float *dbias) {
+  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col >= cols)
+    return;
+  double g = 0, b = 0;
+  for (int64_t k = 0; k < chunks; ++k) {
+    g += partialGain[k * cols + col];
+    if (partialBias)
+      b += partialBias[k * cols + col];
+  }
+  if (dgain)
+    dgain[col] = float(g);
+  if (dbias)
+    dbias[col] = float(b);
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    softmaxFwdKernel(int64_t rows, int64_t cols, const float *x, float *y,
+                     bool logarithm) {
+  __shared__ double shm[32];
+  __shared__ float shmMax[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *xr = x + r * cols;
+  float *yr = y + r * cols;
+  float mx = -INFINITY;
+  for (int64_t c = lane; c < cols; c += G)
+    mx = fmaxf(mx, xr[c]);
+  const double m = groupMax<G>(mx, shmMax);
+  double sum = 0;
+  for (int64_t c = lane; c < cols; c += G)
+    sum += exp(xr[c] - m);
+  sum = groupSum<G>(sum, shm);
+  if (logarithm) {
+    const double shift = m + log(sum);
+    for (int64_t c = lane; c < cols; c += G)
+      yr[c] = float(xr[c] - shift);
+  } else {
+    const double inv = 1.0 / sum;
+    for (int64_t c = lane; c < cols; c += G)
+      yr[c] = float(exp(xr[c] - m) * inv);
+  }
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    softmaxBwdKernel(int64_t rows, int64_t cols, const float *y,
+                     const float *dy, float *dx, bool logarithm) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *yr = y + r * cols, *dyr = dy + r * cols;
+  double acc = 0;
+  for (int64_t c = lane; c < cols; c += G)
+    acc += logarithm ? double(dyr[c]) : double(dyr[c]) * yr[c];
+  acc = groupSum<G>(acc, shm);
+  for (int64_t c = lane; c < cols; c += G)
+    dx[r * cols + c] = logarithm ? float(dyr[c] - exp(double(yr[c])) * acc)
+                                 : float(yr[c] * (dyr[c] - acc));
+}
+
+//===----------------------------------------------------------------------===//
+// Cross-entropy
+//===----------------------------------------------------------------------===//
+
+/// Per row: lse, and the row's loss and flags (bit 0 counted, bit 1 argmax
+/// == target) for the reduction kernel.
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    crossEntropyRowsKernel(int64_t rows, int64_t classes, const float *logits,
+                           const int32_t *target, int64_t ignoreIndex,
+                           float *lse, double *rowLoss, uint8_t *rowFlags,
+                           DeviceError *error, int32_t op) {
+  __shared__ double shm[32];
+  __shared__ float shmV[32];
+  __shared__ int64_t shmI[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *xr = logits + r * classes;
+  float best = -INFINITY;
+  int64_t bestIndex = INT64_MAX;
+  // The first maximum of this lane's columns (ascending c), then of the row.
+  for (int64_t c = lane; c < classes; c += G)
+    if (bestIndex == INT64_MAX || xr[c] > best) {
+      best = xr[c];
+      bestIndex = c;
+    }
+  groupArgmax<G>(best, bestIndex, shmV, shmI);
+  const double m = best;
+  double sum = 0;
+  for (int64_t c = lane; c < classes; c += G)
+    sum += exp(xr[c] - m);
+  sum = groupSum<G>(sum, shm);
+  const double l = m + log(sum);
+  if (lane != 0)
+    return;
+  if (lse)
+    lse[r] = float(l);
+  const int64_t t = target[r];
+  uint8_t flags = 0;
+  double loss = 0;
+  if (t != ignoreIndex) {
+    if (t < 0 || t >= classes) {
+      reportError(error, kTargetOutOfRange, op,
+                  (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
+    } else {
+      loss = l - xr[t];
+      flags = uint8_t(1 | (bestIndex == t ? 2 : 0));
+    }
+  }
+  rowLoss[r] = loss;
+  rowFlags[r] = flags;
+}
+
+/// One block: loss = mean of the counted rows' losses, stats.
+__global__ void __launch_bounds__(1024)
+    crossEntropyReduceKernel(int64_t rows, const double *rowLoss,
+                             const uint8_t *rowFlags, float *loss,
+                             float *stats) {
+  __shared__ double shm[32];
+  __shared__ long long shmCount[32];
+  double total = 0;
+  long long counted = 0, correct = 0;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+    const uint8_t f = rowFlags[r];
+    if (f & 1) {
+      total += rowLoss[r];
+      ++counted;
+      correct += (f >> 1) & 1;
+    }
+  }
+  total = blockSum(total, shm);
+  counted = blockSum(counted, shmCount);
+  correct = blockSum(correct, shmCount);
+  if (threadIdx.x == 0) {
+    *loss = float(counted ? total / double(counted) : 0.0);
+    if (stats) {
+      stats[0] = float(counted);
+      stats[1] = float(correct);
+    }
+  }
+}
+
+/// One block: the number of rows whose target is not ignoreIndex.
+__global__ void __launch_bounds__(1024)
+    countTargetsKernel(int64_t rows, const int32_t *target, int64_t ignoreIndex,
+                       long long *counted) {
+  __shared__ long long shm[32];
+  long long n = 0;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
+    n += int64_t(target[r]) != ignoreIndex;
+  n = blockSum(n, shm);
+  if (threadIdx.x == 0)
+    *counted = n;
+}
+
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    crossEntropyBwdKernel(int64_t rows, int64_t classes, const float *logits,
+                          const int32_t *target, int64_t ignoreIndex,
+                          const float *lse, const float *dloss,
+                          const long long *counted, float *dlogits,
+                          DeviceError *error, int32_t op) {
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const int64_t t = target[r];
+  float *dr = dlogits + r * classes;
+  const bool bad = t != ignoreIndex && (t < 0 || t >= classes);
+  if (bad && lane == 0)
+    reportError(error, kTargetOutOfRange, op,
+                (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
+  if (t == ignoreIndex || bad) {
+    for (int64_t c = lane; c < classes; c += G)
+      dr[c] = 0.0f;
+    return;
+  }
+  const long long n = *counted;
+  const double scale = n ? double(*dloss) / double(n) : 0.0;
+  const float *xr = logits + r * classes;
+  const double l = lse[r];
+  for (int64_t c = lane; c < classes; c += G)
+    dr[c] = float(scale * (exp(xr[c] - l) - (c == t ? 1.0 : 0.0)));
+}
+
+//===----------------------------------------------------------------------===//
+// Embedding
+//===----------------------------------------------------------------------===//
+
+__global__ void embeddingFwdKernel(int64_t n, int64_t vocab, int64_t dim,
+                                   const int32_t *ids, const float *table,
+                                   float *out, DeviceError *error, int32_t op) {
+  const int64_t i = blockIdx.x;
+  const int32_t id = ids[i];
+  if (id < 0 || id >= vocab) {
+    if (threadIdx.x == 0)
+      reportError(error, kEmbeddingIdOutOfRange, op,
+                  (ull(i) << 32) | ull(uint32_t(id)), vocab);
+    return;
+  }
+  const float *src = table + int64_t(id) * dim;
+  float *dst = out + i * dim;
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x)
+    dst[c] = src[c];
+}
+
+/// keys[i] = ids[i] (vocab for a bad id, which sorts last and is skipped),
+/// positions[i] = i.
+__global__ void embeddingKeysKernel(int64_t n, int64_t vocab,
+                                    const int32_t *ids, uint32_t *keys,
+                                    uint32_t *positions, DeviceError *error,
+                                    int32_t op) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int32_t id = ids[i];
+    const bool bad = id < 0 || id >= vocab;
+    if (bad)
+      reportError(error, kEmbeddingIdOutOfRange, op,
+                  (ull(i) << 32) | ull(uint32_t(id)), vocab);
+    keys[i] = bad ? uint32_t(vocab) : uint32_t(id);
+    positions[i] = uint32_t(i);
+  }
+}
+
+/// Block s starts the run of equal sorted keys at s (or exits): the table row
+/// of that id = the sum of its positions' dout rows in position order (the
+/// sort is stable), in double.
+__global__ void embeddingSegmentsKernel(int64_t n, int64_t vocab, int64_t dim,
+                                        const uint32_t *keys,
+                                        const uint32_t *positions,
+                                        const float *dout, float *dtable) {
+  const int64_t s = blockIdx.x;
+  const uint32_t key = keys[s];
+  if (key >= vocab || (s > 0 && keys[s - 1] == key))
+    return;
+  int64_t e = s + 1;
+  while (e < n && keys[e] == key)
+    ++e;
+  float *row = dtable + int64_t(key) * dim;
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
+    double acc = 0;
+    for (int64_t j = s; j < e; ++j)
+      acc += dout[int64_t(positions[j]) * dim + c];
+    row[c] = float(acc);
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Dropout
+//===----------------------------------------------------------------------===//
+
+__global__ void dropoutKernel(int64_t n, float p, float scale,
+                              kernels::PhiloxKey key, const int64_t *step,
+                              const float *x, float *y) {
+  const uint64_t extra = uint64_t(*step);
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const kernels::PhiloxBlock words =
+        kernels::philox4x32(kernels::philoxCounter(uint64_t(i), extra), key);
+    const bool keep = kernels::uniform01(words[0]) >= p;
+    y[i] = keep ? __fmul_rn(x[i], scale) : 0.0f;
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Optimizers
+//===----------------------------------------------------------------------===//
+
+/// The per-step constants of AdamW, from the device step and lr, computed as
+/// the CPU kernel computes them (in double, rounded once).
+struct AdamWConstants {
+  float stepSize, decay, bc2Sqrt, lr;
+};
+
+__device__ AdamWConstants adamwConstants(float lr, float beta1, float beta2,
+                                         float weightDecay, int64_t t) {
+  const double bc1 = 1.0 - pow(double(beta1), double(t));
+  const double bc2Sqrt = sqrt(1.0 - pow(double(beta2), double(t)));
+  AdamWConstants k;
+  k.stepSize = float(double(lr) / bc1);
+  k.decay = float(1.0 - double(lr) * double(weightDecay));
+  k.bc2Sqrt = float(bc2Sqrt);
+  k.lr = lr;
+  return k;
+}
+
+/// One element, the CPU's float operations in its order (no FMA).
+__device__ void adamwElement(int64_t i, float *param, const float *grad,
+                             float *m, float *v, float beta1, float beta2,
+                             float eps, float weightDecay, float gradScale,
+                             float stepSize, float decay, float bc2Sqrt) {
+  const float g = __fmul_rn(grad[i], gradScale);
+  float p = param[i];
+  if (weightDecay != 0.0f)
+    p = __fmul_rn(p, decay);
+  const float mi =
+      __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
+  const float vi =
+      __fadd_rn(__fmul_rn(beta2, v[i]),
+                __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
+  m[i] = mi;
+  v[i] = vi;
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
+  param[i] = __fsub_rn(p, __fmul_rn(stepSize, __fdiv_rn(mi, denom)));
+}
+
+__global__ void adamwKernel(int64_t n, float *param, const float *grad,
+                            float *m, float *v, const float *lr, float beta1,
+                            float beta2, float eps, float weightDecay,
+                            const float *gradScale, const int64_t *step) {
+  __shared__ AdamWConstants k;
+  __shared__ float gs;
+  if (threadIdx.x == 0) {
+    k = adamwConstants(*lr, beta1, beta2, weightDecay, *step);
+    gs = *gradScale;
+  }
+  __syncthreads();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    adamwElement(i, param, grad, m, v, beta1, beta2, eps, weightDecay, gs,
+                 k.stepSize, k.decay, k.bc2Sqrt);
+}
+
+/// blockIdx.y: the tensor; blockIdx.x strides over its elements.
+__global__ void adamwMultiKernel(const AdamWTensor *tensors, const float *lr,
+                                 float beta1, float beta2, float eps,
+                                 const float *gradScale, const int64_t *step) {
+  __shared__ AdamWTensor tensor;
+  __shared__ AdamWConstants k;
+  __shared__ float gs;
+  if (threadIdx.x == 0) {
+    tensor = tensors[blockIdx.y];
+    k = adamwConstants(*lr, beta1, beta2, tensor.weightDecay, *step);
+    gs = *gradScale;
+  }
+  __syncthreads();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < tensor.n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    adamwElement(i, tensor.param, tensor.grad, tensor.m, tensor.v, beta1, beta2,
+                 eps, tensor.weightDecay, gs, k.stepSize, k.decay, k.bc2Sqrt);
+}
+
+__global__ void sgdKernel(int64_t n, float *param, const float *grad,
+                          float *buf, const float *lr, float momentum,
+                          bool nesterov, float weightDecay,
+                          const float *gradScale, const int32_t *first) {
+  const float rate = *lr, gs = *gradScale;
+  const bool isFirst = first && *first != 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float g = __fmul_rn(grad[i], gs);
+    if (weightDecay != 0.0f)
+      g = __fadd_rn(g, __fmul_rn(weightDecay, param[i]));
+    float update = g;
+    if (momentum != 0.0f) {
+      const float b = isFirst ? g : __fadd_rn(__fmul_rn(momentum, buf[i]), g);
+      buf[i] = b;
+      update = nesterov ? __fadd_rn(g, __fmul_rn(momentum, b)) : b;
+    }
+    param[i] = __fsub_rn(param[i], __fmul_rn(rate, update));
+  }
+}
+
+/// Sum of squares, pass 1: block b sums elements b*256+t, strided by the
+/// grid, in double; partial[b].
+__global__ void sumSquaresPartials(int64_t n, const float *x, double *partial) {
+  __shared__ double shm[32];
+  double acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    acc += double(x[i]) * x[i];
+  acc = blockSum(acc, shm);
+  if (threadIdx.x == 0)
+    partial[blockIdx.x] = acc;
+}
+
+/// Pass 2, one block: the partials in a fixed order.
+__global__ void sumSquaresFinish(int64_t count, const double *partial,
+                                 double *out, bool accumulate) {
+  __shared__ double shm[32];
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x)
+    acc += partial[i];
+  acc = blockSum(acc, shm);
+  if (threadIdx.x == 0)
+    *out = accumulate ? *out + acc : acc;
+}
+
+__global__ void adaptiveClipKernel(const float *normPtr, float *history,
+                                   int64_t window, int64_t *count, float sigmas,
+                                   float maxNorm, bool record, float *coefOut) {
+  const float norm = *normPtr;
+  double threshold = maxNorm > 0 ? double(maxNorm) : double(INFINITY);
+  if (window > 0 && *count >= window) {
+    double mean = 0;
+    for (int64_t i = 0; i < window; ++i)
+      mean += history[i];
+    mean /= double(window);
+    double var = 0;
+    for (int64_t i = 0; i < window; ++i)
+      var += (history[i] - mean) * (history[i] - mean);
+    var /= double(window);
+    threshold = mean + sigmas * sqrt(var);
+  }
+  float coef = 1.0f;
+  if (isfinite(threshold) && isfinite(norm))
+    coef = float(fmin(1.0, threshold / (double(norm) + 1e-6)));
+  if (record && window > 0 && isfinite(norm)) {
+    history[*count % window] = norm;
+    ++*count;
+  }
+  *coefOut = coef;
+}
+
+__global__ void checkFiniteKernel(const void *data, int64_t n, int32_t dtype,
+                                  DeviceError *error, int32_t op) {
+  __shared__ ull shm[32];
+  __shared__ bool skip;
+  if (threadIdx.x == 0)
+    skip = claimedByOther(error, kNotFinite, op);
+  __syncthreads();
+  if (skip)
+    return;
+  ull first = ~0ull;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    bool bad, inf;
+    if (dtype == 0) {
+      const uint32_t u = static_cast<const uint32_t *>(data)[i];
+      bad = (u & 0x7f800000u) == 0x7f800000u;
+      inf = (u & 0x007fffffu) == 0;
+    } else {
+      const uint16_t h = static_cast<const uint16_t *>(data)[i];
+      const uint16_t expMask = dtype == 1 ? 0x7f80u : 0x7c00u;
+      const uint16_t mantMask = dtype == 1 ? 0x007fu : 0x03ffu;
+      bad = (h & expMask) == expMask;
+      inf = (h & mantMask) == 0;
+    }
+    if (bad) {
+      const ull key = (ull(i) << 1) | (inf ? 1ull : 0ull);
+      first = key < first ? key : first;
+      break; // later elements of this thread have larger indices
+    }
+  }
+  first = blockMinU64(first, shm);
+  if (threadIdx.x == 0 && first != ~0ull)
+    reportError(error, kNotFinite, op, first, n);
+}
+
+//===----------------------------------------------------------------------===//
+// Glue
+//===----------------------------------------------------------------------===//
+
+template <class T> __global__ void fillKernel(T *x, int64_t n, T value) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    x[i] = value;
+}
+
+__global__ void scaleKernel(int elemKind, void *X, int64_t batch, int64_t count,
+                            int64_t stride, float beta) {
+  const int64_t total = batch * count;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t at = (i / count) * stride + i % count;
+    if (elemKind == 0) {
+      float *x = static_cast<float *>(X);
+      x[at] = beta == 0.0f ? 0.0f : beta * x[at];
+    } else {
+      static_cast<uint16_t *>(X)[at] = 0;
+    }
+  }
+}
+
+__global__ void scalarCopyKernel(const void *src, int32_t srcType, void *dst,
+                                 int32_t dstType, bool sqrtOf) {
+  const bool srcInt = srcType == kI32 || srcType == kI64;
+  const bool dstInt = dstType == kI32 || dstType == kI64;
+  if (srcInt && dstInt && !sqrtOf) {
+    const int64_t v = srcType == kI32 ? *static_cast<const int32_t *>(src)
+                                      : *static_cast<const int64_t *>(src);
+    if (dstType == kI32)
+      *static_cast<int32_t *>(dst) = int32_t(v);
+    else
+      *static_cast<int64_t *>(dst) = v;
+    return;
+  }
+  double v = 0;
+  switch (srcType) {
+  case kF32:
+    v = *static_cast<const float *>(src);
+    break;
+  case kF64:
+    v = *static_cast<const double *>(src);
+    break;
+  case kI32:
+    v = double(*static_cast<const int32_t *>(src));
+    break;
+  default:
+    v = double(*static_cast<const int64_t *>(src));
+    break;
+  }
+  if (sqrtOf)
+    v = sqrt(v);
+  switch (dstType) {
+  case kF32:
+    *static_cast<float *>(dst) = float(v);
+    break;
+  case kF64:
+    *static_cast<double *>(dst) = v;
+    break;
+  case kI32:
+    *static_cast<int32_t *>(dst) = int32_t(v);
+    break;
+  default:
+    *static_cast<int64_t *>(dst) = int64_t(v);
+    break;
+  }
+}
+
+/// kind: 0 f32->bf16, 1 bf16->f32, 2 f32->f16, 3 f16->f32.
+__global__ void castKernel(int kind, const void *x, void *y, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    switch (kind) {
+    case 0:
+      static_cast<uint16_t *>(y)[i] = toBF16(static_cast<const float *>(x)[i]);
+      break;
+    case 1:
+      static_cast<float *>(y)[i] =
+          fromBF16(static_cast<const uint16_t *>(x)[i]);
+      break;
+    case 2:
+      static_cast<uint16_t *>(y)[i] = toF16(static_cast<const float *>(x)[i]);
+      break;
+    default:
+      static_cast<float *>(y)[i] = fromF16(static_cast<const uint16_t *>(x)[i]);
+      break;
+    }
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Fallback GEMM
+//===----------------------------------------------------------------------===//
+
+template <int Kind> __device__ float loadAs(const void *p, int64_t i) {
+  if constexpr (Kind == 0)
+    return static_cast<const float *>(p)[i];
+  else if constexpr (Kind == 1)
+    return fromBF16(static_cast<const uint16_t *>(p)[i]);
+  else
+    return fromF16(static_cast<const uint16_t *>(p)[i]);
+}
+
+constexpr int kGemmTile = 16;
+
+/// blockIdx.z: the batch (from zBase); 16 x 16 outputs per block, operand
+/// tiles staged in shared memory, each output's sum over k in order.
+template <int Kind>
+__global__ void fallbackGemmKernel(int64_t zBase, bool transA, bool transB,
+                                   int64_t M, int64_t N, int64_t K,
+                                   const void *A, int64_t strideA,
+                                   const void *B, int64_t strideB, void *C,
+                                   int64_t strideC, float alpha, float beta) {
+  __shared__ float tileA[kGemmTile][kGemmTile + 1];
+  __shared__ float tileB[kGemmTile][kGemmTile + 1];
+  const int64_t b = zBase + blockIdx.z;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t i = int64_t(blockIdx.y) * kGemmTile + ty;
+  const int64_t j = int64_t(blockIdx.x) * kGemmTile + tx;
+  const int64_t offA = b * strideA, offB = b * strideB;
+  float acc = 0.0f;
+  for (int64_t k0 = 0; k0 < K; k0 += kGemmTile) {
+    // tileA[ty][tx] = op(A)(i, k0 + tx); tileB[ty][tx] = op(B)(k0 + ty, j).
+    const int64_t ka = k0 + tx, kb = k0 + ty;
+    tileA[ty][tx] =
+        i < M && ka < K
+            ? loadAs<Kind>(A, offA + (transA ? ka * M + i : i * K + ka))
+            : 0.0f;
+    tileB[ty][tx] =
+        kb < K && j < N
+            ? loadAs<Kind>(B, offB + (transB ? j * K + kb : kb * N + j))
+            : 0.0f;
+    __syncthreads();
+    const int kEnd = K - k0 < kGemmTile ? int(K - k0) : kGemmTile;
+    for (int k = 0; k < kEnd; ++k)
+      acc = __fadd_rn(acc, __fmul_rn(tileA[ty][k], tileB[k][tx]));
+    __syncthreads();
+  }
+  if (i >= M || j >= N)
+    return;
+  const int64_t at = b * strideC + i * N + j;
+  if constexpr (Kind == 0) {
+    float *c = static_cast<float *>(C);
+    c[at] = beta == 0.0f ? alpha * acc : alpha * acc + beta * c[at];
+  } else if constexpr (Kind == 1) {
+    static_cast<uint16_t *>(C)[at] = toBF16(acc);
+  } else {
+    static_cast<uint16_t *>(C)[at] = toF16(acc);
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Host side
+//===----------------------------------------------------------------------===//
+
+/// Launches a row kernel: a warp per row (8 rows a block) for short rows, a
+/// block per row for long ones.
+template <class... Params, class... Args>
+void launchRows(CudaContext &ctx, const char *name, int64_t rows, int64_t cols,
+                void (*warpKernel)(Params...), void (*blockKernel)(Params...),
+                Args... args) {
+  if (rows <= 0)
+    return;
+  if (cols <= kWarpRowCols) {
+    const int64_t blocks = (rows + (kThreads / 32) - 1) / (kThreads / 32);
+    warpKernel<<<unsigned(blocks), kThreads, 0, ctx.stream>>>(args...);
+  } else {
+    blockKernel<<<unsigned(rows), kThreads, 0, ctx.stream>>>(args...);
+  }
+  checkLaunch(ctx, name);
+}
+
+/// Byte offsets in the scratch buffer, each 256-aligned.
+struct ScratchLayout {
+  size_t bytes = 0;
+  size_t add(size_t size) {
+    const size_t at = bytes;
+    bytes += (size + 255) / 256 * 256;
+    return at;
+  }
+};
+
+template <class T> T *at(void *base, size_t offset) {
+  return reinterpret_cast<T *>(static_cast<char *>(base) + offset);
+}
+
+/// The chunking of the norms' column sums: depends on rows only.
+void columnChunks(int64_t rows, int64_t &chunks, int64_t &rowsPerChunk) {
+  chunks = (rows + 63) / 64;
+  if (chunks > 256)
+    chunks = 256;
+  if (chunks < 1)
+    chunks = 1;
+  rowsPerChunk = (rows + chunks - 1) / chunks;
+  chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
+}
+
+void normParamGrads(CudaContext &ctx, const char *name, int64_t rows,
+                    int64_t cols, const float *dy, const float *x,
+                    const float *mean, const float *rstd, float *dgain,
+                    float *dbias) {
+  if (rows <= 0) {
+    // Empty sums: zeros.
+    if (dgain)
+      fill(ctx, dgain, cols, 0.0f);
+    if (dbias)
+      fill(ctx, dbias, cols, 0.0f);
+    return;
+  }
+  int64_t chunks, rowsPerChunk;
+  columnChunks(rows, chunks, rowsPerChunk);
+  ScratchLayout layout;
+  const size_t gainAt = layout.add(sizeof(double) * chunks * cols);
+  const size_t biasAt = mean ? layout.add(sizeof(double) * chunks * cols) : 0;
+  void *scratch = ctx.scratch(layout.bytes, name);
+  double *partialGain = at<double>(scratch, gainAt);
+  double *partialBias = mean ? at<double>(scratch, biasAt) : nullptr;
+  const dim3 grid(unsigned((cols + 31) / 32), unsigned(chunks));
+  normColumnPartials<<<grid, kThreads, 0, ctx.stream>>>(
+      rows, cols, rowsPerChunk, dy, x, mean, rstd, partialGain, partialBias);
+  checkLaunch(ctx, name);
+  normColumnFinish<<<unsigned((cols + 255) / 256), 256, 0, ctx.stream>>>(
+      cols, chunks, partialGain, partialBias, dgain, dbias);
+  checkLaunch(ctx, name);
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// The API
+//===----------------------------------------------------------------------===//
+
+void layerNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
+                  const float *gain, const float *bias, float eps, float *y,
+                  float *mean, float *rstd) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "layer_norm_fwd", rows, cols, layerNormFwdKernel<32>,
+             layerNormFwdKernel<256>, rows, cols, x, gain, bias, eps, y, mean,
+             rstd);
+}
+
+void layerNormBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *dy,
+                  const float *x, const float *gain, const float *mean,
+                  const float *rstd, float *dx, float *dgain, float *dbias) {
+  if (cols <= 0)
+    return;
+  if (dx)
+    launchRows(ctx, "layer_norm_bwd", rows, cols, layerNormBwdKernel<32>,
+               layerNormBwdKernel<256>, rows, cols, dy, x, gain, mean, rstd,
+               dx);
+  if (dgain || dbias)
+    normParamGrads(ctx, "layer_norm_bwd", rows, cols, dy, x, mean, rstd, dgain,
+                   dbias);
+}
+
+void rmsNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
+                const float *gain, float eps, float *y, float *rstd) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "rms_norm_fwd", rows, cols, rmsNormFwdKernel<32>,
+             rmsNormFwdKernel<256>, rows, cols, x, gain, eps, y, rstd);
+}
+
+void rmsNormBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *dy,
+                const float *x, const float *gain, const float *rstd, float *dx,
+                float *dgain) {
+  if (cols <= 0)
+    return;
+  if (dx)
+    launchRows(ctx, "rms_norm_bwd", rows, cols, rmsNormBwdKernel<32>,
+               rmsNormBwdKernel<256>, rows, cols, dy, x, gain, rstd, dx);
+  if (dgain)
+    normParamGrads(ctx, "rms_norm_bwd", rows, cols, dy, x, nullptr, rstd, dgain,
+                   nullptr);
+}
+
+void softmaxFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
+                float *y) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "softmax_fwd", rows, cols, softmaxFwdKernel<32>,
+             softmaxFwdKernel<256>, rows, cols, x, y, false);
+}
+
+void softmaxBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *y,
+                const float *dy, float *dx) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "softmax_bwd", rows, cols, softmaxBwdKernel<32>,
+             softmaxBwdKernel<256>, rows, cols, y, dy, dx, false);
+}
+
+void logSoftmaxFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
+                   float *y) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "log_softmax_fwd", rows, cols, softmaxFwdKernel<32>,
+             softmaxFwdKernel<256>, rows, cols, x, y, true);
+}
+
+void logSoftmaxBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *y,
+                   const float *dy, float *dx) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "log_softmax_bwd", rows, cols, softmaxBwdKernel<32>,
+             softmaxBwdKernel<256>, rows, cols, y, dy, dx, true);
+}
+
+void crossEntropyFwd(CudaContext &ctx, int64_t rows, int64_t classes,
+                     const float *logits, const int32_t *target,
+                     int64_t ignoreIndex, float *loss, float *lse, float *stats,
+                     int32_t op) {
+  const char *name = "cross_entropy_fwd";
+  if (classes <= 0)
+    throw runtime::Error(rankPrefix(ctx, name) + "classes = " +
+                         std::to_string(classes) + " must be positive");
+  double *rowLoss = nullptr;
+  uint8_t *rowFlags = nullptr;
+  if (rows > 0) {
+    ScratchLayout layout;
+    const size_t lossAt = layout.add(sizeof(double) * rows);
+    const size_t flagsAt = layout.add(rows);
+    void *scratch = ctx.scratch(layout.bytes, name);
+    rowLoss = at<double>(scratch, lossAt);
+    rowFlags = at<uint8_t>(scratch, flagsAt);
+    launchRows(ctx, name, rows, classes, crossEntropyRowsKernel<32>,
+               crossEntropyRowsKernel<256>, rows, classes, logits, target,
+               ignoreIndex, lse, rowLoss, rowFlags, ctx.error, op);
+  }
+  crossEntropyReduceKernel<<<1, 1024, 0, ctx.stream>>>(rows, rowLoss, rowFlags,
+                                                       loss, stats);
+  checkLaunch(ctx, name);
+}
+
+void crossEntropyBwd(CudaContext &ctx, int64_t rows, int64_t classes,
+                     const float *logits, const int32_t *target,
+                     int64_t ignoreIndex, const float *lse, const float *dloss,
+                     float *dlogits, int32_t op) {
+  const char *name = "cross_entropy_bwd";
+  if (rows <= 0 || classes <= 0)
+    return;
+  long long *counted =
+      static_cast<long long *>(ctx.scratch(sizeof(long long), name));
+  countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(rows, target, ignoreIndex,
+                                                 counted);
+  checkLaunch(ctx, name);
+  launchRows(ctx, name, rows, classes, crossEntropyBwdKernel<32>,
+             crossEntropyBwdKernel<256>, rows, classes, logits, target,
+             ignoreIndex, lse, dloss, static_cast<const long long *>(counted),
+             dlogits, ctx.error, op);
+}
+
+void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
+                  const int32_t *ids, const float *table, float *out,
+                  int32_t op) {
+  const char *name = "embedding_fwd";
+  if (n <= 0 || dim <= 0)
+    return;
+  if (n > int64_t(INT32_MAX))
+    throw runtime::Error(rankPrefix(ctx, name) + "n = " + std::to_string(n) +
+                         " exceeds 2^31 - 1");
+  const int threads = dim >= 256 ? 256 : dim >= 128 ? 128 : dim >= 64 ? 64 : 32;
+  embeddingFwdKernel<<<unsigned(n), threads, 0, ctx.stream>>>(
+      n, vocab, dim, ids, table, out, ctx.error, op);
+  checkLaunch(ctx, name);
+}
+
+void embeddingBwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
+                  const int32_t *ids, const float *dout, float *dtable,
+                  int32_t op) {
+  const char *name = "embedding_bwd";
+  if (vocab <= 0 || dim <= 0)
+    return;
+  if (n > int64_t(INT32_MAX) || vocab >= int64_t(UINT32_MAX))
+    throw runtime::Error(rankPrefix(ctx, name) + "n = " + std::to_string(n) +
+                         ", vocab = " + std::to_string(vocab) +
+                         ": too large (2^31 - 1 at most)");
+  LOOM_CUDA_CHECK(
+      ctx, cudaMemsetAsync(dtable, 0, sizeof(float) * vocab * dim, ctx.stream),
+      name);
+  if (n <= 0)
+    return;
+  int endBit = 1;
+  while (endBit < 32 && (uint64_t(1) << endBit) <= uint64_t(vocab))
+    ++endBit;
+  size_t sortBytes = 0;
+  LOOM_CUDA_CHECK(
+      ctx,
+      cub::DeviceRadixSort::SortPairs(
+          nullptr, sortBytes, static_cast<const uint32_t *>(nullptr),
+          static_cast<uint32_t *>(nullptr),
+          static_cast<const uint32_t *>(nullptr),
+          static_cast<uint32_t *>(nullptr), int(n), 0, endBit, ctx.stream),
+      name);
+  ScratchLayout layout;
+  const size_t keysAt = layout.add(sizeof(uint32_t) * n);
+  const size_t sortedKeysAt = layout.add(sizeof(uint32_t) * n);
+  const size_t positionsAt = layout.add(sizeof(uint32_t) * n);
+  const size_t sortedPositionsAt = layout.add(sizeof(uint32_t) * n);
+  const size_t sortAt = layout.add(sortBytes);
+  void *scratch = ctx.scratch(layout.bytes, name);
+  uint32_t *keys = at<uint32_t>(scratch, keysAt);
+  uint32_t *sortedKeys = at<uint32_t>(scratch, sortedKeysAt);
+  uint32_t *positions = at<uint32_t>(scratch, positionsAt);
+  uint32_t *sortedPositions = at<uint32_t>(scratch, sortedPositionsAt);
+  embeddingKeysKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(
+      n, vocab, ids, keys, positions, ctx.error, op);
+  checkLaunch(ctx, name);
+  // Stable: equal ids keep their positions in increasing order.
+  LOOM_CUDA_CHECK(ctx,
+                  cub::DeviceRadixSort::SortPairs(
+                      at<void>(scratch, sortAt), sortBytes,
+                      static_cast<const uint32_t *>(keys), sortedKeys,
+                      static_cast<const uint32_t *>(positions), sortedPositions,
+                      int(n), 0, endBit, ctx.stream),
+                  name);
+  const int threads = dim >= 256 ? 256 : dim >= 128 ? 128 : dim >= 64 ? 64 : 32;
+  embeddingSegmentsKernel<<<unsigned(n), threads, 0, ctx.stream>>>(
+      n, vocab, dim, sortedKeys, sortedPositions, dout, dtable);
+  checkLaunch(ctx, name);
+}
+
+namespace {
+void dropout(CudaContext &ctx, const char *name, int64_t n, float p,
+             uint64_t key, const int64_t *step, const float *x, float *y) {
+  if (!(p >= 0.0f && p <= 1.0f))
+    throw runtime::Error(rankPrefix(ctx, name) + "p = " + std::to_string(p) +
+                         " is outside [0, 1]");
+  if (n <= 0)
+    return;
+  // The CPU kernel's scale, computed the same way (in float).
+  const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+  dropoutKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(
+      n, p, scale, kernels::philoxKey(ctx.seed, key), step, x, y);
+  checkLaunch(ctx, name);
+}
+} // namespace
+
+void dropoutFwd(CudaContext &ctx, int64_t n, float p, uint64_t key,
+                const int64_t *step, const float *x, float *y) {
+  dropout(ctx, "dropout_fwd", n, p, key, step, x, y);
+}
+
+void dropoutBwd(CudaContext &ctx, int64_t n, float p, uint64_t key,
+                const int64_t *step, const float *dy, float *dx) {
+  dropout(ctx, "dropout_bwd", n, p, key, step, dy, dx);
+}
+
+void adamw(CudaContext &ctx, int64_t n, float *param, const float *grad,
+           float *m, float *v, const float *lr, float beta1, float beta2,
+           float eps, float weightDecay, const float *gradScale,
+           const int64_t *step) {
+  if (n <= 0)
+    return;
+  adamwKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(
+      n, param, grad, m, v, lr, beta1, beta2, eps, weightDecay, gradScale,
+      step);
+  checkLaunch(ctx, "adamw");
+}
+
+void adamwMulti(CudaContext &ctx, const AdamWTensor *tensors, int32_t count,
+                int64_t maxN, const float *lr, float beta1, float beta2,
+                float eps, const float *gradScale, const int64_t *step) {
+  const char *name = "adamw_multi";
+  if (count <= 0 || maxN <= 0)
+    return;
+  if (count > 65535)
+    throw runtime::Error(rankPrefix(ctx, name) + std::to_string(count) +
+                         " tensors in one launch, 65535 at most");
+  // Enough blocks per tensor that the largest fills the GPU on its own.
+  int64_t perTensor = (maxN + kThreads - 1) / kThreads;
+  const int64_t cap =
+      int64_t(ctx.multiprocessors > 0 ? ctx.multiprocessors : 132) * 4;
+  if (perTensor > cap)
+    perTensor = cap;
+  const dim3 grid = dim3(unsigned(perTensor), unsigned(count));
+  adamwMultiKernel<<<grid, kThreads, 0, ctx.stream>>>(tensors, lr, beta1, beta2,
+                                                      eps, gradScale, step);
+  checkLaunch(ctx, name);
+}
+
+AdamWTensorList::AdamWTensorList(CudaContext &ctx,
+                                 const std::vector<AdamWTensor> &tensors)
+    : size(int32_t(tensors.size())) {
+  for (const AdamWTensor &t : tensors)
+    largest = t.n > largest ? t.n : largest;
+  if (tensors.empty())
+    return;
+  const char *name = "adamw_multi";
+  LOOM_CUDA_CHECK(ctx,
+                  cudaMalloc(reinterpret_cast<void **>(&list),
+                             sizeof(AdamWTensor) * tensors.size()),
+                  name);
+  try {
+    LOOM_CUDA_CHECK(ctx,
+                    cudaMemcpy(list, tensors.data(),
+                               sizeof(AdamWTensor) * tensors.size(),
+                               cudaMemcpyHostToDevice),
+                    name);
+  } catch (...) {
+    cudaFree(list);
+    list = nullptr;
+    throw;
+  }
+}
+
+AdamWTensorList::~AdamWTensorList() {
+  if (list)
+    cudaFree(list);
+}
+
+void sgd(CudaContext &ctx, int64_t n, float *param, const float *grad,
+         float *buf, const float *lr, float momentum, bool nesterov,
+         float weightDecay, const float *gradScale, const int32_t *first) {
+  if (n <= 0)
+    return;
+  if (momentum != 0.0f && !buf)
+    throw runtime::Error(rankPrefix(ctx, "sgd") +
+                         "momentum needs a momentum buffer");
+  sgdKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(
+      n, param, grad, buf, lr, momentum, nesterov, weightDecay, gradScale,
+      first);
+  checkLaunch(ctx, "sgd");
+}
+
+void sumSquares(CudaContext &ctx, int64_t n, const float *x, double *out,
+                bool accumulate) {
+  const char *name = "sum_squares";
+  // The number of partials is a function of n alone: the same summation
+  // order on every GPU.
+  int64_t blocks = (n + kThreads * 16 - 1) / (kThreads * 16);
+  if (blocks > 1024)
+    blocks = 1024;
+  if (blocks < 1)
+    blocks = 1;
+  double *partial =
+      static_cast<double *>(ctx.scratch(sizeof(double) * blocks, name));
+  sumSquaresPartials<<<unsigned(blocks), kThreads, 0, ctx.stream>>>(
+      n > 0 ? n : 0, x, partial);
+  checkLaunch(ctx, name);
+  sumSquaresFinish<<<1, kThreads, 0, ctx.stream>>>(blocks, partial, out,
+                                                   accumulate);
+  checkLaunch(ctx, name);
+}
+
+void adaptiveClip(CudaContext &ctx, const float *norm, float *history,
+                  int64_t window, int64_t *count, float sigmas, float maxNorm,
+                  bool record, float *coef) {
+  adaptiveClipKernel<<<1, 1, 0, ctx.stream>>>(norm, history, window, count,
+                                              sigmas, maxNorm, record, coef);
+  checkLaunch(ctx, "adaptive_clip");
+}
+
+void checkFinite(CudaContext &ctx, const void *data, int64_t n, int32_t dtype,
+                 int64_t op) {
+  const char *name = "check_finite";
+  if (dtype < 0 || dtype > 2)
+    throw runtime::Error(rankPrefix(ctx, name) + "dtype " +
+                         std::to_string(dtype) +
+                         " is not 0 (f32), 1 (bf16) "
+                         "or 2 (f16)");
+  if (n <= 0)
+    return;
+  checkFiniteKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(
+      data, n, dtype, ctx.error, int32_t(op));
+  checkLaunch(ctx, name);
+}
+
+void fill(CudaContext &ctx, float *x, int64_t n, float value) {
+  if (n <= 0)
+    return;
+  fillKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(x, n, value);
+  checkLaunch(ctx, "fill");
+}
+
+void fillU16(CudaContext &ctx, uint16_t *x, int64_t n, uint16_t value) {
+  if (n <= 0)
+    return;
+  fillKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(x, n, value);
+  checkLaunch(ctx, "fill");
+}
+
+void fillI32(CudaContext &ctx, int32_t *x, int64_t n, int32_t value) {
+  if (n <= 0)
+    return;
+  fillKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(x, n, value);
+  checkLaunch(ctx, "fill");
+}
+
+void fillI64(CudaContext &ctx, int64_t *x, int64_t n, int64_t value) {
+  if (n <= 0)
+    return;
+  fillKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(x, n, value);
+  checkLaunch(ctx, "fill");
+}
+
+void copy(CudaContext &ctx, void *dst, const void *src, size_t bytes) {
+  if (bytes == 0 || dst == src)
+    return;
+  LOOM_CUDA_CHECK(
+      ctx,
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx.stream),
+      "copy");
+}
+
+void scalarCopy(CudaContext &ctx, const void *src, ScalarType srcType,
+                void *dst, ScalarType dstType, bool sqrtOf) {
+  scalarCopyKernel<<<1, 1, 0, ctx.stream>>>(src, srcType, dst, dstType, sqrtOf);
+  checkLaunch(ctx, "scalar_copy");
+}
+
+namespace {
+void cast(CudaContext &ctx, int kind, const void *x, void *y, int64_t n) {
+  if (n <= 0)
+    return;
+  castKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(kind, x, y,
+                                                                   n);
+  checkLaunch(ctx, "cast");
+}
+} // namespace
+
+void castF32ToBf16(CudaContext &ctx, const float *x, uint16_t *y, int64_t n) {
+  cast(ctx, 0, x, y, n);
+}
+void castBf16ToF32(CudaContext &ctx, const uint16_t *x, float *y, int64_t n) {
+  cast(ctx, 1, x, y, n);
+}
+void castF32ToF16(CudaContext &ctx, const float *x, uint16_t *y, int64_t n) {
+  cast(ctx, 2, x, y, n);
+}
+void castF16ToF32(CudaContext &ctx, const uint16_t *x, float *y, int64_t n) {
+  cast(ctx, 3, x, y, n);
+}
+
+namespace detail {
+void fallbackGemm(CudaContext &ctx, const char *kernel, int elemKind,
+                  int64_t batch, bool transA, bool transB, int64_t M, int64_t N,
+                  int64_t K, const void *A, int64_t strideA, const void *B,
+                  int64_t strideB, void *C, int64_t strideC, float alpha,
+                  float beta) {
+  if (batch <= 0 || M <= 0 || N <= 0)
+    return;
+  const dim3 threads = dim3(kGemmTile, kGemmTile);
+  for (int64_t z = 0; z < batch; z += 65535) {
+    const int64_t zCount = batch - z < 65535 ? batch - z : 65535;
+    const dim3 grid =
+        dim3(unsigned((N + kGemmTile - 1) / kGemmTile),
+             unsigned((M + kGemmTile - 1) / kGemmTile), unsigned(zCount));
+    auto *k = elemKind == 0   ? fallbackGemmKernel<0>
+              : elemKind == 1 ? fallbackGemmKernel<1>
+                              : fallbackGemmKernel<2>;
+    k<<<grid, threads, 0, ctx.stream>>>(z, transA, transB, M, N, K, A, strideA,
+                                        B, strideB, C, strideC, alpha, beta);
+    checkLaunch(ctx, kernel);
+  }
+}
+
+void scaleMatrices(CudaContext &ctx, const char *kernel, int elemKind, void *X,
+                   int64_t batch, int64_t count, int64_t stride, float beta) {
+  if (batch <= 0 || count <= 0)
+    return;
+  scaleKernel<<<elementwiseGrid(ctx, batch * count), kThreads, 0, ctx.stream>>>(
+      elemKind, X, batch, count, batch > 1 ? stride : 0, beta);
+  checkLaunch(ctx, kernel);
+}
+} // namespace detail
+
+} // namespace loom::cuda
