@@ -87,7 +87,8 @@ def Partition : Pass<"loom-partition", "mlir::ModuleOp"> {
     `dist.cause`), local head counts, vocabulary-parallel embedding and
     cross-entropy, the loss weighted to the global-batch mean, the global
     norm over shards, and data-parallel gradient all-reduces fused into
-    buckets of `bucket-mb`. Pipeline meshes (pp > 1) are refused.
+    buckets of `bucket-mb` (with pp > 1 the buckets are made per stage by
+    loom-schedule-pipeline; the program carries `dist.bucket_bytes`).
   }];
   let options = [
     Option<"bucketMb", "bucket-mb", "int64_t", "25",
@@ -102,8 +103,13 @@ def SplitPipeline : Pass<"loom-split-pipeline", "mlir::ModuleOp"> {
   let description = [{
     With pp > 1, each dist.program becomes one program per stage (`stage`,
     `<name>_stage<s>`): layers assigned to stages as contiguous runs, pinned
-    by `pipeline stages = [...]` or balanced by FLOPs and parameter bytes
-    (the embedding counted on stage 0, the head and loss on the last);
+    by `pipeline stages = [...]` or balanced by a cost model: the largest
+    stage time (FLOPs and parameter bytes; the embedding counted on stage 0,
+    the head and loss on the last) as small as it can be, then among cuts
+    within 5% of it the largest stage memory (params, grads and optimizer
+    state, the saved activations of the micro-batches the schedule keeps in
+    flight, the largest layer working set); every program (evaluation too)
+    takes the training step's cut;
     parameters and their optimizer on their stage; bookkeeping copied to
     every stage; values crossing stages through dist.send/dist.recv along
     pp; the global norm summed over pp. The split is recorded as
@@ -120,7 +126,11 @@ def SchedulePipeline : Pass<"loom-schedule-pipeline", "mlir::ModuleOp"> {
     `gpipe` runs every forward then every backward; `1f1b` runs pp − 1 − s
     forwards on stage s, then one forward and one backward in turn, then the
     remaining backwards. The order is recorded as `dist.schedule` ("F0",
-    "B0", …).
+    "B0", …). Then each micro-batch's gradient is added into the running
+    total as soon as it is computed, and (dp > 1) each stage's data-parallel
+    gradients are fused into asynchronous buckets started inside the last
+    micro-batch's backward pass, so the reduction overlaps the pipeline's
+    drain.
   }];
 }
 

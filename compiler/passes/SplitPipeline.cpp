@@ -4,11 +4,14 @@
 // programs at layer boundaries:
 //  - layers (the `loom.layer` tags, in forward order) are assigned to stages
 //    as contiguous runs, pinned by `pipeline stages = [cuts]` or balanced by
-//    a cost model: the GEMM and attention FLOPs of the layer's ops (forward
-//    and backward, every micro-batch) plus its parameter and optimizer bytes
-//    at one FLOP per byte; the ops before the first layer (the embedding)
-//    count for stage 0 and those after the last (the head and the loss) for
-//    the last stage;
+//    a cost model: time first -- the GEMM and attention FLOPs of the layer's
+//    ops (forward and backward, every micro-batch) plus its parameter and
+//    optimizer bytes at one FLOP per byte; the ops before the first layer
+//    (the embedding) count for stage 0 and those after the last (the head
+//    and the loss) for the last stage -- then, among cuts within 5% of the
+//    best time, memory: static bytes, the saved activations of the
+//    micro-batches the schedule holds, the largest layer working set. The
+//    training step decides; the evaluation step takes its cut;
 //  - an untagged op follows its operands (the latest stage among them), or,
 //    reading only sources, its first reader; parameters and their optimizer
 //    state live on the one stage that uses them;
@@ -22,6 +25,10 @@
 // (every forward, then every backward) or 1F1B (stage s runs pp − 1 − s
 // forwards, then alternates one forward and one backward, then drains), so
 // a stage holds at most pp − s micro-batches' activations under 1F1B.
+// It then moves the gradient bookkeeping (accumulation over micro-batches,
+// loss weighting, dp all-reduce) right after what it reads and fuses each
+// stage's dp gradients into asynchronous buckets, so they are reduced while
+// the last micro-batch's backward pass and the pipeline's drain still run.
 //
 //===----------------------------------------------------------------------===//
 #include "compiler/passes/Passes.h"

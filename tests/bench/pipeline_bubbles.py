@@ -18,6 +18,12 @@ but are not a measure of the schedule. A benchmark, not a test.
 
 usage: pipeline_bubbles.py [--loomc PATH] [--loom-run PATH] [--steps N]
                            [--pp 2,4] [--microbatches 4,8,16]
+                           [--compile-only DIR | --artifacts DIR]
+
+--compile-only DIR compiles every configuration into DIR (artifacts and
+their reports) and runs nothing; --artifacts DIR runs those on another
+machine that has loom-run and mpirun but no compiler (a host with more
+cores than this one, for the pp=4 rows).
 """
 import argparse
 import json
@@ -66,8 +72,12 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--pp", default="2,4")
     ap.add_argument("--microbatches", default="4,8,16")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--compile-only", metavar="DIR")
+    mode.add_argument("--artifacts", metavar="DIR")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="loom-pp-bench-")
+    tmp = a.compile_only or a.artifacts or tempfile.mkdtemp(prefix="loom-pp-bench-")
+    os.makedirs(tmp, exist_ok=True)
     data = os.path.join(ROOT, "samples/data/text.bin")
     cores = os.cpu_count()
     print(f"GPT sample, 8 layers, 4 rows per micro-batch; {cores} cores; "
@@ -81,8 +91,15 @@ def main():
                        f"-Dbatch={4 * m}", f"--mesh=pp={pp}", f"--microbatches={m}",
                        f"--schedule={schedule}"]
                 art = os.path.join(tmp, f"p{pp}m{m}{schedule}.loomx")
-                run([a.loomc] + src + ["-o", art])
-                report = run([a.loomc] + src + ["--report"])
+                saved = os.path.join(tmp, f"p{pp}m{m}{schedule}.report")
+                if a.artifacts:
+                    report = open(saved).read()
+                else:
+                    run([a.loomc] + src + ["-o", art])
+                    report = run([a.loomc] + src + ["--report"])
+                    open(saved, "w").write(report)
+                if a.compile_only:
+                    continue
                 acts = re.findall(r"stage \d+: params .*?activations ([0-9.]+ \w+)", report)
                 trace = os.path.join(tmp, f"p{pp}m{m}{schedule}.json")
                 run(["mpirun", "-np", str(pp), a.loom_run, art, "--data=" + data,
