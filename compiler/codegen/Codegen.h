@@ -3,6 +3,7 @@
 #define LOOM_COMPILER_CODEGEN_CODEGEN_H
 
 #include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OwningOpRef.h"
 #include "mlir/Support/LogicalResult.h"
 
 #include <string>
@@ -46,6 +47,28 @@ std::string manifestJson(mlir::ModuleOp module, const ArtifactInfo &info);
 mlir::LogicalResult writeArtifact(mlir::Location loc, const std::string &path,
                                   const std::string &sharedObject,
                                   const std::string &manifest);
+
+/// One generated GPU kernel (CudaCodegen.cpp): the exec program's loop op it
+/// replaces, its launch shape (1-D: grid x block threads) and its arguments
+/// (the op's buffers, then scalars), values of the exec program.
+struct CudaKernel {
+  std::string name;
+  mlir::Operation *op = nullptr;
+  int64_t grid = 1, block = 1;
+  std::vector<mlir::Value> args;
+};
+struct CudaKernels {
+  /// A module holding `gpu.module @loom_kernels`.
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::vector<CudaKernel> kernels;
+};
+/// Outlines every linalg.generic / linalg.fill of the module's exec
+/// programs into a kernel (one thread per parallel point, reductions as a
+/// sequential loop in the thread).
+mlir::FailureOr<CudaKernels> outlineCudaKernels(mlir::ModuleOp module);
+/// Lowers the kernels to PTX for sm_90 (gpu -> NVVM -> NVPTX), no CUDA
+/// toolkit needed.
+mlir::LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx);
 
 } // namespace loom::codegen
 

@@ -30,3 +30,9 @@ for k, v in [("OMPI_ALLOW_RUN_AS_ROOT", "1"), ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
 import shutil
 if shutil.which("mpirun"):
     config.available_features.add("mpirun")
+# ptxas (the CUDA toolkit's PTX assembler) checks the generated PTX when the
+# toolkit is installed; compiling a model never needs it.
+ptxas = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
+if ptxas:
+    config.available_features.add("ptxas")
+    config.substitutions.append(("%ptxas", ptxas))

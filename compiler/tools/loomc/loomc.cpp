@@ -553,11 +553,32 @@ int main(int argc, char **argv) {
     return printReport(*ir, flops, report == "json", fp32Peak, comm, stageFlops) ? 0 : 1;
   if (emit == Emit::Exec)
     return print();
-  if (target == "cuda")
-    return userError("--target=cuda: CUDA code generation is not built yet; "
-                     "use --target=cpu");
-  if (emit == Emit::Ptx)
+  if (emit == Emit::Ptx && target != "cuda")
     return userError("--emit=ptx needs --target=cuda");
+  if (target == "cuda") {
+    auto kernels = loom::codegen::outlineCudaKernels(*ir);
+    if (failed(kernels))
+      return 1;
+    std::string ptx;
+    if (failed(loom::codegen::emitPtx(*kernels, ptx)))
+      return 1;
+    if (emit == Emit::Ptx)
+      return writeOutput([&](raw_ostream &os) {
+               for (const auto &k : kernels->kernels) {
+                 os << "// " << k.name << ": grid " << k.grid << " x block "
+                    << k.block << ", " << k.args.size() << " argument(s), from ";
+                 k.op->getLoc().print(os);
+                 os << "\n";
+               }
+               os << ptx;
+             })
+                 ? 0
+                 : 1;
+    return userError("--target=cuda: the GPU kernels are generated "
+                     "(--emit=ptx prints them) but CUDA artifacts are not built "
+                     "yet (the host program and loom-run's GPU path are still "
+                     "missing); use --target=cpu");
+  }
   if (!stage(loom::buildExecToLLVMPipeline))
     return 1;
   loom::codegen::CpuOptions cpuOptions;

@@ -1,0 +1,393 @@
+//===- CudaCodegen.cpp - GPU kernels of the exec programs, as PTX ---------===//
+//
+// The CUDA target's generated code: every fused elementwise or reduction
+// loop of an exec program (a `linalg.generic` or `linalg.fill` on arena
+// views) becomes one kernel of a `gpu.module`, lowered through MLIR's GPU
+// path (gpu -> NVVM -> PTX for sm_90) with no CUDA toolkit involved:
+//
+//  - one thread per point of the loop's parallel iteration space, flattened
+//    row-major and launched in blocks of 256; the reduction dimensions are
+//    a sequential loop inside the thread, in index order, so a result does
+//    not depend on the launch shape;
+//  - kernel parameters are the loop's buffers as bare pointers (the arena
+//    views' static shapes are compiled into the index arithmetic), then its
+//    scalar operands; constants the body captures are cloned in;
+//  - transcendental math is expanded to polynomials first (as on the CPU),
+//    so the PTX calls no libdevice function and the driver JIT-loads it
+//    alone; bf16/f16 arithmetic is done in f32.
+//
+// The library calls of the program (GEMMs, norms, attention, optimizers)
+// are runtime/cuda's kernels, not generated here.
+//
+//===----------------------------------------------------------------------===//
+#include "compiler/codegen/Codegen.h"
+
+#include "mlir/Conversion/Passes.h"
+#include "mlir/Dialect/Affine/IR/AffineOps.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Arith/Transforms/Passes.h"
+#include "mlir/Dialect/GPU/IR/GPUDialect.h"
+#include "mlir/Dialect/GPU/Transforms/Passes.h"
+#include "mlir/Dialect/LLVMIR/LLVMDialect.h"
+#include "mlir/Dialect/LLVMIR/NVVMDialect.h"
+#include "mlir/Dialect/Linalg/IR/Linalg.h"
+#include "mlir/Dialect/Math/IR/Math.h"
+#include "mlir/Dialect/Math/Transforms/Approximation.h"
+#include "mlir/Dialect/Math/Transforms/Passes.h"
+#include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/SCF/IR/SCF.h"
+#include "mlir/IR/IRMapping.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Target/LLVM/NVVM/Target.h"
+#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
+#include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "mlir/Transforms/Passes.h"
+#include "mlir/Transforms/RegionUtils.h"
+#include "llvm/Support/TargetSelect.h"
+
+using namespace mlir;
+
+namespace loom::codegen {
+namespace {
+
+constexpr int64_t kBlock = 256;
+
+/// Builds the kernel of one loop op into `kernels`.
+class KernelBuilder {
+public:
+  KernelBuilder(gpu::GPUModuleOp kernels) : kernels_(kernels) {}
+
+  FailureOr<CudaKernel> build(Operation *op, StringRef program, int index);
+
+private:
+  gpu::GPUModuleOp kernels_;
+};
+
+FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
+                                           int index) {
+  MLIRContext *ctx = op->getContext();
+  Location loc = op->getLoc();
+  auto generic = dyn_cast<linalg::GenericOp>(op);
+  auto fill = dyn_cast<linalg::FillOp>(op);
+  if (!generic && !fill)
+    return op->emitOpError("has no CUDA kernel form");
+
+  // The iteration space, its maps, and the operands.
+  SmallVector<int64_t> ranges;
+  SmallVector<utils::IteratorType> iterators;
+  SmallVector<AffineMap> maps;
+  SmallVector<Value> operands;
+  unsigned numInputs;
+  if (generic) {
+    ranges = generic.getStaticLoopRanges();
+    iterators = generic.getIteratorTypesArray();
+    maps = generic.getIndexingMapsArray();
+    operands.append(generic.getOperands().begin(), generic.getOperands().end());
+    numInputs = generic.getNumDpsInputs();
+  } else {
+    auto out = cast<MemRefType>(fill.getOutputs()[0].getType());
+    ranges.assign(out.getShape().begin(), out.getShape().end());
+    iterators.assign(ranges.size(), utils::IteratorType::parallel);
+    maps.push_back(AffineMap::get(ranges.size(), 0, ctx));
+    maps.push_back(AffineMap::getMultiDimIdentityMap(ranges.size(), ctx));
+    operands = {fill.getInputs()[0], fill.getOutputs()[0]};
+    numInputs = 1;
+  }
+  for (int64_t r : ranges)
+    if (ShapedType::isDynamic(r))
+      return op->emitOpError("has a dynamic loop range; CUDA kernels need "
+                             "static shapes");
+  SmallVector<unsigned> parallel, reduction;
+  for (auto [d, it] : llvm::enumerate(iterators))
+    (it == utils::IteratorType::parallel ? parallel : reduction).push_back(d);
+  int64_t total = 1;
+  for (unsigned d : parallel)
+    total *= ranges[d];
+
+  // Parameters: buffers as bare pointers (their static memref types), then
+  // scalars. Values the body captures from the program are constants
+  // (cloned in) or more scalar parameters.
+  SmallVector<Type> params;
+  SmallVector<Value> args;
+  for (Value v : operands) {
+    params.push_back(v.getType());
+    args.push_back(v);
+  }
+  llvm::SetVector<Value> captured;
+  if (generic)
+    getUsedValuesDefinedAbove(generic.getRegion(), captured);
+  SmallVector<Value> capturedParams;
+  for (Value v : captured) {
+    if (matchPattern(v, m_Constant()))
+      continue;
+    if (!v.getType().isIntOrIndexOrFloat())
+      return op->emitOpError("reads a non-scalar value from outside its body");
+    params.push_back(v.getType());
+    args.push_back(v);
+    capturedParams.push_back(v);
+  }
+
+  std::string name = (program + "_k" + Twine(index)).str();
+  OpBuilder b(kernels_.getBody()->getTerminator());
+  auto func = b.create<gpu::GPUFuncOp>(loc, name, b.getFunctionType(params, {}));
+  func->setAttr(gpu::GPUDialect::getKernelFuncAttrName(), b.getUnitAttr());
+  func->setAttr("loom.op", b.getStringAttr(op->getName().getStringRef()));
+  Block &entry = func.getBody().front();
+  b.setInsertionPointToStart(&entry);
+  IRMapping mapping;
+  for (auto [i, v] : llvm::enumerate(capturedParams))
+    mapping.map(v, entry.getArgument(operands.size() + i));
+  for (Value v : captured)
+    if (!mapping.contains(v))
+      mapping.map(v, b.clone(*v.getDefiningOp())->getResult(0));
+
+  auto idx = [&](int64_t c) { return b.create<arith::ConstantIndexOp>(loc, c); };
+  Value block = b.create<gpu::BlockIdOp>(loc, gpu::Dimension::x);
+  Value thread = b.create<gpu::ThreadIdOp>(loc, gpu::Dimension::x);
+  Value linear = b.create<arith::AddIOp>(
+      loc, b.create<arith::MulIOp>(loc, block, idx(kBlock)), thread);
+  Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
+                                          linear, idx(total));
+  auto guard = b.create<scf::IfOp>(loc, inRange, /*withElseRegion=*/false);
+  b.setInsertionPointToStart(&guard.getThenRegion().front());
+
+  // The parallel indices, row-major from the flat thread index.
+  SmallVector<Value> dims(ranges.size());
+  Value rest = linear;
+  for (unsigned d : llvm::reverse(parallel)) {
+    dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
+    rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
+  }
+  auto indices = [&](AffineMap map, ArrayRef<Value> at) {
+    SmallVector<Value> out;
+    for (unsigned r = 0; r < map.getNumResults(); ++r)
+      out.push_back(b.create<affine::AffineApplyOp>(loc, map.getSubMap({r}), at));
+    return out;
+  };
+  auto load = [&](unsigned operand, ArrayRef<Value> at) -> Value {
+    Value arg = entry.getArgument(operand);
+    if (!isa<MemRefType>(arg.getType()))
+      return arg;
+    return b.create<memref::LoadOp>(loc, arg, indices(maps[operand], at));
+  };
+  unsigned numOutputs = operands.size() - numInputs;
+
+  // The outputs' maps do not read the reduction dimensions; until their
+  // loops bind them they are 0.
+  for (unsigned d : reduction)
+    dims[d] = idx(0);
+  // The outputs' values at this point: the accumulators of the reduction.
+  SmallVector<Value> acc;
+  for (unsigned o = 0; o < numOutputs; ++o)
+    acc.push_back(generic ? load(numInputs + o, dims) : Value());
+
+  // The body at full index `at`, given the outputs' current values.
+  auto body = [&](ArrayRef<Value> at, ArrayRef<Value> current) {
+    if (fill)
+      return SmallVector<Value>{load(0, at)};
+    Block &region = generic.getRegion().front();
+    IRMapping local = mapping;
+    for (unsigned i = 0; i < numInputs; ++i)
+      local.map(region.getArgument(i), load(i, at));
+    for (unsigned o = 0; o < numOutputs; ++o)
+      local.map(region.getArgument(numInputs + o), current[o]);
+    for (Operation &inner : region.without_terminator())
+      b.clone(inner, local);
+    SmallVector<Value> results;
+    for (Value y : region.getTerminator()->getOperands())
+      results.push_back(local.lookupOrDefault(y));
+    return results;
+  };
+
+  SmallVector<Value> results;
+  if (reduction.empty()) {
+    results = body(dims, acc);
+  } else {
+    // Nested loops over the reduction dimensions, outermost first, the
+    // outputs carried through.
+    std::function<SmallVector<Value>(size_t, ValueRange)> loop =
+        [&](size_t level, ValueRange carried) -> SmallVector<Value> {
+      unsigned d = reduction[level];
+      auto forOp = b.create<scf::ForOp>(loc, idx(0), idx(ranges[d]), idx(1), carried);
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(forOp.getBody());
+      dims[d] = forOp.getInductionVar();
+      SmallVector<Value> inner =
+          level + 1 == reduction.size()
+              ? body(dims, SmallVector<Value>(forOp.getRegionIterArgs()))
+              : loop(level + 1, forOp.getRegionIterArgs());
+      b.create<scf::YieldOp>(loc, inner);
+      return SmallVector<Value>(forOp.getResults());
+    };
+    results = loop(0, acc);
+  }
+  for (unsigned o = 0; o < numOutputs; ++o) {
+    Value out = entry.getArgument(numInputs + o);
+    b.create<memref::StoreOp>(loc, results[o], out,
+                              indices(maps[numInputs + o], dims));
+  }
+  b.setInsertionPointToEnd(&entry);
+  b.create<gpu::ReturnOp>(loc);
+
+  CudaKernel k;
+  k.name = name;
+  k.op = op;
+  k.grid = (total + kBlock - 1) / kBlock;
+  k.block = kBlock;
+  k.args.assign(args.begin(), args.end());
+  return k;
+}
+
+/// |x| as a bit operation: exact, and no libdevice call.
+struct AbsFAsBits : OpRewritePattern<math::AbsFOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(math::AbsFOp op,
+                                PatternRewriter &rewriter) const override {
+    auto type = dyn_cast<FloatType>(op.getType());
+    if (!type)
+      return failure();
+    Location loc = op.getLoc();
+    auto bits = rewriter.getIntegerType(type.getWidth());
+    Value x = rewriter.create<arith::BitcastOp>(loc, bits, op.getOperand());
+    Value mask = rewriter.create<arith::ConstantOp>(
+        loc, rewriter.getIntegerAttr(bits, APInt::getSignedMaxValue(type.getWidth())));
+    Value y = rewriter.create<arith::AndIOp>(loc, x, mask);
+    rewriter.replaceOpWithNewOp<arith::BitcastOp>(op, type, y);
+    return success();
+  }
+};
+
+/// fma as the LLVM intrinsic, which NVPTX lowers to fma.rn.
+struct FmaAsIntrinsic : OpRewritePattern<math::FmaOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(math::FmaOp op,
+                                PatternRewriter &rewriter) const override {
+    rewriter.replaceOpWithNewOp<LLVM::FMAOp>(op, op.getA(), op.getB(), op.getC());
+    return success();
+  }
+};
+
+/// Polynomial expansions of transcendental math, then the few math ops left
+/// as arithmetic or intrinsics: the PTX calls no libdevice function.
+struct ApproximateMath
+    : PassWrapper<ApproximateMath, OperationPass<gpu::GPUModuleOp>> {
+  MLIR_DEFINE_EXPLICIT_INTERNAL_INLINE_TYPE_ID(ApproximateMath)
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateMathPolynomialApproximationPatterns(patterns);
+    if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(patterns))))
+      return signalPassFailure();
+    RewritePatternSet direct(&getContext());
+    direct.add<AbsFAsBits, FmaAsIntrinsic>(&getContext());
+    if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(direct))))
+      signalPassFailure();
+  }
+};
+
+} // namespace
+
+void registerCudaTranslations(DialectRegistry &registry) {
+  registry.insert<gpu::GPUDialect, NVVM::NVVMDialect, affine::AffineDialect>();
+  NVVM::registerNVVMTargetInterfaceExternalModels(registry);
+  registerBuiltinDialectTranslation(registry);
+  registerLLVMDialectTranslation(registry);
+  registerGPUDialectTranslation(registry);
+  registerNVVMDialectTranslation(registry);
+}
+
+FailureOr<CudaKernels> outlineCudaKernels(ModuleOp module) {
+  MLIRContext *ctx = module.getContext();
+  ctx->loadDialect<gpu::GPUDialect, affine::AffineDialect, scf::SCFDialect,
+                   NVVM::NVVMDialect>();
+  CudaKernels result;
+  result.module = ModuleOp::create(module.getLoc());
+  (*result.module)->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                         UnitAttr::get(ctx));
+  OpBuilder b = OpBuilder::atBlockEnd(result.module->getBody());
+  auto kernels = b.create<gpu::GPUModuleOp>(module.getLoc(), "loom_kernels");
+  KernelBuilder builder(kernels);
+  bool failed = false;
+  module.walk([&](Operation *program) {
+    if (program->getName().getStringRef() != "exec.program")
+      return;
+    std::string name = cast<StringAttr>(program->getAttr("sym_name")).str();
+    int index = 0;
+    for (Operation &op : program->getRegion(0).front()) {
+      if (!isa<linalg::GenericOp, linalg::FillOp>(op))
+        continue;
+      auto k = builder.build(&op, name, index++);
+      if (mlir::failed(k)) {
+        failed = true;
+        return;
+      }
+      result.kernels.push_back(*k);
+    }
+  });
+  if (failed)
+    return failure();
+  return result;
+}
+
+LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx) {
+  ModuleOp module = *kernels.module;
+  MLIRContext *ctx = module.getContext();
+  DialectRegistry registry;
+  registerCudaTranslations(registry);
+  ctx->appendDialectRegistry(registry);
+  LLVMInitializeNVPTXTarget();
+  LLVMInitializeNVPTXTargetInfo();
+  LLVMInitializeNVPTXTargetMC();
+  LLVMInitializeNVPTXAsmPrinter();
+
+  PassManager pm(ctx);
+  pm.addPass(createLowerAffinePass());
+  OpPassManager &inner = pm.nest<gpu::GPUModuleOp>();
+  inner.addPass(std::make_unique<ApproximateMath>());
+  arith::ArithEmulateUnsupportedFloatsOptions emulate;
+  static const std::string lowTypes[] = {"bf16", "f16"};
+  emulate.sourceTypeStrs = lowTypes;
+  emulate.targetTypeStr = "f32";
+  inner.addPass(arith::createArithEmulateUnsupportedFloats(emulate));
+  arith::ArithExpandOpsPassOptions expand;
+  expand.includeBf16 = true;
+  inner.addPass(arith::createArithExpandOpsPass(expand));
+  inner.addPass(createConvertSCFToCFPass());
+  GpuNVVMAttachTargetOptions target;
+  target.chip = "sm_90";
+  target.features = "+ptx80";
+  target.optLevel = 3;
+  pm.addPass(createGpuNVVMAttachTarget(target));
+  ConvertGpuOpsToNVVMOpsOptions nvvm;
+  nvvm.useBarePtrCallConv = true;
+  nvvm.indexBitwidth = 64;
+  pm.addNestedPass<gpu::GPUModuleOp>(createConvertGpuOpsToNVVMOps(nvvm));
+  pm.addPass(createReconcileUnrealizedCastsPass());
+  GpuModuleToBinaryPassOptions binary;
+  binary.compilationTarget = "isa";
+  pm.addPass(createGpuModuleToBinaryPass(binary));
+  if (failed(pm.run(module)))
+    return failure();
+  ptx.clear();
+  module.walk([&](gpu::BinaryOp bin) {
+    for (Attribute obj : bin.getObjects())
+      if (auto o = dyn_cast<gpu::ObjectAttr>(obj))
+        // The object is a C string for cuModuleLoadData: its terminating
+        // NUL is not part of the text.
+        ptx += o.getObject().getValue().rtrim(StringRef("\0", 1)).str();
+  });
+  if (ptx.empty())
+    return module.emitError("CUDA code generation produced no PTX");
+  // A math function without an expansion here would be a libdevice call
+  // the driver cannot resolve: refuse at compile time, naming it.
+  if (size_t at = ptx.find(".extern .func"); at != std::string::npos)
+    return module.emitError("CUDA code generation: a kernel calls an external "
+                            "function (")
+           << StringRef(ptx).substr(at, ptx.find('(', at) - at).trim()
+           << "); this math operation has no GPU expansion yet";
+  return success();
+}
+
+} // namespace loom::codegen
