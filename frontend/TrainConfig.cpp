@@ -547,10 +547,18 @@ bool TrainConfig::validate(SourceLoc loc, DiagnosticEngine &diag) const {
     err("the interleaved schedule needs virtual >= 2 stages per rank");
   if (schedule != "interleaved" && virtualStages != 1)
     err("virtual stages apply only to schedule = interleaved");
-  if (!stages.empty() && static_cast<int64_t>(stages.size()) != pp - 1)
+  if (schedule == "interleaved" && pp > 1 && microbatches % pp != 0)
+    err("the interleaved schedule needs the micro-batches (" +
+        std::to_string(microbatches) + ") to be a multiple of pp (" +
+        std::to_string(pp) + ")");
+  // Interleaved: pp × virtual chunks, chunk c on rank c % pp.
+  int64_t parts = pp * (schedule == "interleaved" ? virtualStages : 1);
+  if (!stages.empty() && static_cast<int64_t>(stages.size()) != parts - 1)
     err("pipeline stages lists " + std::to_string(stages.size()) +
-        " cut(s), but pp = " + std::to_string(pp) + " needs " +
-        std::to_string(pp - 1));
+        " cut(s), but pp = " + std::to_string(pp) +
+        (parts != pp ? " with " + std::to_string(virtualStages) + " virtual stages"
+                     : std::string()) +
+        " needs " + std::to_string(parts - 1));
   if (quantize != "none" && precision != "fp32")
     err("quantization-aware training runs in fp32; drop precision " +
         precision + " or quantize");

@@ -1033,8 +1033,12 @@ LogicalResult ProgramLowering::emit(OpBuilder &mb, int64_t arenaBytes) {
     auto phase = op.getAttrOfType<StringAttr>("dist.phase");
     auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch");
     if (phase && mb) {
-      std::string name = (phase.getValue() == "bwd" ? "B" : "F") +
+      std::string name = (phase.getValue() == "bwd"     ? "B"
+                          : phase.getValue() == "wgrad" ? "W"
+                                                        : "F") +
                          std::to_string(mb.getInt());
+      if (auto chunk = op.getAttrOfType<IntegerAttr>("dist.chunk"))
+        name += "c" + std::to_string(chunk.getInt());
       auto it = llvm::find(spanTable_, name);
       int64_t id = it - spanTable_.begin();
       if (it == spanTable_.end())

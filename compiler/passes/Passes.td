@@ -109,7 +109,8 @@ def SplitPipeline : Pass<"loom-split-pipeline", "mlir::ModuleOp"> {
     within 5% of it the largest stage memory (params, grads and optimizer
     state, the saved activations of the micro-batches the schedule keeps in
     flight, the largest layer working set); every program (evaluation too)
-    takes the training step's cut;
+    takes the training step's cut; with `interleaved`, pp × virtual chunks
+    are cut and chunk c runs on rank c % pp (`dist.chunk`);
     parameters and their optimizer on their stage; bookkeeping copied to
     every stage; values crossing stages through dist.send/dist.recv along
     pp; the global norm summed over pp. The split is recorded as
@@ -120,18 +121,25 @@ def SplitPipeline : Pass<"loom-split-pipeline", "mlir::ModuleOp"> {
 }
 
 def SchedulePipeline : Pass<"loom-schedule-pipeline", "mlir::ModuleOp"> {
-  let summary = "Order each stage's micro-batches: GPipe or 1F1B";
+  let summary = "Order each stage's micro-batches: GPipe, 1F1B, zero-bubble, interleaved";
   let description = [{
     Reorders each stage program's forward and backward micro-batch groups:
     `gpipe` runs every forward then every backward; `1f1b` runs pp − 1 − s
     forwards on stage s, then one forward and one backward in turn, then the
-    remaining backwards. The order is recorded as `dist.schedule` ("F0",
-    "B0", …). Then each micro-batch's gradient is added into the running
-    total as soon as it is computed, and (dp > 1) each stage's data-parallel
-    gradients are fused into asynchronous buckets started inside the last
-    micro-batch's backward pass, so the reduction overlaps the pipeline's
-    drain.
+    remaining backwards; `zero_bubble` is 1F1B with each backward split into
+    B (what the gradient sent to the previous stage needs, phase "bwd") and
+    W (the weight gradients, phase "wgrad") right after it, so each stage
+    passes its gradient on one weight gradient earlier; `interleaved` is
+    Megatron's interleaved 1F1B over the `virtual` chunks each rank holds
+    (micro-batches in groups of pp through chunk 0, then 1, ...; warm-up
+    2 (pp − s − 1) + (v − 1) pp forwards). The order is recorded as
+    `dist.schedule` ("F0", "B0", "W0", "F0c1", …). Then each micro-batch's
+    gradient is added into the running total as soon as it is computed, and
+    (dp > 1) each stage's data-parallel gradients are fused into
+    asynchronous buckets started inside the last micro-batch's backward
+    pass, so the reduction overlaps the pipeline's drain.
   }];
+}
 }
 
 def Recompute : Pass<"loom-recompute", "mlir::ModuleOp"> {

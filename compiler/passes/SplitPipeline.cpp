@@ -21,10 +21,14 @@
 //    after it is computed and right before its first use (tag = micro-batch
 //    · 65536 + slot); a global norm sums the squares of each stage's
 //    gradients and all-reduces them over pp.
+// With the interleaved schedule the cut is into pp × virtual chunks, chunk c
+// on rank c % pp (activations wrap from the last rank to the first).
 // loom-schedule-pipeline orders each stage program's micro-batches: GPipe
-// (every forward, then every backward) or 1F1B (stage s runs pp − 1 − s
+// (every forward, then every backward), 1F1B (stage s runs pp − 1 − s
 // forwards, then alternates one forward and one backward, then drains), so
-// a stage holds at most pp − s micro-batches' activations under 1F1B.
+// a stage holds at most pp − s micro-batches' activations under 1F1B;
+// zero-bubble (1F1B with each backward split into its input gradient and,
+// after it, its weight gradients); interleaved 1F1B over the chunks.
 // It then moves the gradient bookkeeping (accumulation over micro-batches,
 // loss weighting, dp all-reduce) right after what it reads and fuses each
 // stage's dp gradients into asynchronous buckets, so they are reduced while
@@ -189,7 +193,7 @@ std::vector<int> balance(const StageCosts &c, int parts) {
   return byMemory;
 }
 
-FailureOr<Split> assignStages(Operation *program, int pp,
+FailureOr<Split> assignStages(Operation *program, int pp, int ranks,
                               ArrayRef<int64_t> pinned) {
   Block &body = program->getRegion(0).front();
   Split split;
@@ -308,10 +312,16 @@ FailureOr<Split> assignStages(Operation *program, int pp,
     if (auto a = cfg.getAs<StringAttr>("schedule"))
       schedule = a.str();
   }
+  // With virtual stages (pp here counts them) stage s runs on rank s % ranks.
   costs.held = [=](int stage) {
-    return double(schedule == "gpipe" ? m : std::min<int64_t>(m, pp - stage));
+    return double(schedule == "gpipe"
+                      ? m
+                      : std::min<int64_t>(m, ranks - stage % ranks));
   };
   if (!pinned.empty()) {
+    if (static_cast<int>(pinned.size()) != pp - 1)
+      return program->emitOpError("pipeline stages = [...] gives ")
+             << pinned.size() << " cut(s); " << pp << " stages need " << pp - 1;
     split.layerStage.assign(layers, 0);
     int s = 0;
     for (int l = 0; l < layers; ++l) {
@@ -456,12 +466,19 @@ void SplitPipelinePass::runOnOperation() {
   std::optional<SmallVector<int64_t>> decided;
   for (Operation *program : programs) {
     SmallVector<int64_t> pinned;
-    if (auto cfg = program->getAttrOfType<DictionaryAttr>("config"))
+    int virtualStages = 1;
+    if (auto cfg = program->getAttrOfType<DictionaryAttr>("config")) {
       if (auto st = cfg.getAs<DenseI64ArrayAttr>("stages"))
         pinned.assign(st.asArrayRef().begin(), st.asArrayRef().end());
+      if (auto v = cfg.getAs<IntegerAttr>("virtual_stages"))
+        virtualStages = std::max<int>(1, static_cast<int>(v.getInt()));
+    }
     if (decided)
       pinned = *decided;
-    auto split = assignStages(program, pp, pinned);
+    // Interleaved schedules cut pp * virtual stages ("chunks"); chunk c runs
+    // on rank c % pp, so each rank holds `virtual` non-adjacent chunks.
+    int chunks = pp * virtualStages;
+    auto split = assignStages(program, chunks, pp, pinned);
     if (failed(split))
       return signalPassFailure();
     if (!decided) {
@@ -484,9 +501,14 @@ void SplitPipelinePass::runOnOperation() {
     // Cross-stage values: one slot each.
     std::map<std::pair<Operation *, unsigned>, int64_t> slotOf;
     int64_t slots = 0;
-    auto stage = [&](Operation *op) {
+    auto chunkOf = [&](Operation *op) {
       auto it = split->stageOf.find(op);
       return it == split->stageOf.end() ? 0 : it->second;
+    };
+    // The rank (pipeline stage) of an op: its chunk's, modulo pp.
+    auto stage = [&](Operation *op) {
+      int c = chunkOf(op);
+      return c == kEvery ? kEvery : c % pp;
     };
     std::string base = cast<StringAttr>(program->getAttr("sym_name")).str();
     for (int s = 0; s < pp; ++s) {
@@ -645,30 +667,107 @@ void SplitPipelinePass::runOnOperation() {
         }
         c->erase();
       }
-      // Every op left records its stage for the schedule and the report.
-      for (Operation &op : cb)
+      // Every op left records its stage (and, interleaved, its chunk on this
+      // rank) for the schedule and the report.
+      for (Operation &op : cb) {
         if (!op.hasAttr("dist.stage"))
           op.setAttr("dist.stage", b.getI64IntegerAttr(s));
+        if (Operation *o = toOrig.lookup(&op);
+            o && virtualStages > 1 && chunkOf(o) != kEvery)
+          op.setAttr("dist.chunk", b.getI64IntegerAttr(chunkOf(o) / pp));
+      }
     }
     // The split, for --report.
     SmallVector<Attribute> layerStage;
-    for (size_t l = 0; l < split->layers.size(); ++l)
-      layerStage.push_back(b.getDictionaryAttr(
-          {b.getNamedAttr("layer", b.getStringAttr(split->layers[l])),
-           b.getNamedAttr("stage", b.getI64IntegerAttr(split->layerStage[l]))}));
+    for (size_t l = 0; l < split->layers.size(); ++l) {
+      SmallVector<NamedAttribute> entry = {
+          b.getNamedAttr("layer", b.getStringAttr(split->layers[l])),
+          b.getNamedAttr("stage", b.getI64IntegerAttr(split->layerStage[l] % pp))};
+      if (virtualStages > 1)
+        entry.push_back(b.getNamedAttr(
+            "chunk", b.getI64IntegerAttr(split->layerStage[l] / pp)));
+      layerStage.push_back(b.getDictionaryAttr(entry));
+    }
     module->setAttr("loom.pipeline_split", b.getArrayAttr(layerStage));
-    SmallVector<double> costs(split->stageCost.begin(), split->stageCost.end());
+    SmallVector<double> costs(pp, 0.0);
+    for (auto [c, cost] : llvm::enumerate(split->stageCost))
+      costs[c % pp] += cost;
     module->setAttr("loom.pipeline_stage_flops", b.getF64ArrayAttr(costs));
     program->erase();
   }
 }
 
+/// Marks the ops of each micro-batch's backward pass that the activation
+/// gradient sent to the previous stage does not depend on -- the weight
+/// gradients -- with phase "wgrad". On the first stage, which sends none,
+/// the whole backward pass is weight gradients.
+void splitWeightGradients(Block &body) {
+  DenseSet<Operation *> inputGrad;
+  SmallVector<Operation *> work;
+  for (Operation &op : body)
+    if (op.getName().getStringRef() == "dist.send")
+      if (auto ph = op.getAttrOfType<StringAttr>("dist.phase");
+          ph && ph.getValue() == "bwd")
+        work.push_back(&op);
+  while (!work.empty()) {
+    Operation *op = work.pop_back_val();
+    for (Value v : op->getOperands()) {
+      Operation *d = v.getDefiningOp();
+      if (!d || d->getBlock() != &body || inputGrad.count(d))
+        continue;
+      auto ph = d->getAttrOfType<StringAttr>("dist.phase");
+      if (!ph || ph.getValue() != "bwd")
+        continue;
+      inputGrad.insert(d);
+      work.push_back(d);
+    }
+  }
+  Builder b(body.getParentOp()->getContext());
+  for (Operation &op : body) {
+    auto ph = op.getAttrOfType<StringAttr>("dist.phase");
+    if (ph && ph.getValue() == "bwd" && !inputGrad.count(&op) &&
+        op.getName().getStringRef() != "dist.send")
+      op.setAttr("dist.phase", b.getStringAttr("wgrad"));
+  }
+}
+
 /// The micro-batch and phase of an op of a stage program: phase 0 forward,
-/// 1 backward (it depends on the backward seed of its micro-batch).
+/// 1 backward (it depends on the backward seed of its micro-batch), 2 the
+/// weight gradients of the zero-bubble schedule.
 struct ScheduleKey {
   int64_t microbatch = -1;
   int phase = 0;
+  int64_t chunk = 0; ///< interleaved: which of the rank's chunks
 };
+
+/// A group of a stage program's schedule: (micro-batch, phase, chunk).
+using Unit = std::tuple<int64_t, int, int64_t>;
+
+/// Interleaved 1F1B (Narayanan et al., SC'21) on rank `r` of `pp`, with `v`
+/// chunks per rank and `m` micro-batches (a multiple of pp): forward units
+/// take micro-batches in groups of pp, each group through chunk 0, then 1,
+/// ...; backward units likewise with the chunks in reverse. Rank r warms up
+/// with 2 (pp - r - 1) + (v - 1) pp forwards, then alternates one forward
+/// and one backward, then drains.
+std::vector<Unit> interleavedOrder(int64_t pp, int64_t r, int64_t v, int64_t m) {
+  int64_t units = m * v;
+  auto unit = [&](int64_t i, bool backward) {
+    int64_t group = i / (pp * v), inGroup = i % (pp * v);
+    int64_t chunk = inGroup / pp;
+    return Unit{group * pp + inGroup % pp, backward ? 1 : 0,
+                backward ? v - 1 - chunk : chunk};
+  };
+  int64_t warm = std::min(units, 2 * (pp - r - 1) + (v - 1) * pp);
+  std::vector<Unit> order;
+  for (int64_t i = 0; i < warm; ++i)
+    order.push_back(unit(i, false));
+  for (int64_t i = 0; i < units; ++i) {
+    if (warm + i < units)
+      order.push_back(unit(warm + i, false));
+    order.push_back(unit(i, true));
+  }
+  return order;
+}
 
 /// Moves the gradient bookkeeping that follows the micro-batches -- the sum
 /// of each micro-batch's gradient into the running total, its loss
@@ -757,39 +856,61 @@ struct SchedulePipelinePass
         if (auto a = cfg.getAs<IntegerAttr>("microbatches"))
           m = a.getInt();
       }
-      if (schedule != "gpipe" && schedule != "1f1b") {
-        program.emitOpError("pipeline schedule '")
-            << schedule << "' is not implemented yet (gpipe and 1f1b are)";
+      int64_t virtualStages = 1;
+      if (auto cfg = program.getAttrOfType<DictionaryAttr>("config"))
+        if (auto v = cfg.getAs<IntegerAttr>("virtual_stages"))
+          virtualStages = std::max<int64_t>(1, v.getInt());
+      if (schedule != "gpipe" && schedule != "1f1b" &&
+          schedule != "zero_bubble" && schedule != "interleaved") {
+        program.emitOpError("pipeline schedule '") << schedule << "' is unknown";
         return failure();
       }
+      if (schedule == "interleaved" && m > 1 && m % pp != 0) {
+        program.emitOpError("the interleaved schedule needs the micro-batches (")
+            << m << ") to be a multiple of pp (" << pp << ")";
+        return failure();
+      }
+      bool train = cast<StringAttr>(program.getAttr("kind")).getValue() == "train";
       Block &body = program.getRegion(0).front();
+      // Zero-bubble: each micro-batch's backward splits into the input
+      // gradient (what the gradient sent to the previous stage depends on,
+      // phase "bwd") and the weight gradients (the rest, phase "wgrad"),
+      // which run after it; the previous stage gets its gradient one weight
+      // gradient earlier at every hop, which shortens the drain.
+      if (schedule == "zero_bubble" && train && m > 1)
+        splitWeightGradients(body);
       DenseMap<Operation *, ScheduleKey> key;
       for (Operation &op : body) {
         ScheduleKey k;
         if (auto a = op.getAttrOfType<IntegerAttr>("dist.microbatch"))
           k.microbatch = a.getInt();
         if (auto a = op.getAttrOfType<StringAttr>("dist.phase"))
-          k.phase = a.getValue() == "bwd" ? 1 : 0;
+          k.phase = a.getValue() == "bwd" ? 1 : a.getValue() == "wgrad" ? 2 : 0;
+        if (auto a = op.getAttrOfType<IntegerAttr>("dist.chunk"))
+          k.chunk = a.getInt();
         key[&op] = k;
       }
-      bool train = cast<StringAttr>(program.getAttr("kind")).getValue() == "train";
       // The order of (micro-batch, phase) groups.
-      std::vector<std::pair<int64_t, int>> order;
+      std::vector<Unit> order;
       if (!train || m <= 1) {
         // No micro-batches: the order stays (forward, then backward).
       } else if (schedule == "gpipe") {
         for (int64_t j = 0; j < m; ++j)
-          order.push_back({j, 0});
+          order.push_back({j, 0, 0});
         for (int64_t j = 0; j < m; ++j)
-          order.push_back({j, 1});
+          order.push_back({j, 1, 0});
+      } else if (schedule == "interleaved") {
+        order = interleavedOrder(pp, s, virtualStages, m);
       } else {
         int64_t warm = std::min<int64_t>(pp - 1 - s, m);
         for (int64_t j = 0; j < warm; ++j)
-          order.push_back({j, 0});
+          order.push_back({j, 0, 0});
         for (int64_t j = 0; j < m; ++j) {
           if (warm + j < m)
-            order.push_back({warm + j, 0});
-          order.push_back({j, 1});
+            order.push_back({warm + j, 0, 0});
+          order.push_back({j, 1, 0});
+          if (schedule == "zero_bubble")
+            order.push_back({j, 2, 0});
         }
       }
       // Prologue (ops outside the micro-batches that read nothing of
@@ -797,7 +918,7 @@ struct SchedulePipelinePass
       if (order.empty())
         continue;
       SmallVector<Operation *> prologue, epilogue, comm;
-      std::map<std::pair<int64_t, int>, SmallVector<Operation *>> groups;
+      std::map<Unit, SmallVector<Operation *>> groups;
       DenseSet<Operation *> afterGroups;
       for (Operation &op : body) {
         ScheduleKey k = key[&op];
@@ -807,7 +928,7 @@ struct SchedulePipelinePass
           continue;
         }
         if (k.microbatch >= 0) {
-          groups[{k.microbatch, k.phase}].push_back(&op);
+          groups[{k.microbatch, k.phase, k.chunk}].push_back(&op);
           continue;
         }
         // Late: it reads a micro-batch's value, a late op's, or a value
@@ -854,9 +975,12 @@ struct SchedulePipelinePass
       for (Operation *op : sequence)
         op->moveBefore(&body, body.end());
       SmallVector<Attribute> orderAttr;
-      for (auto &[j, phase] : order)
-        orderAttr.push_back(StringAttr::get(&getContext(),
-                                            (phase ? "B" : "F") + std::to_string(j)));
+      for (auto &[j, phase, chunk] : order)
+        orderAttr.push_back(StringAttr::get(
+            &getContext(), (phase == 2 ? "W" : phase == 1 ? "B" : "F") +
+                               std::to_string(j) +
+                               (virtualStages > 1 ? "c" + std::to_string(chunk)
+                                                  : std::string())));
       program.setAttr("dist.schedule", ArrayAttr::get(&getContext(), orderAttr));
     }
     return success();

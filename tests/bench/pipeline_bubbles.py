@@ -1,16 +1,20 @@
 #!/usr/bin/python3
 """Pipeline bubbles: measured idle fraction against the ideal, per schedule.
 
-For pp = 2 and 4 and m = 4, 8, 16 micro-batches, GPipe and 1F1B: compile the
+For pp = 2 and 4 and m = 4, 8, 16 micro-batches, GPipe, 1F1B, zero-bubble
+(1F1B with each backward split into input and weight gradients) and
+interleaved 1F1B (2 virtual stages per rank): compile the
 GPT sample (-Dlayers=8, the global batch 16·m/4 so each micro-batch keeps 4
 rows), run `mpirun -np pp loom-run --trace` for --steps steps, and from the
 trace of the timed steps (after the first) compute
 
-  idle = 1 - (sum over ranks of the time inside schedule spans F*/B*,
+  idle = 1 - (sum over ranks of the time inside schedule spans F*/B*/W*
+              (interleaved: F0c1 ...),
               less the time their receives wait for the neighbour stage)
              / (pp * the step's wall time, the longest train_step event)
 
-beside the ideal (p-1)/(m+p-1) of a balanced pipeline; and print each
+beside the ideal (p-1)/(m+p-1) of a balanced pipeline ((p-1)/(v·m+p-1)
+interleaved); and print each
 stage's activation memory as `loomc --report` plans it for that schedule.
 On a machine with fewer cores than ranks (pp=4 on 2 cores) the ranks share
 cores, so busy time includes waiting for a core: those rows are printed
@@ -57,7 +61,7 @@ def idle_fraction(trace, pp):
         for c in calls:
             for e in events:
                 inside = e["pid"] == c["pid"] and c["ts"] <= e["ts"] <= c["ts"] + c["dur"]
-                if inside and e.get("cat") == "compute" and re.fullmatch(r"[FB]\d+", e["name"]):
+                if inside and e.get("cat") == "compute" and re.fullmatch(r"[FBW]\d+(c\d+)?", e["name"]):
                     busy += e["dur"]
                 elif inside and e.get("cat") == "comm" and e["name"].startswith("recv"):
                     busy -= e["dur"]  # waiting for the neighbour stage is idle
@@ -82,14 +86,16 @@ def main():
     cores = os.cpu_count()
     print(f"GPT sample, 8 layers, 4 rows per micro-batch; {cores} cores; "
           f"idle = 1 - busy / (stages x step time), steps 2..{a.steps}")
-    print(f"{'pp':>3} {'m':>3} {'schedule':>8} {'idle':>7} {'ideal':>7} "
+    print(f"{'pp':>3} {'m':>3} {'schedule':>11} {'idle':>7} {'ideal':>7} "
           f"{'step ms':>8}  activations per stage (planned)")
     for pp in map(int, a.pp.split(",")):
         for m in map(int, a.microbatches.split(",")):
-            for schedule in ("gpipe", "1f1b"):
+            for schedule in ("gpipe", "1f1b", "zero_bubble", "interleaved"):
                 src = [os.path.join(ROOT, "samples/gpt.loom"), "-Dlayers=8",
                        f"-Dbatch={4 * m}", f"--mesh=pp={pp}", f"--microbatches={m}",
                        f"--schedule={schedule}"]
+                if schedule == "interleaved":
+                    src += ["--set", "pipeline.virtual=2"]
                 art = os.path.join(tmp, f"p{pp}m{m}{schedule}.loomx")
                 saved = os.path.join(tmp, f"p{pp}m{m}{schedule}.report")
                 if a.artifacts:
@@ -106,9 +112,11 @@ def main():
                      f"--steps={a.steps}", "--threads=1", "--eval-every=0",
                      f"--trace={trace}", f"--trace-steps={a.steps}"])
                 idle, wall = idle_fraction(trace, pp)
-                ideal = (pp - 1) / (m + pp - 1)
+                # Interleaving v chunks per rank shrinks the bubble v times.
+                v = 2 if schedule == "interleaved" else 1
+                ideal = (pp - 1) / (v * m + pp - 1)
                 note = "  (ranks share cores)" if pp > cores else ""
-                print(f"{pp:>3} {m:>3} {schedule:>8} {idle:7.3f} {ideal:7.3f} "
+                print(f"{pp:>3} {m:>3} {schedule:>11} {idle:7.3f} {ideal:7.3f} "
                       f"{wall / 1000:8.1f}  {', '.join(acts)}{note}")
 
 
