@@ -140,7 +140,6 @@ def SchedulePipeline : Pass<"loom-schedule-pipeline", "mlir::ModuleOp"> {
     pass, so the reduction overlaps the pipeline's drain.
   }];
 }
-}
 
 def Recompute : Pass<"loom-recompute", "mlir::ModuleOp"> {
   let summary = "Recompute layer activations in the backward pass";
