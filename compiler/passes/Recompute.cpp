@@ -13,6 +13,11 @@
 // op path and step, not by a stream position), so gradients are bitwise
 // those of the program without recomputation.
 //
+// With micro-batches (and pipeline stages) each micro-batch's copy of a
+// layer is its own chunk, recomputed right before that micro-batch's
+// backward pass reads it; an op is backward when it depends on its
+// micro-batch's loss seed (or carries loom-split-pipeline's phase).
+//
 // `recompute every = N`: chunks of N consecutive layers, all recomputed.
 // `recompute budget = SIZE`: chunks of one layer; layers are recomputed in
 // order of forward FLOPs per byte of activation freed (cheapest first) until
@@ -80,37 +85,75 @@ LogicalResult recompute(dist::ProgramOp program) {
     return success();
   Block &body = program.getBody().front();
 
-  // The forward pass ends at the loss output.
-  Operation *lossOut = nullptr;
-  for (auto out : body.getOps<train::OutputOp>())
-    if (out.getName() == "loss")
-      lossOut = out;
-  if (!lossOut)
-    return program.emitOpError("has no loss output to split forward from "
-                               "backward");
   DenseMap<Operation *, int> index;
   int i = 0;
   for (Operation &op : body)
     index[&op] = i++;
-  int lossIndex = index[lossOut];
-  auto isBackward = [&](Operation *op) { return index.lookup(op) > lossIndex; };
+  // Forward and backward: with micro-batches (and pipeline stages) the two
+  // interleave, so an op is backward when it depends on its micro-batch's
+  // loss seed (loom-split-pipeline's `dist.phase` says so directly);
+  // without, the forward pass ends at the loss output.
+  bool microbatched = llvm::any_of(
+      body, [](Operation &op) { return op.hasAttr("dist.microbatch"); });
+  DenseSet<Operation *> backward;
+  if (microbatched) {
+    for (Operation &op : body) {
+      if (auto phase = op.getAttrOfType<StringAttr>("dist.phase")) {
+        if (phase.getValue() != "fwd")
+          backward.insert(&op);
+        continue;
+      }
+      bool mb = op.hasAttr("dist.microbatch");
+      for (Value v : op.getOperands()) {
+        Operation *d = v.getDefiningOp();
+        if (d && (backward.count(d) ||
+                  (mb && (d->hasAttr("loom.loss_seed") ||
+                          d->getName().getStringRef() ==
+                              "train.loss_scale_value")))) {
+          backward.insert(&op);
+          break;
+        }
+      }
+    }
+  } else {
+    Operation *lossOut = nullptr;
+    for (auto out : body.getOps<train::OutputOp>())
+      if (out.getName() == "loss")
+        lossOut = out;
+    if (!lossOut)
+      return program.emitOpError("has no loss output to split forward from "
+                                 "backward");
+    for (Operation *op = lossOut->getNextNode(); op; op = op->getNextNode())
+      backward.insert(op);
+  }
+  auto isBackward = [&](Operation *op) { return backward.count(op) != 0; };
 
-  // Layers in forward order and their ops.
+  // Layers in forward order and their ops, per micro-batch: each
+  // micro-batch's copy of a layer is recomputed before its own backward.
   std::vector<std::string> order;
   std::map<std::string, std::vector<Operation *>> opsOf;
+  std::map<std::string, std::string> layerOfKey;
   for (Operation &op : body) {
     if (isBackward(&op))
-      break;
+      continue;
     auto tag = op.getAttrOfType<StringAttr>("loom.layer");
     if (!tag)
       continue;
-    auto &ops = opsOf[tag.str()];
-    if (ops.empty())
-      order.push_back(tag.str());
+    std::string key = tag.str();
+    if (auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch"))
+      key = "mb" + std::to_string(mb.getInt()) + "/" + key;
+    auto &ops = opsOf[key];
+    if (ops.empty()) {
+      order.push_back(key);
+      layerOfKey[key] = tag.str();
+    }
     ops.push_back(&op);
   }
   if (order.empty())
     return success(); // No layers: nothing to checkpoint.
+  auto microbatchOf = [&](const std::string &key) {
+    return key.rfind("mb", 0) == 0 ? key.substr(0, key.find('/')) : std::string();
+  };
 
   bool budgetMode = mode.getValue() == "budget";
   int64_t every = 1;
@@ -118,10 +161,16 @@ LogicalResult recompute(dist::ProgramOp program) {
     auto e = cfg.getAs<IntegerAttr>("recompute_every");
     every = e ? std::max<int64_t>(1, e.getInt()) : 1;
   }
+  // Chunks of `every` consecutive layers of one micro-batch.
   std::vector<Chunk> chunks;
+  size_t inChunk = 0;
   for (size_t l = 0; l < order.size(); ++l) {
-    if (l % static_cast<size_t>(every) == 0)
+    if (chunks.empty() || inChunk == static_cast<size_t>(every) ||
+        microbatchOf(order[l]) != microbatchOf(order[l - 1])) {
       chunks.emplace_back();
+      inChunk = 0;
+    }
+    ++inChunk;
     Chunk &c = chunks.back();
     c.layers.push_back(order[l]);
     for (Operation *op : opsOf[order[l]])
@@ -220,6 +269,9 @@ LogicalResult recompute(dist::ProgramOp program) {
     for (Operation *op : c.ops) {
       Operation *clone = b.clone(*op, map);
       clone->setAttr("loom.recomputed", UnitAttr::get(b.getContext()));
+      // Part of the backward pass it serves (schedules, trace spans).
+      if (Attribute phase = first->getAttr("dist.phase"))
+        clone->setAttr("dist.phase", phase);
     }
     // Redirect every backward use of the chunk's values to the clones.
     for (Operation *op : c.ops)
@@ -231,8 +283,11 @@ LogicalResult recompute(dist::ProgramOp program) {
                  index.count(user) && isBackward(user);
         });
       }
-    for (const std::string &l : c.layers)
-      recomputed.push_back(StringAttr::get(program.getContext(), l));
+    for (const std::string &l : c.layers) {
+      auto name = StringAttr::get(program.getContext(), layerOfKey[l]);
+      if (!llvm::is_contained(recomputed, name))
+        recomputed.push_back(name);
+    }
     freed += c.savedBytes;
     extraFlops += c.flops;
   }
