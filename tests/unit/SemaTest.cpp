@@ -1370,7 +1370,7 @@ TEST(TrainConfig, EveryOptionInATrainBlock) {
   steps 300
   mesh dp = 2, tp = 2, pp = 2
   zero 1
-  pipeline microbatches = 4, schedule = interleaved, virtual = 2, stages = [3]
+  pipeline microbatches = 4, schedule = interleaved, virtual = 2, stages = [1, 2, 3]
   recompute budget = 40GiB
   precision bf16
   clip adaptive(window = 50, sigmas = 2.5, max = 10)
@@ -1395,7 +1395,7 @@ TEST(TrainConfig, EveryOptionInATrainBlock) {
   EXPECT_EQ(t.microbatches, 4);
   EXPECT_EQ(t.schedule, "interleaved");
   EXPECT_EQ(t.virtualStages, 2);
-  EXPECT_EQ(t.stages, std::vector<int64_t>({3}));
+  EXPECT_EQ(t.stages, std::vector<int64_t>({1, 2, 3}));
   EXPECT_EQ(t.recompute, "budget");
   EXPECT_EQ(t.recomputeBudget, int64_t(40) << 30);
   EXPECT_EQ(t.precision, "bf16");
