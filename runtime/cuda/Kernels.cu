@@ -16,6 +16,7 @@
 
 #include "runtime/cuda/CudaKernels.h"
 #include "runtime/cuda/Internal.h"
+#include "runtime/kernels/HalfFloat.h"
 #include "runtime/kernels/Philox.h"
 
 #include <cub/device/device_radix_sort.cuh>
@@ -192,63 +193,13 @@ template <int G> __device__ int64_t groupRow() {
 template <int G> __device__ int groupLane() { return int(threadIdx.x % G); }
 
 //===----------------------------------------------------------------------===//
-// 16-bit formats, bit for bit as runtime/kernels/LowPrecision.cpp
+// 16-bit formats: runtime/kernels/HalfFloat.h, shared with the CPU
 //===----------------------------------------------------------------------===//
 
-__device__ float fromBF16(uint16_t h) {
-  return __uint_as_float(uint32_t(h) << 16);
-}
-
-__device__ uint16_t toBF16(float f) {
-  uint32_t u = __float_as_uint(f);
-  if (isnan(f))
-    return uint16_t((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-
-__device__ float fromF16(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu,
-           mant = h & 0x3ffu, u;
-  if (exp == 0) {
-    if (mant == 0) {
-      u = sign;
-    } else {
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while (!(mant & 0x400u));
-      u = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (mant << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  return __uint_as_float(u);
-}
-
-__device__ uint16_t toF16(float f) {
-  const uint32_t u = __float_as_uint(f);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  const uint32_t absu = u & 0x7fffffffu;
-  if (absu >= 0x7f800000u)
-    return uint16_t(sign | 0x7c00u | (absu > 0x7f800000u ? 0x200u : 0));
-  if (absu >= 0x477ff000u)
-    return uint16_t(sign | 0x7c00u);
-  if (absu < 0x38800000u) {
-    const float scaled = __fmul_rn(__uint_as_float(absu), 16777216.0f);
-    return uint16_t(sign | uint32_t(rintf(scaled)));
-  }
-  const uint32_t exp = ((absu >> 23) - 127 + 15) << 10;
-  const uint32_t mant = absu & 0x7fffffu;
-  uint32_t h = exp | (mant >> 13);
-  const uint32_t rest = mant & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-    ++h;
-  return uint16_t(sign | h);
-}
+using loom::kernels::fromBF16;
+using loom::kernels::fromF16;
+using loom::kernels::toBF16;
+using loom::kernels::toF16;
 
 //===----------------------------------------------------------------------===//
 // Row kernels: layer norm, RMS norm, softmax, log-softmax

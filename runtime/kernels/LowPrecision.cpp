@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/abi/loom_abi.h"
+#include "runtime/kernels/HalfFloat.h"
 
 #include <cmath>
 #include <cstring>
@@ -21,71 +22,10 @@
 
 namespace {
 
-float fromBF16(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-uint16_t toBF16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  if (std::isnan(f))
-    return static_cast<uint16_t>((u >> 16) | 0x40); // a quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u); // round to nearest, ties to even
-  return static_cast<uint16_t>(u >> 16);
-}
-
-float fromF16(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu,
-           mant = h & 0x3ffu, u;
-  if (exp == 0) {
-    if (mant == 0) {
-      u = sign;
-    } else { // subnormal: normalise
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while (!(mant & 0x400u));
-      u = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (mant << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-uint16_t toF16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  uint32_t sign = (u >> 16) & 0x8000u;
-  uint32_t absu = u & 0x7fffffffu;
-  if (absu >= 0x7f800000u) // inf or NaN
-    return static_cast<uint16_t>(sign | 0x7c00u | (absu > 0x7f800000u ? 0x200u : 0));
-  if (absu >= 0x477ff000u) // rounds to >= 65520: overflow to inf
-    return static_cast<uint16_t>(sign | 0x7c00u);
-  if (absu < 0x38800000u) { // below the smallest normal: subnormal or zero
-    float a;
-    std::memcpy(&a, &absu, sizeof a);
-    // Scale so the subnormal step (2^-24) is one unit, round to even.
-    float scaled = a * 16777216.0f;
-    uint32_t m = static_cast<uint32_t>(std::nearbyint(scaled));
-    return static_cast<uint16_t>(sign | m);
-  }
-  uint32_t exp = ((absu >> 23) - 127 + 15) << 10;
-  uint32_t mant = absu & 0x7fffffu;
-  uint32_t h = exp | (mant >> 13);
-  uint32_t rest = mant & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-    ++h; // carries into the exponent correctly
-  return static_cast<uint16_t>(sign | h);
-}
+using loom::kernels::fromBF16;
+using loom::kernels::fromF16;
+using loom::kernels::toBF16;
+using loom::kernels::toF16;
 
 template <float (*Widen)(uint16_t), uint16_t (*Narrow)(float)>
 void gemm16(loom_ctx *ctx, int64_t batch, int32_t ta, int32_t tb, int64_t M,

@@ -13,6 +13,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/kernels/HalfFloat.h"
 #include "runtime/kernels/Kernels.h"
 #include "runtime/abi/loom_abi.h"
 #include "runtime/cuda/CudaKernels.h"
@@ -160,65 +161,10 @@ std::vector<float> positiveVec(size_t n, float lo, float hi) {
   return v;
 }
 
-uint16_t toBF16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if (std::isnan(f))
-    return uint16_t((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
-float fromBF16(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-/// IEEE half via the hardware-independent long way (normal numbers only are
-/// produced by the tests' inputs, but rounding is checked bit for bit by the
-/// cast test against the same rule as LowPrecision.cpp).
-uint16_t toF16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t sign = (u >> 16) & 0x8000u, absu = u & 0x7fffffffu;
-  if (absu >= 0x7f800000u)
-    return uint16_t(sign | 0x7c00u | (absu > 0x7f800000u ? 0x200u : 0));
-  if (absu >= 0x477ff000u)
-    return uint16_t(sign | 0x7c00u);
-  if (absu < 0x38800000u) {
-    float a;
-    std::memcpy(&a, &absu, 4);
-    return uint16_t(sign | uint32_t(std::nearbyint(a * 16777216.0f)));
-  }
-  uint32_t h = (((absu >> 23) - 127 + 15) << 10) | ((absu & 0x7fffffu) >> 13);
-  const uint32_t rest = absu & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-    ++h;
-  return uint16_t(sign | h);
-}
-float fromF16(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu,
-           mant = h & 0x3ffu, u;
-  if (exp == 0) {
-    if (mant == 0) {
-      u = sign;
-    } else {
-      int e = -1;
-      do {
-        ++e;
-        mant <<= 1;
-      } while (!(mant & 0x400u));
-      u = sign | ((127 - 15 - e) << 23) | ((mant & 0x3ffu) << 13);
-    }
-  } else if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (mant << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+using loom::kernels::fromBF16;
+using loom::kernels::fromF16;
+using loom::kernels::toBF16;
+using loom::kernels::toF16;
 
 /// The error word must be clear after kernels on valid data.
 bool noDeviceError(lc::CudaContext &ctx, const std::string &what) {
