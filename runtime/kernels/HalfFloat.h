@@ -13,13 +13,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef LOOM_HOST_DEVICE
-#if defined(__CUDACC__)
-#define LOOM_HOST_DEVICE __host__ __device__
-#else
-#define LOOM_HOST_DEVICE
-#endif
-#endif
+#include "runtime/kernels/HostDevice.h"
 
 namespace loom::kernels {
 

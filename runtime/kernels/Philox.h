@@ -45,13 +45,7 @@
 // one definition, bit-identical streams on both sides (std::array in device
 // code needs nvcc's --expt-relaxed-constexpr). A host compiler sees an empty
 // macro.
-#ifndef LOOM_HOST_DEVICE
-#if defined(__CUDACC__)
-#define LOOM_HOST_DEVICE __host__ __device__
-#else
-#define LOOM_HOST_DEVICE
-#endif
-#endif
+#include "runtime/kernels/HostDevice.h"
 
 namespace loom::kernels {
 
