@@ -409,6 +409,9 @@ int main(int argc, char **argv) {
   mlir::registerPassManagerCLOptions();
   mlir::registerAsmPrinterCLOptions();
   loom::registerLoomPasses();
+  // --help lists Loom's options; LLVM's and MLIR's (still accepted, e.g.
+  // --mlir-print-ir-after-all) are under --help-hidden.
+  cl::HideUnrelatedOptions(loomCat);
   cl::ParseCommandLineOptions(argc, argv, "Loom compiler\n");
 
   for (auto [flag, value, allowed] :
