@@ -53,7 +53,10 @@ mlir::LogicalResult writeArtifact(mlir::Location loc, const std::string &path,
 /// (the op's buffers, then scalars), values of the exec program.
 struct CudaKernel {
   std::string name;
+  /// The loop op (null once lowerHostProgramForCuda replaced it) and its
+  /// location as printed (the DSL line).
   mlir::Operation *op = nullptr;
+  std::string origin;
   int64_t grid = 1, block = 1;
   std::vector<mlir::Value> args;
 };
@@ -69,6 +72,14 @@ mlir::FailureOr<CudaKernels> outlineCudaKernels(mlir::ModuleOp module);
 /// Lowers the kernels to PTX for sm_90 (gpu -> NVVM -> NVPTX), no CUDA
 /// toolkit needed.
 mlir::LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx);
+/// The host side of a CUDA artifact's programs (after outlineCudaKernels):
+/// each outlined loop becomes `exec.call @loom_cuda_launchN(kernel index,
+/// its N buffers)`; the host program's scalar reads and writes of the arena
+/// (memref.load/store of rank 0) and its copies become runtime calls
+/// (`loom_cuda_load_<t>`, `loom_cuda_store_<t>`, `loom_cuda_copy`), as the
+/// arena is device memory; library calls keep their ABI names.
+mlir::LogicalResult lowerHostProgramForCuda(mlir::ModuleOp module,
+                                            CudaKernels &kernels);
 
 } // namespace loom::codegen
 

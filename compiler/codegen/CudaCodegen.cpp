@@ -35,6 +35,8 @@
 #include "mlir/Dialect/Math/Transforms/Approximation.h"
 #include "mlir/Dialect/Math/Transforms/Passes.h"
 #include "mlir/Dialect/MemRef/IR/MemRef.h"
+#include "mlir/Dialect/MemRef/Utils/MemRefUtils.h"
+#include "dialects/Exec/ExecDialect.h"
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/IRMapping.h"
 #include "mlir/Pass/PassManager.h"
@@ -112,7 +114,13 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
   // (cloned in) or more scalar parameters.
   SmallVector<Type> params;
   SmallVector<Value> args;
+  // Scalar operands that are constants (a fill's value) are compiled in.
+  auto isConstantScalar = [](Value v) {
+    return !isa<MemRefType>(v.getType()) && matchPattern(v, m_Constant());
+  };
   for (Value v : operands) {
+    if (isConstantScalar(v))
+      continue;
     params.push_back(v.getType());
     args.push_back(v);
   }
@@ -138,8 +146,15 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
   Block &entry = func.getBody().front();
   b.setInsertionPointToStart(&entry);
   IRMapping mapping;
+  // Each operand's value inside the kernel: its parameter, or the constant.
+  SmallVector<Value> operandValue;
+  unsigned nextParam = 0;
+  for (Value v : operands)
+    operandValue.push_back(isConstantScalar(v)
+                               ? Value(b.clone(*v.getDefiningOp())->getResult(0))
+                               : Value(entry.getArgument(nextParam++)));
   for (auto [i, v] : llvm::enumerate(capturedParams))
-    mapping.map(v, entry.getArgument(operands.size() + i));
+    mapping.map(v, entry.getArgument(nextParam + i));
   for (Value v : captured)
     if (!mapping.contains(v))
       mapping.map(v, b.clone(*v.getDefiningOp())->getResult(0));
@@ -168,7 +183,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     return out;
   };
   auto load = [&](unsigned operand, ArrayRef<Value> at) -> Value {
-    Value arg = entry.getArgument(operand);
+    Value arg = operandValue[operand];
     if (!isa<MemRefType>(arg.getType()))
       return arg;
     return b.create<memref::LoadOp>(loc, arg, indices(maps[operand], at));
@@ -225,7 +240,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     results = loop(0, acc);
   }
   for (unsigned o = 0; o < numOutputs; ++o) {
-    Value out = entry.getArgument(numInputs + o);
+    Value out = operandValue[numInputs + o];
     b.create<memref::StoreOp>(loc, results[o], out,
                               indices(maps[numInputs + o], dims));
   }
@@ -235,6 +250,8 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
   CudaKernel k;
   k.name = name;
   k.op = op;
+  llvm::raw_string_ostream where(k.origin);
+  op->getLoc().print(where);
   k.grid = (total + kBlock - 1) / kBlock;
   k.block = kBlock;
   k.args.assign(args.begin(), args.end());
@@ -288,6 +305,19 @@ struct ApproximateMath
 };
 
 } // namespace
+
+/// The suffix of a scalar type in the runtime's GPU helpers' names.
+std::string scalarSuffix(Type t) {
+  if (t.isF32())
+    return "f32";
+  if (t.isF64())
+    return "f64";
+  if (t.isInteger(64))
+    return "i64";
+  if (t.isInteger(32))
+    return "i32";
+  return "";
+}
 
 void registerCudaTranslations(DialectRegistry &registry) {
   registry.insert<gpu::GPUDialect, NVVM::NVVMDialect, affine::AffineDialect>();
@@ -387,6 +417,88 @@ LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx) {
                             "function (")
            << StringRef(ptx).substr(at, ptx.find('(', at) - at).trim()
            << "); this math operation has no GPU expansion yet";
+  return success();
+}
+
+LogicalResult lowerHostProgramForCuda(ModuleOp module, CudaKernels &kernels) {
+  MLIRContext *ctx = module.getContext();
+  auto call = [&](OpBuilder &b, Location loc, StringRef callee,
+                  ValueRange operands, TypeRange results = {}) {
+    return b.create<exec::CallOp>(loc, results, FlatSymbolRefAttr::get(ctx, callee),
+                                  operands);
+  };
+  // Each loop becomes a launch of its kernel: loom_cuda_launchN(kernel,
+  // N buffers); the grid and block are the manifest's, per kernel.
+  for (auto [index, k] : llvm::enumerate(kernels.kernels)) {
+    OpBuilder b(k.op);
+    for (Value a : k.args) {
+      if (!isa<MemRefType>(a.getType()))
+        return k.op->emitOpError("passes a scalar that is not a constant to "
+                                 "its GPU kernel; the CUDA target does not "
+                                 "support that yet");
+      // Kernels take the buffer's base pointer and add the static offset of
+      // its type themselves: only whole arena views qualify.
+      Operation *def = a.getDefiningOp();
+      if (!def || def->getName().getStringRef() != "exec.view")
+        return k.op->emitOpError("passes a slice of a buffer to its GPU "
+                                 "kernel; the CUDA target does not support "
+                                 "that yet");
+    }
+    SmallVector<Value> operands = {b.create<arith::ConstantIntOp>(
+        k.op->getLoc(), static_cast<int64_t>(index), 64)};
+    operands.append(k.args.begin(), k.args.end());
+    call(b, k.op->getLoc(), "loom_cuda_launch" + std::to_string(k.args.size()),
+         operands);
+    k.op->erase();
+    k.op = nullptr;
+  }
+  // Scalars the host program reads and writes live in device memory: until
+  // the step keeps them on the device, each access is a synchronous copy.
+  SmallVector<Operation *> scalarOps;
+  module.walk([&](Operation *op) {
+    if (isa<memref::LoadOp, memref::StoreOp, memref::CopyOp>(op) &&
+        op->getParentOp()->getName().getStringRef() == "exec.program")
+      scalarOps.push_back(op);
+  });
+  for (Operation *op : scalarOps) {
+    OpBuilder b(op);
+    Location loc = op->getLoc();
+    if (auto load = dyn_cast<memref::LoadOp>(op)) {
+      std::string t = scalarSuffix(load.getType());
+      if (load.getMemRefType().getRank() != 0 || t.empty())
+        return op->emitOpError("reads device memory from the host in a form the "
+                               "CUDA target does not support yet");
+      Value v = call(b, loc, "loom_cuda_load_" + t, {load.getMemRef()},
+                     {load.getType()})
+                    .getResult(0);
+      load.getResult().replaceAllUsesWith(v);
+    } else if (auto store = dyn_cast<memref::StoreOp>(op)) {
+      std::string t = scalarSuffix(store.getValueToStore().getType());
+      if (store.getMemRefType().getRank() != 0 || t.empty())
+        return op->emitOpError("writes device memory from the host in a form "
+                               "the CUDA target does not support yet");
+      call(b, loc, "loom_cuda_store_" + t,
+           {store.getMemRef(), store.getValueToStore()});
+    } else {
+      auto copy = cast<memref::CopyOp>(op);
+      auto from = cast<MemRefType>(copy.getSource().getType());
+      auto to = cast<MemRefType>(copy.getTarget().getType());
+      bool contiguous = [](MemRefType t) {
+        return memref::isStaticShapeAndContiguousRowMajor(t) ||
+               (t.hasStaticShape() && t.getNumElements() == 1);
+      }(from) && (memref::isStaticShapeAndContiguousRowMajor(to) ||
+                   (to.hasStaticShape() && to.getNumElements() == 1));
+      if (!contiguous)
+        return op->emitOpError("copies a strided buffer; the CUDA target does "
+                               "not support that yet");
+      int64_t bytes = from.getNumElements() *
+                      std::max<int64_t>(1, from.getElementTypeBitWidth() / 8);
+      call(b, loc, "loom_cuda_copy",
+           {copy.getTarget(), copy.getSource(),
+            b.create<arith::ConstantIntOp>(loc, bytes, 64)});
+    }
+    op->erase();
+  }
   return success();
 }
 

@@ -69,7 +69,7 @@ LogicalResult convertProgram(ModuleOp module, exec::ProgramOp program) {
   // Calls may sit inside scf.if (predicated updates): walk the whole body.
   SmallVector<Operation *> ops;
   body.walk([&](Operation *op) {
-    if (isa<exec::ViewOp, exec::CallOp>(op))
+    if (isa<exec::ViewOp, exec::CallOp, memref::SubViewOp>(op))
       ops.push_back(op);
   });
   for (Operation *op : ops) {
@@ -82,6 +82,17 @@ LogicalResult convertProgram(ModuleOp module, exec::ProgramOp program) {
       viewOffsets[m] = view.getOffset();
       view.getResult().replaceAllUsesWith(m);
       view.erase();
+    } else if (auto sub = dyn_cast<memref::SubViewOp>(op)) {
+      // A statically placed slice of a view: a call gets its first element.
+      auto it = viewOffsets.find(sub.getSource());
+      int64_t offset;
+      SmallVector<int64_t> strides;
+      if (it != viewOffsets.end() &&
+          succeeded(getStridesAndOffset(sub.getType(), strides, offset)) &&
+          !ShapedType::isDynamic(offset))
+        viewOffsets[sub.getResult()] =
+            it->second + offset * std::max<int64_t>(
+                                      1, sub.getType().getElementTypeBitWidth() / 8);
     } else if (auto call = dyn_cast<exec::CallOp>(op)) {
       OpBuilder cb(call);
       Location cl = call.getLoc();

@@ -554,7 +554,7 @@ int main(int argc, char **argv) {
     return 1;
   if (report.getNumOccurrences())
     return printReport(*ir, flops, report == "json", fp32Peak, comm, stageFlops) ? 0 : 1;
-  if (emit == Emit::Exec)
+  if (emit == Emit::Exec && target != "cuda")
     return print();
   if (emit == Emit::Ptx && target != "cuda")
     return userError("--emit=ptx needs --target=cuda");
@@ -565,21 +565,37 @@ int main(int argc, char **argv) {
     std::string ptx;
     if (failed(loom::codegen::emitPtx(*kernels, ptx)))
       return 1;
+    // The host side: launches and the arena's scalars through the runtime.
+    if (failed(loom::codegen::lowerHostProgramForCuda(*ir, *kernels)))
+      return 1;
+    if (emit == Emit::Exec)
+      return print();
     if (emit == Emit::Ptx)
       return writeOutput([&](raw_ostream &os) {
                for (const auto &k : kernels->kernels) {
                  os << "// " << k.name << ": grid " << k.grid << " x block "
-                    << k.block << ", " << k.args.size() << " argument(s), from ";
-                 k.op->getLoc().print(os);
-                 os << "\n";
+                    << k.block << ", " << k.args.size() << " argument(s), from "
+                    << k.origin << "\n";
                }
                os << ptx;
              })
                  ? 0
                  : 1;
-    return userError("--target=cuda: the GPU kernels are generated "
-                     "(--emit=ptx prints them) but CUDA artifacts are not built "
-                     "yet (the host program and loom-run's GPU path are still "
+    // The host code compiles as the CPU target's does (LLVM IR, x86-64).
+    if (emit == Emit::Llvm) {
+      if (!stage(loom::buildExecToLLVMPipeline))
+        return 1;
+      std::string text;
+      loom::codegen::CpuOptions hostOptions;
+      hostOptions.native = cpu == "native";
+      if (failed(loom::codegen::emitLLVMIR(*ir, hostOptions, text)))
+        return 1;
+      return writeOutput([&](raw_ostream &os) { os << text; }) ? 0 : 1;
+    }
+    return userError("--target=cuda: the GPU kernels and the host program "
+                     "are generated (--emit=ptx, --emit=exec, --emit=llvm print "
+                     "them) but CUDA artifacts are not built yet (loom-run's "
+                     "GPU path is still "
                      "missing); use --target=cpu");
   }
   if (!stage(loom::buildExecToLLVMPipeline))
