@@ -561,6 +561,20 @@ Manifest parseManifest(std::string_view text) {
   m.target = R::string(R::member(doc, "", "target"), "target");
   if (m.target != "cpu" && m.target != "cuda")
     R::fail("target", "'" + m.target + "', expected 'cpu' or 'cuda'");
+  if (m.target == "cuda") {
+    m.ptx = R::string(R::member(doc, "", "ptx"), "ptx");
+    const json::Array &ks = R::array(R::member(doc, "", "kernels"), "kernels");
+    for (size_t i = 0; i < ks.size(); ++i) {
+      std::string where = "kernels[" + std::to_string(i) + "]";
+      Manifest::Kernel k;
+      k.name = R::string(R::member(ks[i], where, "name"), where + ".name");
+      k.grid = R::integer(R::member(ks[i], where, "grid"), where + ".grid", 1,
+                          INT32_MAX);
+      k.block = R::integer(R::member(ks[i], where, "block"), where + ".block",
+                           1, 1024);
+      m.kernels.push_back(std::move(k));
+    }
+  }
 
   if (const json::Value *ops = doc.find("ops")) {
     const json::Array &a = R::array(*ops, "ops");

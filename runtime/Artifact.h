@@ -108,6 +108,14 @@ struct Manifest {
   int64_t formatVersion = 0, abiVersion = 0;
   std::string model, source, target;
   std::vector<std::string> cpuFeatures;
+  /// target "cuda": the kernels' PTX (sm_90) and their launch shapes, in
+  /// the order the host program's loom_cuda_launchN indexes them.
+  std::string ptx;
+  struct Kernel {
+    std::string name;
+    int64_t grid = 1, block = 1;
+  };
+  std::vector<Kernel> kernels;
   /// For --check-numerics: what op k of the programs is, with its DSL line
   /// ("loom.matmul at gpt.loom:29:24"); optional.
   std::vector<std::string> ops;

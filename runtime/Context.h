@@ -38,6 +38,10 @@ struct loom_ctx {
   /// runtime/Trace.h) behind loom_trace_begin / loom_trace_end. nullptr: not
   /// tracing (the markers return at once).
   void *tracer = nullptr;
+  /// A CUDA artifact's GPU session (loom::cuda::GpuSession,
+  /// runtime/cuda/GpuSession.h) behind the loom_cuda_* functions; nullptr
+  /// for a CPU artifact.
+  void *cuda = nullptr;
   /// The first error a kernel reported in the current program call.
   bool failed = false;
   std::string errorOp, errorMessage;

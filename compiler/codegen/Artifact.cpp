@@ -122,6 +122,17 @@ std::string manifestJson(ModuleOp module, const ArtifactInfo &info) {
     jsonString(os, info.cpuFeatures[i]);
   }
   os << "]";
+  if (info.target == "cuda") {
+    os << ", \"kernels\": [";
+    for (size_t i = 0; i < info.kernels.size(); ++i) {
+      os << (i ? ", " : "") << "{\"name\": ";
+      jsonString(os, info.kernels[i].name);
+      os << ", \"grid\": " << info.kernels[i].grid
+         << ", \"block\": " << info.kernels[i].block << "}";
+    }
+    os << "], \"ptx\": ";
+    jsonString(os, info.ptx);
+  }
   for (NamedAttribute na : manifest) {
     os << ", ";
     jsonString(os, na.getName().getValue());

@@ -37,6 +37,13 @@ struct ArtifactInfo {
   std::string source;
   std::string target = "cpu";
   std::vector<std::string> cpuFeatures;
+  /// target "cuda": the kernels' PTX and launch table (runtime/ARTIFACT.md).
+  std::string ptx;
+  struct Kernel {
+    std::string name;
+    int64_t grid = 1, block = 1;
+  };
+  std::vector<Kernel> kernels;
 };
 
 /// The manifest JSON from the module's `loom.manifest` attribute.
@@ -77,7 +84,9 @@ mlir::LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx);
 /// its N buffers)`; the host program's scalar reads and writes of the arena
 /// (memref.load/store of rank 0) and its copies become runtime calls
 /// (`loom_cuda_load_<t>`, `loom_cuda_store_<t>`, `loom_cuda_copy`), as the
-/// arena is device memory; library calls keep their ABI names.
+/// arena is device memory; library calls go to `loom_cuda_<name>`, the GPU
+/// kernels behind the CPU signature (runtime/cuda/GpuAbi.cpp). Programs
+/// that communicate between ranks are refused (one GPU per job for now).
 mlir::LogicalResult lowerHostProgramForCuda(mlir::ModuleOp module,
                                             CudaKernels &kernels);
 

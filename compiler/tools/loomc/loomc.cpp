@@ -558,6 +558,7 @@ int main(int argc, char **argv) {
     return print();
   if (emit == Emit::Ptx && target != "cuda")
     return userError("--emit=ptx needs --target=cuda");
+  loom::codegen::ArtifactInfo info;
   if (target == "cuda") {
     auto kernels = loom::codegen::outlineCudaKernels(*ir);
     if (failed(kernels))
@@ -581,22 +582,12 @@ int main(int argc, char **argv) {
              })
                  ? 0
                  : 1;
-    // The host code compiles as the CPU target's does (LLVM IR, x86-64).
-    if (emit == Emit::Llvm) {
-      if (!stage(loom::buildExecToLLVMPipeline))
-        return 1;
-      std::string text;
-      loom::codegen::CpuOptions hostOptions;
-      hostOptions.native = cpu == "native";
-      if (failed(loom::codegen::emitLLVMIR(*ir, hostOptions, text)))
-        return 1;
-      return writeOutput([&](raw_ostream &os) { os << text; }) ? 0 : 1;
-    }
-    return userError("--target=cuda: the GPU kernels and the host program "
-                     "are generated (--emit=ptx, --emit=exec, --emit=llvm print "
-                     "them) but CUDA artifacts are not built yet (loom-run's "
-                     "GPU path is still "
-                     "missing); use --target=cpu");
+    // The host code compiles as the CPU target's does (below); the
+    // artifact carries the kernels' PTX and launch table.
+    info.target = "cuda";
+    info.ptx = std::move(ptx);
+    for (const auto &k : kernels->kernels)
+      info.kernels.push_back({k.name, k.grid, k.block});
   }
   if (!stage(loom::buildExecToLLVMPipeline))
     return 1;
@@ -612,7 +603,6 @@ int main(int argc, char **argv) {
   if (failed(loom::codegen::emitObject(*ir, cpuOptions, object)) ||
       failed(loom::codegen::linkSharedObject(ir->getLoc(), object, shared)))
     return 1;
-  loom::codegen::ArtifactInfo info;
   info.source = inputFile;
   info.cpuFeatures = loom::codegen::requiredCpuFeatures(cpuOptions);
   std::string out = outputFile;

@@ -20,6 +20,9 @@
 #include "runtime/Trace.h"
 #include "runtime/Version.h"
 #include "runtime/World.h"
+#if LOOM_HAVE_CUDA
+#include "runtime/cuda/GpuSession.h"
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -531,6 +534,10 @@ private:
   /// null when not tracing.
   std::unique_ptr<Tracer> tracer_;
   unsigned char *arena_ = nullptr;
+#if LOOM_HAVE_CUDA
+  /// A CUDA artifact's device side (arena, kernels); null for CPU artifacts.
+  std::unique_ptr<loom::cuda::GpuSession> gpu_;
+#endif
   bool tty_ = false, progressShown_ = false;
   double lastProgress_ = 0;
   /// Tokens and training seconds since the last progress line: its rate is
@@ -621,7 +628,20 @@ void Trainer::callProgram(loom_program_fn fn, const char *role,
   ctx_.clearError();
   bool traced = tracer_ && tracer_->active();
   double t0 = traced ? steadySeconds() : 0;
+#if LOOM_HAVE_CUDA
+  if (gpu_) {
+    try {
+      gpu_->run(fn, &ctx_, arena_);
+    } catch (const Error &e) {
+      fail("rank " + std::to_string(world_.rank) + ", step " +
+           std::to_string(ctx_.step) + ", " + role + ": " + e.what());
+    }
+  } else {
+    fn(&ctx_, arena_);
+  }
+#else
   fn(&ctx_, arena_);
+#endif
   // Sends complete by the end of the program call (their receivers are in
   // the same step). After an error the job is ended instead: a receiver
   // may never come.
@@ -786,10 +806,19 @@ int Trainer::run() {
                    " artifact, which holds whole tensors for one rank; "
                    "recompile it with this Loom (ABI " +
                    std::to_string(LOOM_ABI_VERSION) + ")");
+#if LOOM_HAVE_CUDA
+  if (manifest.target == "cuda" && world_.size > 1)
+    failEverywhere(path + ": target cuda: a CUDA artifact runs on one GPU "
+                   "per job in this build (NCCL is not wired into GPU "
+                   "programs yet); run it without mpirun");
+  if (manifest.target != "cpu" && manifest.target != "cuda")
+#else
   if (manifest.target != "cpu")
+#endif
     failEverywhere(path + ": target " + manifest.target +
-                   ": this runtime executes CPU artifacts only (recompile with "
-                   "--target=cpu)");
+                   ": this loom-run was built without CUDA and executes CPU "
+                   "artifacts only (rebuild the runtime where the CUDA "
+                   "toolkit is, or recompile with --target=cpu)");
   if (!manifest.program("train_step"))
     failEverywhere(path + ": no train_step program (an inference artifact?)");
   uint64_t physical = physicalMemoryBytes();
@@ -1000,6 +1029,22 @@ int Trainer::run() {
     fail("rank " + std::to_string(world_.rank) + ": cannot allocate the " +
          formatBytes(arenaBytes) + " arena");
   std::memset(arena_, 0, arenaBytes);
+#if LOOM_HAVE_CUDA
+  if (m.target == "cuda") {
+    try {
+      std::vector<loom::cuda::KernelLaunch> kernels;
+      for (const auto &k : m.kernels)
+        kernels.push_back({k.name, k.grid, k.block});
+      gpu_ = std::make_unique<loom::cuda::GpuSession>(0, world_.rank, seed_,
+                                                      m.ptx, kernels, arenaBytes);
+    } catch (const Error &e) {
+      fail(e.what());
+    }
+    ctx_.cuda = gpu_.get();
+    say("loom-run: gpu " + gpu_->describe() + ", " +
+        std::to_string(m.kernels.size()) + " kernels");
+  }
+#endif
   int64_t start = 0, skippedTotal = 0;
   try {
     initParams(m, seed_, arena_, coord_);

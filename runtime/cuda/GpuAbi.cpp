@@ -1,0 +1,554 @@
+//===- GpuAbi.cpp - the loom_cuda_* functions a CUDA artifact calls -------===//
+//
+// A CUDA artifact's host program (compiler/codegen/CudaCodegen.cpp) calls
+// loom_cuda_<name> with the signature of the CPU ABI's loom_<name>
+// (runtime/abi/loom_abi.h), with every buffer in device memory, plus:
+//   loom_cuda_launchN(ctx, kernel, N buffers)    one of the artifact's kernels
+//   loom_cuda_load_<t>(ctx, ptr) -> t            a scalar of the arena
+//   loom_cuda_store_<t>(ctx, ptr, value)
+//   loom_cuda_copy(ctx, dst, src, bytes)
+// loom-run compiles this file in and exports the symbols. Each function
+// enqueues on the session's stream; values passed by the host (lr, the grad
+// scale, the step) are copied to device slots first, in stream order. A
+// failure is reported through loom_error naming the function and the cause.
+//
+//===----------------------------------------------------------------------===//
+#include "runtime/cuda/GpuSession.h"
+
+#include "runtime/Context.h"
+#include "runtime/Support.h"
+#include "runtime/cuda/Attention.h"
+#include "runtime/cuda/CudaContext.h"
+#include "runtime/cuda/CudaKernels.h"
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <type_traits>
+
+namespace loom::cuda {
+
+using runtime::Error;
+
+namespace {
+
+/// The few driver functions the session needs, found through the runtime
+/// (cudaGetDriverEntryPointByVersion): loom-run does not link libcuda, so
+/// it starts on machines without a GPU driver and runs CPU artifacts there.
+struct Driver {
+  CUresult (*moduleLoadData)(CUmodule *, const void *) = nullptr;
+  CUresult (*moduleGetFunction)(CUfunction *, CUmodule, const char *) = nullptr;
+  CUresult (*moduleUnload)(CUmodule) = nullptr;
+  CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned,
+                           unsigned, unsigned, unsigned, CUstream, void **,
+                           void **) = nullptr;
+  CUresult (*getErrorString)(CUresult, const char **) = nullptr;
+
+  void load(int rank) {
+    auto get = [&](const char *name, auto &fn) {
+      void *p = nullptr;
+      cudaDriverEntryPointQueryResult status;
+      cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12000,
+                                                       cudaEnableDefault, &status);
+      if (e != cudaSuccess || status != cudaDriverEntryPointSuccess || !p)
+        throw Error("rank " + std::to_string(rank) + ": cuda: the driver has no " +
+                    name + " (" + cudaGetErrorString(e) + ")");
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
+    };
+    get("cuModuleLoadData", moduleLoadData);
+    get("cuModuleGetFunction", moduleGetFunction);
+    get("cuModuleUnload", moduleUnload);
+    get("cuLaunchKernel", launchKernel);
+    get("cuGetErrorString", getErrorString);
+  }
+};
+
+} // namespace
+
+struct GpuSession::Impl {
+  Impl(int device, int rank, uint64_t seed) : ctx(device, rank, seed) {
+    driver.load(rank);
+  }
+  CudaContext ctx;
+  Driver driver;
+  CUmodule module = nullptr;
+  std::vector<CUfunction> functions;
+  std::vector<KernelLaunch> launches;
+  uint8_t *arena = nullptr;
+  size_t arenaBytes = 0;
+  /// Device slots for scalars the host passes (a ring, reused in stream
+  /// order: a slot is rewritten only after the kernels enqueued before).
+  uint8_t *slots = nullptr;
+  static constexpr int kSlots = 1024;
+  int nextSlot = 0;
+  /// Attention backward workspace, grown on demand.
+  void *workspace = nullptr;
+  size_t workspaceBytes = 0;
+
+  void check(cudaError_t e, const char *call, const char *what) {
+    checkCuda(e, call, what, ctx.rank);
+  }
+  void checkDriver(CUresult r, const char *call, const char *what) {
+    if (r == CUDA_SUCCESS)
+      return;
+    const char *text = nullptr;
+    driver.getErrorString(r, &text);
+    throw Error("rank " + std::to_string(ctx.rank) + ": cuda: " + what + ": " +
+                call + " failed: " + (text ? text : "unknown error"));
+  }
+  template <class T> const T *slot(T value, const char *what) {
+    uint8_t *at = slots + size_t(nextSlot) * 8;
+    nextSlot = (nextSlot + 1) % kSlots;
+    check(cudaMemcpyAsync(at, &value, sizeof(T), cudaMemcpyHostToDevice,
+                          ctx.stream),
+          "cudaMemcpyAsync", what);
+    return reinterpret_cast<const T *>(at);
+  }
+  void *scratch(size_t bytes, const char *what) {
+    if (bytes > workspaceBytes) {
+      check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize", what);
+      if (workspace)
+        cudaFree(workspace);
+      workspace = nullptr;
+      check(cudaMalloc(&workspace, bytes), "cudaMalloc", what);
+      workspaceBytes = bytes;
+    }
+    return workspace;
+  }
+};
+
+GpuSession::GpuSession(int device, int rank, uint64_t seed,
+                       const std::string &ptx,
+                       const std::vector<KernelLaunch> &kernels,
+                       size_t arenaBytes)
+    : impl_(std::make_unique<Impl>(device, rank, seed)) {
+  Impl &s = *impl_;
+  const char *what = "loading the artifact's kernels";
+  // The runtime API made the primary context current on this thread.
+  s.checkDriver(s.driver.moduleLoadData(&s.module, ptx.c_str()), "cuModuleLoadData",
+                what);
+  for (const KernelLaunch &k : kernels) {
+    CUfunction f = nullptr;
+    s.checkDriver(s.driver.moduleGetFunction(&f, s.module, k.name.c_str()),
+                  ("cuModuleGetFunction(" + k.name + ")").c_str(), what);
+    s.functions.push_back(f);
+  }
+  s.launches = kernels;
+  s.arenaBytes = arenaBytes;
+  s.check(cudaMalloc(reinterpret_cast<void **>(&s.arena), arenaBytes),
+          "cudaMalloc", "the arena");
+  s.check(cudaMalloc(reinterpret_cast<void **>(&s.slots), Impl::kSlots * 8),
+          "cudaMalloc", "scalar slots");
+}
+
+GpuSession::~GpuSession() {
+  if (!impl_)
+    return;
+  cudaStreamSynchronize(impl_->ctx.stream);
+  if (impl_->workspace)
+    cudaFree(impl_->workspace);
+  if (impl_->slots)
+    cudaFree(impl_->slots);
+  if (impl_->arena)
+    cudaFree(impl_->arena);
+  if (impl_->module)
+    impl_->driver.moduleUnload(impl_->module);
+}
+
+void GpuSession::run(loom_program_fn fn, loom_ctx *ctx, uint8_t *hostArena) {
+  Impl &s = *impl_;
+  const char *what = "program call";
+  s.ctx.clearError();
+  s.check(cudaMemcpyAsync(s.arena, hostArena, s.arenaBytes,
+                          cudaMemcpyHostToDevice, s.ctx.stream),
+          "cudaMemcpyAsync", what);
+  fn(ctx, s.arena);
+  DeviceError e = s.ctx.readError(); // waits for the stream
+  if (e.code != kNoDeviceError) {
+    std::string op;
+    if (ctx->opNames && e.op >= 0 && size_t(e.op) < ctx->opNames->size())
+      op = (*ctx->opNames)[size_t(e.op)];
+    loom_error(ctx, "gpu", describeDeviceError(e, op).c_str());
+  }
+  s.check(cudaMemcpy(hostArena, s.arena, s.arenaBytes, cudaMemcpyDeviceToHost),
+          "cudaMemcpy", what);
+}
+
+std::string GpuSession::describe() const {
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, impl_->ctx.device) != cudaSuccess)
+    return "GPU " + std::to_string(impl_->ctx.device);
+  return std::string(p.name) + ", " + runtime::formatBytes(p.totalGlobalMem) +
+         ", sm_" + std::to_string(p.major) + std::to_string(p.minor);
+}
+
+} // namespace loom::cuda
+
+using loom::cuda::GpuSession;
+
+namespace {
+
+GpuSession::Impl &session(loom_ctx *ctx) {
+  return static_cast<GpuSession *>(ctx->cuda)->impl();
+}
+
+/// Runs `body` for the ABI function `name`; an exception becomes the
+/// context's error (the runtime stops after the program call).
+template <class F> void guarded(loom_ctx *ctx, const char *name, F &&body) {
+  if (!ctx->cuda) {
+    loom_error(ctx, name, "a CUDA artifact's function called without a GPU session");
+    return;
+  }
+  try {
+    body(session(ctx));
+  } catch (const std::exception &e) {
+    loom_error(ctx, name, e.what());
+  }
+}
+
+void launch(loom_ctx *ctx, int64_t kernel, std::initializer_list<void *> args) {
+  guarded(ctx, "loom_cuda_launch", [&](GpuSession::Impl &s) {
+    if (kernel < 0 || size_t(kernel) >= s.functions.size())
+      throw loom::runtime::Error("kernel " + std::to_string(kernel) +
+                                 " is not in the artifact's launch table");
+    std::vector<void *> values(args);
+    std::vector<void *> params;
+    for (void *&v : values)
+      params.push_back(&v);
+    const loom::cuda::KernelLaunch &k = s.launches[size_t(kernel)];
+    s.checkDriver(s.driver.launchKernel(s.functions[size_t(kernel)],
+                                 static_cast<unsigned>(k.grid), 1, 1,
+                                 static_cast<unsigned>(k.block), 1, 1, 0,
+                                 reinterpret_cast<CUstream>(s.ctx.stream),
+                                 params.data(), nullptr),
+                  "cuLaunchKernel", k.name.c_str());
+  });
+}
+
+template <class T> T load(loom_ctx *ctx, const void *p, const char *name) {
+  T v{};
+  guarded(ctx, name, [&](GpuSession::Impl &s) {
+    s.check(cudaMemcpyAsync(&v, p, sizeof(T), cudaMemcpyDeviceToHost, s.ctx.stream),
+            "cudaMemcpyAsync", name);
+    s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize", name);
+  });
+  return v;
+}
+
+template <class T> void store(loom_ctx *ctx, void *p, T v, const char *name) {
+  guarded(ctx, name, [&](GpuSession::Impl &s) {
+    s.check(cudaMemcpyAsync(p, &v, sizeof(T), cudaMemcpyHostToDevice, s.ctx.stream),
+            "cudaMemcpyAsync", name);
+    // The value lives on this frame: wait until it has been read.
+    s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize", name);
+  });
+}
+
+} // namespace
+
+namespace cu = loom::cuda;
+
+extern "C" {
+
+void loom_cuda_launch1(loom_ctx *c, int64_t k, void *a) { launch(c, k, {a}); }
+void loom_cuda_launch2(loom_ctx *c, int64_t k, void *a, void *b) {
+  launch(c, k, {a, b});
+}
+void loom_cuda_launch3(loom_ctx *c, int64_t k, void *a, void *b, void *d) {
+  launch(c, k, {a, b, d});
+}
+void loom_cuda_launch4(loom_ctx *c, int64_t k, void *a, void *b, void *d,
+                       void *e) {
+  launch(c, k, {a, b, d, e});
+}
+void loom_cuda_launch5(loom_ctx *c, int64_t k, void *a, void *b, void *d,
+                       void *e, void *f) {
+  launch(c, k, {a, b, d, e, f});
+}
+void loom_cuda_launch6(loom_ctx *c, int64_t k, void *a, void *b, void *d,
+                       void *e, void *f, void *g) {
+  launch(c, k, {a, b, d, e, f, g});
+}
+void loom_cuda_launch7(loom_ctx *c, int64_t k, void *a, void *b, void *d,
+                       void *e, void *f, void *g, void *h) {
+  launch(c, k, {a, b, d, e, f, g, h});
+}
+void loom_cuda_launch8(loom_ctx *c, int64_t k, void *a, void *b, void *d,
+                       void *e, void *f, void *g, void *h, void *i) {
+  launch(c, k, {a, b, d, e, f, g, h, i});
+}
+
+float loom_cuda_load_f32(loom_ctx *c, const void *p) {
+  return load<float>(c, p, "loom_cuda_load_f32");
+}
+double loom_cuda_load_f64(loom_ctx *c, const void *p) {
+  return load<double>(c, p, "loom_cuda_load_f64");
+}
+int64_t loom_cuda_load_i64(loom_ctx *c, const void *p) {
+  return load<int64_t>(c, p, "loom_cuda_load_i64");
+}
+int32_t loom_cuda_load_i32(loom_ctx *c, const void *p) {
+  return load<int32_t>(c, p, "loom_cuda_load_i32");
+}
+void loom_cuda_store_f32(loom_ctx *c, void *p, float v) {
+  store(c, p, v, "loom_cuda_store_f32");
+}
+void loom_cuda_store_f64(loom_ctx *c, void *p, double v) {
+  store(c, p, v, "loom_cuda_store_f64");
+}
+void loom_cuda_store_i64(loom_ctx *c, void *p, int64_t v) {
+  store(c, p, v, "loom_cuda_store_i64");
+}
+void loom_cuda_store_i32(loom_ctx *c, void *p, int32_t v) {
+  store(c, p, v, "loom_cuda_store_i32");
+}
+void loom_cuda_copy(loom_ctx *c, void *dst, const void *src, int64_t bytes) {
+  guarded(c, "loom_cuda_copy", [&](GpuSession::Impl &s) {
+    cu::copy(s.ctx, dst, src, size_t(bytes));
+  });
+}
+
+void loom_cuda_gemm(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
+                    int64_t M, int64_t N, int64_t K, const float *A,
+                    int64_t sA, const float *B, int64_t sB, float *C,
+                    int64_t sC, float alpha, float beta) {
+  guarded(c, "loom_gemm", [&](GpuSession::Impl &s) {
+    cu::gemm(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC, alpha, beta);
+  });
+}
+void loom_cuda_gemm_bf16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
+                         int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                         int64_t sA, const uint16_t *B, int64_t sB,
+                         uint16_t *C, int64_t sC) {
+  guarded(c, "loom_gemm_bf16", [&](GpuSession::Impl &s) {
+    cu::gemmBf16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC);
+  });
+}
+void loom_cuda_gemm_f16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
+                        int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                        int64_t sA, const uint16_t *B, int64_t sB, uint16_t *C,
+                        int64_t sC) {
+  guarded(c, "loom_gemm_f16", [&](GpuSession::Impl &s) {
+    cu::gemmF16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC);
+  });
+}
+
+void loom_cuda_layer_norm_fwd(loom_ctx *c, int64_t rows, int64_t cols,
+                              const float *x, const float *g, const float *b,
+                              float eps, float *y, float *mean, float *rstd) {
+  guarded(c, "loom_layer_norm_fwd", [&](GpuSession::Impl &s) {
+    cu::layerNormFwd(s.ctx, rows, cols, x, g, b, eps, y, mean, rstd);
+  });
+}
+void loom_cuda_layer_norm_bwd(loom_ctx *c, int64_t rows, int64_t cols,
+                              const float *dy, const float *x, const float *g,
+                              const float *mean, const float *rstd, float *dx,
+                              float *dg, float *db) {
+  guarded(c, "loom_layer_norm_bwd", [&](GpuSession::Impl &s) {
+    cu::layerNormBwd(s.ctx, rows, cols, dy, x, g, mean, rstd, dx, dg, db);
+  });
+}
+void loom_cuda_rms_norm_fwd(loom_ctx *c, int64_t rows, int64_t cols,
+                            const float *x, const float *g, float eps, float *y,
+                            float *rstd) {
+  guarded(c, "loom_rms_norm_fwd", [&](GpuSession::Impl &s) {
+    cu::rmsNormFwd(s.ctx, rows, cols, x, g, eps, y, rstd);
+  });
+}
+void loom_cuda_rms_norm_bwd(loom_ctx *c, int64_t rows, int64_t cols,
+                            const float *dy, const float *x, const float *g,
+                            const float *rstd, float *dx, float *dg) {
+  guarded(c, "loom_rms_norm_bwd", [&](GpuSession::Impl &s) {
+    cu::rmsNormBwd(s.ctx, rows, cols, dy, x, g, rstd, dx, dg);
+  });
+}
+void loom_cuda_softmax_fwd(loom_ctx *c, int64_t rows, int64_t cols,
+                           const float *x, float *y) {
+  guarded(c, "loom_softmax_fwd",
+          [&](GpuSession::Impl &s) { cu::softmaxFwd(s.ctx, rows, cols, x, y); });
+}
+void loom_cuda_softmax_bwd(loom_ctx *c, int64_t rows, int64_t cols,
+                           const float *y, const float *dy, float *dx) {
+  guarded(c, "loom_softmax_bwd", [&](GpuSession::Impl &s) {
+    cu::softmaxBwd(s.ctx, rows, cols, y, dy, dx);
+  });
+}
+void loom_cuda_log_softmax_fwd(loom_ctx *c, int64_t rows, int64_t cols,
+                               const float *x, float *y) {
+  guarded(c, "loom_log_softmax_fwd", [&](GpuSession::Impl &s) {
+    cu::logSoftmaxFwd(s.ctx, rows, cols, x, y);
+  });
+}
+void loom_cuda_log_softmax_bwd(loom_ctx *c, int64_t rows, int64_t cols,
+                               const float *y, const float *dy, float *dx) {
+  guarded(c, "loom_log_softmax_bwd", [&](GpuSession::Impl &s) {
+    cu::logSoftmaxBwd(s.ctx, rows, cols, y, dy, dx);
+  });
+}
+
+void loom_cuda_cross_entropy_fwd(loom_ctx *c, int64_t rows, int64_t classes,
+                                 const float *logits, const int32_t *target,
+                                 int64_t ignore, float *loss, float *lse,
+                                 float *stats) {
+  guarded(c, "loom_cross_entropy_fwd", [&](GpuSession::Impl &s) {
+    cu::crossEntropyFwd(s.ctx, rows, classes, logits, target, ignore, loss, lse,
+                        stats);
+  });
+}
+void loom_cuda_cross_entropy_bwd(loom_ctx *c, int64_t rows, int64_t classes,
+                                 const float *logits, const int32_t *target,
+                                 int64_t ignore, const float *lse,
+                                 const float *dloss, float *dlogits) {
+  guarded(c, "loom_cross_entropy_bwd", [&](GpuSession::Impl &s) {
+    cu::crossEntropyBwd(s.ctx, rows, classes, logits, target, ignore, lse,
+                        dloss, dlogits);
+  });
+}
+void loom_cuda_embedding_fwd(loom_ctx *c, int64_t n, int64_t vocab,
+                             int64_t dim, const int32_t *ids,
+                             const float *table, float *out) {
+  guarded(c, "loom_embedding_fwd", [&](GpuSession::Impl &s) {
+    cu::embeddingFwd(s.ctx, n, vocab, dim, ids, table, out);
+  });
+}
+void loom_cuda_embedding_bwd(loom_ctx *c, int64_t n, int64_t vocab,
+                             int64_t dim, const int32_t *ids,
+                             const float *dout, float *dtable) {
+  guarded(c, "loom_embedding_bwd", [&](GpuSession::Impl &s) {
+    cu::embeddingBwd(s.ctx, n, vocab, dim, ids, dout, dtable);
+  });
+}
+
+void loom_cuda_attention_fwd(loom_ctx *c, int64_t B, int64_t H, int64_t Tq,
+                             int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
+                             const float *q, const float *k, const float *v,
+                             float *out, float *lse) {
+  guarded(c, "loom_attention_fwd", [&](GpuSession::Impl &s) {
+    cu::AttentionDims d{B, H, Tq, Tk, D, Dv, causal != 0};
+    std::string err = cu::attentionForwardF32(d, q, k, v, out, lse, s.ctx.stream);
+    if (!err.empty())
+      throw loom::runtime::Error(err);
+  });
+}
+void loom_cuda_attention_bwd(loom_ctx *c, int64_t B, int64_t H, int64_t Tq,
+                             int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
+                             const float *q, const float *k, const float *v,
+                             const float *out, const float *lse,
+                             const float *dout, float *dq, float *dk,
+                             float *dv) {
+  guarded(c, "loom_attention_bwd", [&](GpuSession::Impl &s) {
+    cu::AttentionDims d{B, H, Tq, Tk, D, Dv, causal != 0};
+    void *ws = s.scratch(cu::attentionBackwardWorkspaceBytes(d), "attention_bwd");
+    std::string err = cu::attentionBackwardF32(d, q, k, v, out, lse, dout, dq,
+                                               dk, dv, ws, s.ctx.stream);
+    if (!err.empty())
+      throw loom::runtime::Error(err);
+  });
+}
+void loom_cuda_gated_attention_fwd(loom_ctx *c, int64_t B, int64_t H,
+                                   int64_t T, int64_t D, int64_t Dv,
+                                   int32_t causal, float threshold,
+                                   const float *q, const float *k,
+                                   const float *v, const float *wg,
+                                   const float *bg, float *out, float *lse,
+                                   float *gate, float *attn) {
+  guarded(c, "loom_gated_attention_fwd", [&](GpuSession::Impl &s) {
+    cu::AttentionDims d{B, H, T, T, D, Dv, causal != 0};
+    std::string err = cu::gatedAttentionForwardF32(
+        d, threshold, q, k, v, wg, bg, out, lse, gate, attn, s.ctx.stream);
+    if (!err.empty())
+      throw loom::runtime::Error(err);
+  });
+}
+void loom_cuda_gated_attention_bwd(
+    loom_ctx *c, int64_t B, int64_t H, int64_t T, int64_t D, int64_t Dv,
+    int32_t causal, float threshold, const float *q, const float *k,
+    const float *v, const float *wg, const float *bg, const float *lse,
+    const float *gate, const float *attn, const float *dout, float *dq,
+    float *dk, float *dv, float *dwg, float *dbg) {
+  (void)bg; // the gate's bias enters through the saved gate
+  guarded(c, "loom_gated_attention_bwd", [&](GpuSession::Impl &s) {
+    cu::AttentionDims d{B, H, T, T, D, Dv, causal != 0};
+    void *ws =
+        s.scratch(cu::gatedAttentionBackwardWorkspaceBytes(d), "gated_attention_bwd");
+    std::string err = cu::gatedAttentionBackwardF32(
+        d, threshold, q, k, v, wg, lse, gate, attn, dout, dq, dk, dv, dwg, dbg,
+        ws, s.ctx.stream);
+    if (!err.empty())
+      throw loom::runtime::Error(err);
+  });
+}
+
+void loom_cuda_dropout_fwd(loom_ctx *c, int64_t n, float p, uint64_t key,
+                           const float *x, float *y) {
+  guarded(c, "loom_dropout_fwd", [&](GpuSession::Impl &s) {
+    cu::dropoutFwd(s.ctx, n, p, key, s.slot<int64_t>(c->step, "dropout"), x, y);
+  });
+}
+void loom_cuda_dropout_bwd(loom_ctx *c, int64_t n, float p, uint64_t key,
+                           const float *dy, float *dx) {
+  guarded(c, "loom_dropout_bwd", [&](GpuSession::Impl &s) {
+    cu::dropoutBwd(s.ctx, n, p, key, s.slot<int64_t>(c->step, "dropout"), dy, dx);
+  });
+}
+
+void loom_cuda_adamw(loom_ctx *c, int64_t n, float *param, const float *grad,
+                     float *m, float *v, float lr, float beta1, float beta2,
+                     float eps, float wd, float gradScale, int64_t t) {
+  guarded(c, "loom_adamw", [&](GpuSession::Impl &s) {
+    cu::adamw(s.ctx, n, param, grad, m, v, s.slot(lr, "adamw"), beta1, beta2,
+              eps, wd, s.slot(gradScale, "adamw"), s.slot(t, "adamw"));
+  });
+}
+void loom_cuda_sgd(loom_ctx *c, int64_t n, float *param, const float *grad,
+                   float *buf, float lr, float momentum, int32_t nesterov,
+                   float wd, float gradScale, int32_t first) {
+  guarded(c, "loom_sgd", [&](GpuSession::Impl &s) {
+    cu::sgd(s.ctx, n, param, grad, buf, s.slot(lr, "sgd"), momentum,
+            nesterov != 0, wd, s.slot(gradScale, "sgd"), s.slot(first, "sgd"));
+  });
+}
+double loom_cuda_sum_squares(loom_ctx *c, int64_t n, const float *x) {
+  double result = 0;
+  guarded(c, "loom_sum_squares", [&](GpuSession::Impl &s) {
+    auto *out = const_cast<double *>(s.slot(0.0, "sum_squares"));
+    cu::sumSquares(s.ctx, n, x, out);
+    s.check(cudaMemcpyAsync(&result, out, sizeof result, cudaMemcpyDeviceToHost,
+                            s.ctx.stream),
+            "cudaMemcpyAsync", "sum_squares");
+    s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize",
+            "sum_squares");
+  });
+  // --debug-poison-grads: the overflow check sees NaN on those steps.
+  if (c->poisonStep != 0 && c->step >= c->poisonStep && c->step <= c->poisonLast &&
+      (c->poisonRank < 0 || c->poisonRank == c->rank))
+    result = NAN;
+  return result;
+}
+float loom_cuda_adaptive_clip(loom_ctx *c, float norm, float *history,
+                              int64_t window, int64_t *count, float sigmas,
+                              float maxNorm, int32_t record) {
+  float coef = 1;
+  guarded(c, "loom_adaptive_clip", [&](GpuSession::Impl &s) {
+    auto *out = const_cast<float *>(s.slot(0.0f, "adaptive_clip"));
+    cu::adaptiveClip(s.ctx, s.slot(norm, "adaptive_clip"), history, window,
+                     count, sigmas, maxNorm, record != 0, out);
+    s.check(cudaMemcpyAsync(&coef, out, sizeof coef, cudaMemcpyDeviceToHost,
+                            s.ctx.stream),
+            "cudaMemcpyAsync", "adaptive_clip");
+    s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize",
+            "adaptive_clip");
+  });
+  return coef;
+}
+void loom_cuda_check_finite(loom_ctx *c, const void *data, int64_t n,
+                            int32_t dtype, int64_t op) {
+  if (!c->checkNumerics)
+    return;
+  guarded(c, "loom_check_finite", [&](GpuSession::Impl &s) {
+    cu::checkFinite(s.ctx, data, n, dtype, op);
+  });
+}
+
+} // extern "C"
