@@ -8,12 +8,15 @@
 # configures the runtime alone (cmake -S runtime: no LLVM/MLIR needed) into
 # build-gpu/ (override with LOOM_GPU_BUILD_DIR), builds with every core, runs
 # every GPU test executable the build produced (build-gpu/gpu-tests/*:
-# KernelsTest, AttentionTest when built), and prints one summary table.
+# KernelsTest, AttentionTest, NcclBench with one rank), then, when the
+# artifact pairs of tests/gpu/make_artifacts.sh travelled with the tree
+# (.gpu-run, or LOOM_GPU_ARTIFACTS), trains each on the GPU and on the CPU
+# and compares (tests/gpu/train_check.py); prints one summary table.
 # Exit status: 0 when everything built and every test passed, 1 otherwise.
 set -u -o pipefail
 
 # NVLink multicast stays off on shared machines (it can wedge the host's
-# GPUs); nothing here uses NCCL, but a test that one day does inherits this.
+# GPUs); NcclBench and every later NCCL user inherit this.
 export NCCL_NVLS_ENABLE=0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -75,6 +78,28 @@ for exe in "${tests[@]}"; do
   fi
   summaries+=("${took}s  $summary")
 done
+
+# Training on the GPU against the CPU, when the artifact pairs travelled with
+# the tree (tests/gpu/make_artifacts.sh, run where loomc is).
+artifacts=${LOOM_GPU_ARTIFACTS:-.gpu-run}
+if ls "$artifacts"/*.cuda.loomx > /dev/null 2>&1; then
+  echo
+  echo "== train_check ($artifacts)"
+  start=$SECONDS
+  log=$(mktemp)
+  if ninja -C "$build" loom-run > /dev/null; then
+    python3 tests/gpu/train_check.py "$build/tools/loom-run/loom-run" "$artifacts" \
+      --steps 50 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+  else
+    echo "run.sh: loom-run did not build" | tee "$log"
+    rc=1
+  fi
+  names+=("train_check")
+  if [ "$rc" -eq 0 ]; then results+=("PASS"); else results+=("FAIL (exit $rc)"); failed=1; fi
+  summaries+=("$((SECONDS - start))s  $(grep '^SUMMARY' "$log" | tail -1)")
+  rm -f "$log"
+fi
 
 echo
 echo "================ GPU test summary ================"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+#===- tests/gpu/make_artifacts.sh - CPU/CUDA artifact pairs for train_check -===#
+# Where loomc runs (no GPU needed):
+#
+#   bash tests/gpu/make_artifacts.sh [DIR]      # default DIR: .gpu-run
+#
+# compiles each model twice, NAME.cpu.loomx and NAME.cuda.loomx, for
+# tests/gpu/train_check.py, which tests/gpu/run.sh runs on the GPU machine
+# when DIR travels with the tree: the MLP sample, and a 2-layer GPT in fp32
+# and in bf16.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+dir=${1:-$root/.gpu-run}
+loomc=${LOOMC:-$root/build/bin/loomc}
+mkdir -p "$dir"
+gpt=(-Dlayers=2 -Dd=64 -Dheads=2 -Dseq=32 -Dbatch=8)
+for target in cpu cuda; do
+  "$loomc" "$root/samples/mlp.loom" --target=$target -o "$dir/mlp.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --target=$target -o "$dir/gpt.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --precision=bf16 --target=$target \
+    -o "$dir/gptbf.$target.loomx"
+done
+echo "artifacts in $dir: $(ls "$dir" | tr '\n' ' ')"
