@@ -72,7 +72,7 @@ int64_t flopsOf(Operation *op) {
 }
 
 struct Chunk {
-  std::vector<std::string> layers;
+  std::vector<std::pair<int64_t, std::string>> layers; ///< (micro-batch, layer)
   std::vector<Operation *> ops; ///< forward ops, in program order
   int64_t savedBytes = 0;       ///< activations freed by recomputing it
   int64_t flops = 0;
@@ -130,30 +130,25 @@ LogicalResult recompute(dist::ProgramOp program) {
 
   // Layers in forward order and their ops, per micro-batch: each
   // micro-batch's copy of a layer is recomputed before its own backward.
-  std::vector<std::string> order;
-  std::map<std::string, std::vector<Operation *>> opsOf;
-  std::map<std::string, std::string> layerOfKey;
+  // A layer's copy in one micro-batch (-1: no micro-batches).
+  using LayerCopy = std::pair<int64_t, std::string>;
+  std::vector<LayerCopy> order;
+  std::map<LayerCopy, std::vector<Operation *>> opsOf;
   for (Operation &op : body) {
     if (isBackward(&op))
       continue;
     auto tag = op.getAttrOfType<StringAttr>("loom.layer");
     if (!tag)
       continue;
-    std::string key = tag.str();
-    if (auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch"))
-      key = "mb" + std::to_string(mb.getInt()) + "/" + key;
+    auto mb = op.getAttrOfType<IntegerAttr>("dist.microbatch");
+    LayerCopy key{mb ? mb.getInt() : -1, tag.str()};
     auto &ops = opsOf[key];
-    if (ops.empty()) {
+    if (ops.empty())
       order.push_back(key);
-      layerOfKey[key] = tag.str();
-    }
     ops.push_back(&op);
   }
   if (order.empty())
     return success(); // No layers: nothing to checkpoint.
-  auto microbatchOf = [&](const std::string &key) {
-    return key.rfind("mb", 0) == 0 ? key.substr(0, key.find('/')) : std::string();
-  };
 
   bool budgetMode = mode.getValue() == "budget";
   int64_t every = 1;
@@ -166,7 +161,7 @@ LogicalResult recompute(dist::ProgramOp program) {
   size_t inChunk = 0;
   for (size_t l = 0; l < order.size(); ++l) {
     if (chunks.empty() || inChunk == static_cast<size_t>(every) ||
-        microbatchOf(order[l]) != microbatchOf(order[l - 1])) {
+        order[l].first != order[l - 1].first) {
       chunks.emplace_back();
       inChunk = 0;
     }
@@ -283,8 +278,8 @@ LogicalResult recompute(dist::ProgramOp program) {
                  index.count(user) && isBackward(user);
         });
       }
-    for (const std::string &l : c.layers) {
-      auto name = StringAttr::get(program.getContext(), layerOfKey[l]);
+    for (const auto &[mb, l] : c.layers) {
+      auto name = StringAttr::get(program.getContext(), l);
       if (!llvm::is_contained(recomputed, name))
         recomputed.push_back(name);
     }

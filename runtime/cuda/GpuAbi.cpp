@@ -97,13 +97,19 @@ struct GpuSession::Impl {
     throw Error("rank " + std::to_string(ctx.rank) + ": cuda: " + what + ": " +
                 call + " failed: " + (text ? text : "unknown error"));
   }
-  template <class T> const T *slot(T value, const char *what) {
+  /// The next slot of the ring, for a result a kernel writes.
+  template <class T> T *resultSlot() {
     uint8_t *at = slots + size_t(nextSlot) * 8;
     nextSlot = (nextSlot + 1) % kSlots;
+    return reinterpret_cast<T *>(at);
+  }
+  /// The next slot, holding `value` once the stream reaches it.
+  template <class T> const T *slot(T value, const char *what) {
+    T *at = resultSlot<T>();
     check(cudaMemcpyAsync(at, &value, sizeof(T), cudaMemcpyHostToDevice,
                           ctx.stream),
           "cudaMemcpyAsync", what);
-    return reinterpret_cast<const T *>(at);
+    return at;
   }
   void *scratch(size_t bytes, const char *what) {
     if (bytes > workspaceBytes) {
@@ -512,7 +518,7 @@ void loom_cuda_sgd(loom_ctx *c, int64_t n, float *param, const float *grad,
 double loom_cuda_sum_squares(loom_ctx *c, int64_t n, const float *x) {
   double result = 0;
   guarded(c, "loom_sum_squares", [&](GpuSession::Impl &s) {
-    auto *out = const_cast<double *>(s.slot(0.0, "sum_squares"));
+    double *out = s.resultSlot<double>();
     cu::sumSquares(s.ctx, n, x, out);
     s.check(cudaMemcpyAsync(&result, out, sizeof result, cudaMemcpyDeviceToHost,
                             s.ctx.stream),
@@ -531,7 +537,7 @@ float loom_cuda_adaptive_clip(loom_ctx *c, float norm, float *history,
                               float maxNorm, int32_t record) {
   float coef = 1;
   guarded(c, "loom_adaptive_clip", [&](GpuSession::Impl &s) {
-    auto *out = const_cast<float *>(s.slot(0.0f, "adaptive_clip"));
+    float *out = s.resultSlot<float>();
     cu::adaptiveClip(s.ctx, s.slot(norm, "adaptive_clip"), history, window,
                      count, sigmas, maxNorm, record != 0, out);
     s.check(cudaMemcpyAsync(&coef, out, sizeof coef, cudaMemcpyDeviceToHost,
