@@ -574,6 +574,15 @@ Manifest parseManifest(std::string_view text) {
                            1, 1024);
       m.kernels.push_back(std::move(k));
     }
+    if (const json::Value *g = doc.find("cuda_graph_programs")) {
+      const json::Array &a = R::array(*g, "cuda_graph_programs");
+      for (size_t i = 0; i < a.size(); ++i)
+        m.cudaGraphPrograms.push_back(
+            R::string(a[i], "cuda_graph_programs[" + std::to_string(i) + "]"));
+    }
+    if (const json::Value *o = doc.find("device_step_offset"))
+      m.deviceStepOffset =
+          R::integer(*o, "device_step_offset", -1, INT64_MAX);
   }
 
   if (const json::Value *ops = doc.find("ops")) {
@@ -1107,6 +1116,15 @@ std::string describe(const Manifest &m, const std::string &path) {
   if (m.zero)
     os << ", ZeRO-" << m.zero;
   os << "\n";
+  if (m.target == "cuda") {
+    os << "  gpu       " << m.kernels.size() << " kernels (PTX for sm_90); "
+       << "graph-captured programs: "
+       << (m.cudaGraphPrograms.empty() ? "none"
+                                       : joinNames(m.cudaGraphPrograms));
+    if (m.deviceStepOffset >= 0)
+      os << "; step at arena offset " << m.deviceStepOffset;
+    os << "\n";
+  }
   os << "  cpu       "
      << (m.cpuFeatures.empty() ? "(no required features)"
                                : joinNames(m.cpuFeatures));

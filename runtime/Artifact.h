@@ -116,6 +116,11 @@ struct Manifest {
     int64_t grid = 1, block = 1;
   };
   std::vector<Kernel> kernels;
+  /// target "cuda": the programs (symbols) whose scalar code runs on the
+  /// device, so the runtime may capture them as CUDA graphs, and the arena
+  /// offset of the int64 step those programs read (-1: none).
+  std::vector<std::string> cudaGraphPrograms;
+  int64_t deviceStepOffset = -1;
   /// For --check-numerics: what op k of the programs is, with its DSL line
   /// ("loom.matmul at gpt.loom:29:24"); optional.
   std::vector<std::string> ops;

@@ -130,7 +130,12 @@ std::string manifestJson(ModuleOp module, const ArtifactInfo &info) {
       os << ", \"grid\": " << info.kernels[i].grid
          << ", \"block\": " << info.kernels[i].block << "}";
     }
-    os << "], \"ptx\": ";
+    os << "], \"cuda_graph_programs\": [";
+    for (size_t i = 0; i < info.graphPrograms.size(); ++i) {
+      os << (i ? ", " : "");
+      jsonString(os, info.graphPrograms[i]);
+    }
+    os << "], \"device_step_offset\": " << info.stepOffset << ", \"ptx\": ";
     jsonString(os, info.ptx);
   }
   for (NamedAttribute na : manifest) {

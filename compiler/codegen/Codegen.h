@@ -44,6 +44,10 @@ struct ArtifactInfo {
     int64_t grid = 1, block = 1;
   };
   std::vector<Kernel> kernels;
+  /// The programs the runtime may capture as CUDA graphs, and the arena
+  /// offset of the step it writes (keepScalarsOnDevice).
+  std::vector<std::string> graphPrograms;
+  int64_t stepOffset = -1;
 };
 
 /// The manifest JSON from the module's `loom.manifest` attribute.
@@ -76,6 +80,21 @@ struct CudaKernels {
 /// programs into a kernel (one thread per parallel point, reductions as a
 /// sequential loop in the thread).
 mlir::FailureOr<CudaKernels> outlineCudaKernels(mlir::ModuleOp module);
+/// What keepScalarsOnDevice did: the programs whose host code now reads no
+/// device memory (they can be captured as CUDA graphs), and where in the
+/// arena the runtime writes the step before each program call.
+struct DeviceScalars {
+  std::vector<std::string> programs;
+  int64_t stepOffset = -1;
+};
+/// After outlineCudaKernels: moves the programs' scalar code (learning
+/// rate, norms, clipping, counters) into one-thread kernels, passes the
+/// optimizers' changing operands as device pointers and keeps scalar
+/// results in a spill area after the arena's buffers, which every arena
+/// grows to hold (CudaScalars.cpp). A program it cannot transform keeps the
+/// synchronous path.
+mlir::FailureOr<DeviceScalars> keepScalarsOnDevice(mlir::ModuleOp module,
+                                                   CudaKernels &kernels);
 /// Lowers the kernels to PTX for sm_90 (gpu -> NVVM -> NVPTX), no CUDA
 /// toolkit needed.
 mlir::LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx);

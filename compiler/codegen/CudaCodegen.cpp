@@ -277,6 +277,84 @@ struct AbsFAsBits : OpRewritePattern<math::AbsFOp> {
   }
 };
 
+/// Double-precision sqrt as PTX's sqrt.rn.f64 (correctly rounded, as on the
+/// CPU), not a libdevice call (the NVVM conversion turns the LLVM intrinsic
+/// into one).
+struct SqrtF64AsIntrinsic : OpRewritePattern<math::SqrtOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(math::SqrtOp op,
+                                PatternRewriter &rewriter) const override {
+    if (!op.getType().isF64())
+      return failure();
+    rewriter.replaceOpWithNewOp<LLVM::InlineAsmOp>(
+        op, op.getType(), ValueRange{op.getOperand()}, "sqrt.rn.f64 $0, $1;",
+        "=d,d", /*has_side_effects=*/false, /*is_align_stack=*/false,
+        LLVM::AsmDialectAttr(), ArrayAttr());
+    return success();
+  }
+};
+
+/// Double-precision cos (the cosine learning-rate schedule) without
+/// libdevice: x reduced by the nearest multiple k of pi/2 with two fused
+/// multiply-adds (pi/2 in two parts, exact for the small k a schedule
+/// reaches), then the Taylor series of cos or sin on |r| <= pi/4 to the
+/// term below half an ulp, chosen and signed by k mod 4.
+struct CosF64AsPolynomial : OpRewritePattern<math::CosOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(math::CosOp op,
+                                PatternRewriter &rewriter) const override {
+    if (!op.getType().isF64())
+      return failure();
+    Location loc = op.getLoc();
+    OpBuilder &b = rewriter;
+    auto c = [&](double v) {
+      return b.create<arith::ConstantOp>(loc, b.getF64FloatAttr(v)).getResult();
+    };
+    auto fma = [&](Value x, Value y, Value z) {
+      return b.create<LLVM::FMAOp>(loc, x, y, z).getResult();
+    };
+    constexpr double kHalfPiHi = 1.5707963267948966;    // pi/2 rounded
+    constexpr double kHalfPiLo = 6.123233995736766e-17; // pi/2 - kHalfPiHi
+    Value x = b.create<math::AbsFOp>(loc, op.getOperand());
+    // k = floor(x * 2/pi + 1/2): x >= 0, so truncation is the floor.
+    Value q = b.create<arith::FPToSIOp>(loc, b.getI64Type(),
+                                        fma(x, c(2.0 / M_PI), c(0.5)));
+    Value k = b.create<arith::SIToFPOp>(loc, b.getF64Type(), q);
+    Value r = fma(b.create<arith::NegFOp>(loc, k), c(kHalfPiHi), x);
+    r = fma(b.create<arith::NegFOp>(loc, k), c(kHalfPiLo), r);
+    Value r2 = b.create<arith::MulFOp>(loc, r, r);
+    // cos r = sum (-1)^n r^2n / (2n)!, sin r = r sum (-1)^n r^2n / (2n+1)!,
+    // by Horner from n = 10.
+    auto series = [&](int first) {
+      auto term = [&](int n) {
+        double f = 1;
+        for (int i = 2; i <= 2 * n + first; ++i)
+          f *= i;
+        return (n % 2 ? -1.0 : 1.0) / f;
+      };
+      Value acc = c(term(10));
+      for (int n = 9; n >= 0; --n)
+        acc = fma(acc, r2, c(term(n)));
+      return acc;
+    };
+    Value cosR = series(0);
+    Value sinR = b.create<arith::MulFOp>(loc, r, series(1));
+    q = b.create<arith::AndIOp>(loc, q,
+                                b.create<arith::ConstantIntOp>(loc, 3, 64));
+    auto is = [&](int64_t v) {
+      return b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, q,
+                                     b.create<arith::ConstantIntOp>(loc, v, 64));
+    };
+    Value negSin = b.create<arith::NegFOp>(loc, sinR);
+    Value negCos = b.create<arith::NegFOp>(loc, cosR);
+    Value y = b.create<arith::SelectOp>(loc, is(3), sinR, negCos);
+    y = b.create<arith::SelectOp>(loc, is(1), negSin, y);
+    y = b.create<arith::SelectOp>(loc, is(0), cosR, y);
+    rewriter.replaceOp(op, y);
+    return success();
+  }
+};
+
 /// fma as the LLVM intrinsic, which NVPTX lowers to fma.rn.
 struct FmaAsIntrinsic : OpRewritePattern<math::FmaOp> {
   using OpRewritePattern::OpRewritePattern;
@@ -298,7 +376,8 @@ struct ApproximateMath
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
     RewritePatternSet direct(&getContext());
-    direct.add<AbsFAsBits, FmaAsIntrinsic>(&getContext());
+    direct.add<AbsFAsBits, FmaAsIntrinsic, SqrtF64AsIntrinsic,
+               CosF64AsPolynomial>(&getContext());
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(direct))))
       signalPassFailure();
   }
@@ -430,6 +509,8 @@ LogicalResult lowerHostProgramForCuda(ModuleOp module, CudaKernels &kernels) {
   // Each loop becomes a launch of its kernel: loom_cuda_launchN(kernel,
   // N buffers); the grid and block are the manifest's, per kernel.
   for (auto [index, k] : llvm::enumerate(kernels.kernels)) {
+    if (!k.op)
+      continue; // launched already (keepScalarsOnDevice's islands)
     OpBuilder b(k.op);
     for (Value a : k.args) {
       if (!isa<MemRefType>(a.getType()))
@@ -481,12 +562,15 @@ LogicalResult lowerHostProgramForCuda(ModuleOp module, CudaKernels &kernels) {
   });
   if (collectives.wasInterrupted())
     return failure();
-  // Scalars the host program reads and writes live in device memory: until
-  // the step keeps them on the device, each access is a synchronous copy.
+  // What host code is left reads and writes device memory (in programs
+  // keepScalarsOnDevice could not move, also inside their control flow):
+  // each access is a synchronous copy. The loops are kernels by now.
   SmallVector<Operation *> scalarOps;
   module.walk([&](Operation *op) {
     if (isa<memref::LoadOp, memref::StoreOp, memref::CopyOp>(op) &&
-        op->getParentOp()->getName().getStringRef() == "exec.program")
+        op->getParentWithTrait<OpTrait::IsIsolatedFromAbove>()
+                ->getName()
+                .getStringRef() == "exec.program")
       scalarOps.push_back(op);
   });
   for (Operation *op : scalarOps) {

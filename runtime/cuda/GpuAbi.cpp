@@ -24,7 +24,10 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
 #include <type_traits>
 
 namespace loom::cuda {
@@ -85,6 +88,27 @@ struct GpuSession::Impl {
   /// Attention backward workspace, grown on demand.
   void *workspace = nullptr;
   size_t workspaceBytes = 0;
+  /// Where programs read the step (-1: none), and the pinned host word it
+  /// is copied from (rewritten only after the stream drained).
+  int64_t stepOffset = -1;
+  int64_t *stepHost = nullptr;
+  /// Graph capture per program: eager calls so far, then the executable
+  /// graph; `failed` once capturing it did not work (it stays eager).
+  struct Graph {
+    int calls = 0;
+    bool failed = false;
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::map<loom_program_fn, Graph> graphs;
+  bool graphsEnabled = true;
+
+  /// The step as the device reads it (dropout): the arena's slot when the
+  /// programs have one, else a ring slot holding the host's step.
+  const int64_t *deviceStep(int64_t hostStep, const char *what) {
+    if (stepOffset >= 0)
+      return reinterpret_cast<const int64_t *>(arena + stepOffset);
+    return slot<int64_t>(hostStep, what);
+  }
 
   void check(cudaError_t e, const char *call, const char *what) {
     checkCuda(e, call, what, ctx.rank);
@@ -127,7 +151,7 @@ struct GpuSession::Impl {
 GpuSession::GpuSession(int device, int rank, uint64_t seed,
                        const std::string &ptx,
                        const std::vector<KernelLaunch> &kernels,
-                       size_t arenaBytes)
+                       size_t arenaBytes, int64_t stepOffset)
     : impl_(std::make_unique<Impl>(device, rank, seed)) {
   Impl &s = *impl_;
   const char *what = "loading the artifact's kernels";
@@ -146,12 +170,28 @@ GpuSession::GpuSession(int device, int rank, uint64_t seed,
           "cudaMalloc", "the arena");
   s.check(cudaMalloc(reinterpret_cast<void **>(&s.slots), Impl::kSlots * 8),
           "cudaMalloc", "scalar slots");
+  if (stepOffset >= 0) {
+    if (size_t(stepOffset) + sizeof(int64_t) > arenaBytes)
+      throw Error("rank " + std::to_string(rank) +
+                  ": the manifest's device_step_offset " +
+                  std::to_string(stepOffset) + " is outside the arena");
+    s.stepOffset = stepOffset;
+  }
+  s.check(cudaMallocHost(reinterpret_cast<void **>(&s.stepHost), sizeof(int64_t)),
+          "cudaMallocHost", "the step word");
+  if (const char *g = std::getenv("LOOM_CUDA_GRAPHS"); g && std::string(g) == "0")
+    s.graphsEnabled = false;
 }
 
 GpuSession::~GpuSession() {
   if (!impl_)
     return;
   cudaStreamSynchronize(impl_->ctx.stream);
+  for (auto &[fn, g] : impl_->graphs)
+    if (g.exec)
+      cudaGraphExecDestroy(g.exec);
+  if (impl_->stepHost)
+    cudaFreeHost(impl_->stepHost);
   if (impl_->workspace)
     cudaFree(impl_->workspace);
   if (impl_->slots)
@@ -162,14 +202,88 @@ GpuSession::~GpuSession() {
     impl_->driver.moduleUnload(impl_->module);
 }
 
-void GpuSession::run(loom_program_fn fn, loom_ctx *ctx, uint8_t *hostArena) {
+void GpuSession::push(const uint8_t *hostArena) {
+  Impl &s = *impl_;
+  s.check(cudaMemcpy(s.arena, hostArena, s.arenaBytes, cudaMemcpyHostToDevice),
+          "cudaMemcpy", "uploading the arena");
+}
+
+void GpuSession::pull(uint8_t *hostArena) {
+  Impl &s = *impl_;
+  s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize",
+          "downloading the arena");
+  s.check(cudaMemcpy(hostArena, s.arena, s.arenaBytes, cudaMemcpyDeviceToHost),
+          "cudaMemcpy", "downloading the arena");
+}
+
+void GpuSession::disableGraphs() { impl_->graphsEnabled = false; }
+
+int GpuSession::capturedPrograms() const {
+  int n = 0;
+  for (const auto &[fn, g] : impl_->graphs)
+    n += g.exec != nullptr;
+  return n;
+}
+
+void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
+                     uint8_t *hostArena) {
   Impl &s = *impl_;
   const char *what = "program call";
   s.ctx.clearError();
-  s.check(cudaMemcpyAsync(s.arena, hostArena, s.arenaBytes,
-                          cudaMemcpyHostToDevice, s.ctx.stream),
-          "cudaMemcpyAsync", what);
-  fn(ctx, s.arena);
+  if (call.inputs)
+    for (const ArenaRange &r : *call.inputs)
+      s.check(cudaMemcpyAsync(s.arena + r.offset, hostArena + r.offset, r.bytes,
+                              cudaMemcpyHostToDevice, s.ctx.stream),
+              "cudaMemcpyAsync", "uploading the inputs");
+  if (s.stepOffset >= 0) {
+    *s.stepHost = ctx->step; // the stream drained after the previous call
+    s.check(cudaMemcpyAsync(s.arena + s.stepOffset, s.stepHost, sizeof(int64_t),
+                            cudaMemcpyHostToDevice, s.ctx.stream),
+            "cudaMemcpyAsync", "writing the step");
+  }
+  Impl::Graph *graph = nullptr;
+  if (call.capturable && s.graphsEnabled && ctx->poisonStep == 0)
+    graph = &s.graphs[call.fn];
+  if (graph && graph->exec) {
+    s.check(cudaGraphLaunch(graph->exec, s.ctx.stream), "cudaGraphLaunch", what);
+  } else if (graph && !graph->failed && graph->calls >= 1) {
+    // The first call ran eagerly (GEMM plans, scratch and workspaces are
+    // sized); this one is recorded and then launched.
+    s.check(cudaStreamBeginCapture(s.ctx.stream, cudaStreamCaptureModeRelaxed),
+            "cudaStreamBeginCapture", what);
+    call.fn(ctx, s.arena);
+    cudaGraph_t g = nullptr;
+    cudaError_t end = cudaStreamEndCapture(s.ctx.stream, &g);
+    cudaGraphExec_t exec = nullptr;
+    if (end == cudaSuccess && !ctx->failed &&
+        cudaGraphInstantiate(&exec, g, 0) == cudaSuccess) {
+      graph->exec = exec;
+    } else {
+      // Something in the program cannot be captured: it stays eager (the
+      // recorded work never ran, so it runs now).
+      graph->failed = true;
+      cudaGetLastError();
+      if (ctx->rank == 0)
+        std::fprintf(stderr,
+                     "loom-run: note: a program could not be captured as a "
+                     "CUDA graph (%s%s%s); it runs eagerly\n",
+                     cudaGetErrorString(end), ctx->failed ? ": " : "",
+                     ctx->failed ? ctx->errorMessage.c_str() : "");
+      ctx->failed = false;
+      ctx->errorOp.clear();
+      ctx->errorMessage.clear();
+    }
+    if (g)
+      cudaGraphDestroy(g);
+    if (graph->exec)
+      s.check(cudaGraphLaunch(graph->exec, s.ctx.stream), "cudaGraphLaunch", what);
+    else
+      call.fn(ctx, s.arena);
+  } else {
+    if (graph)
+      ++graph->calls;
+    call.fn(ctx, s.arena);
+  }
   DeviceError e = s.ctx.readError(); // waits for the stream
   if (e.code != kNoDeviceError) {
     std::string op;
@@ -177,8 +291,11 @@ void GpuSession::run(loom_program_fn fn, loom_ctx *ctx, uint8_t *hostArena) {
       op = (*ctx->opNames)[size_t(e.op)];
     loom_error(ctx, "gpu", describeDeviceError(e, op).c_str());
   }
-  s.check(cudaMemcpy(hostArena, s.arena, s.arenaBytes, cudaMemcpyDeviceToHost),
-          "cudaMemcpy", what);
+  if (call.outputs)
+    for (const ArenaRange &r : *call.outputs)
+      s.check(cudaMemcpy(hostArena + r.offset, s.arena + r.offset, r.bytes,
+                         cudaMemcpyDeviceToHost),
+              "cudaMemcpy", "downloading the outputs");
 }
 
 std::string GpuSession::describe() const {
@@ -489,13 +606,13 @@ void loom_cuda_gated_attention_bwd(
 void loom_cuda_dropout_fwd(loom_ctx *c, int64_t n, float p, uint64_t key,
                            const float *x, float *y) {
   guarded(c, "loom_dropout_fwd", [&](GpuSession::Impl &s) {
-    cu::dropoutFwd(s.ctx, n, p, key, s.slot<int64_t>(c->step, "dropout"), x, y);
+    cu::dropoutFwd(s.ctx, n, p, key, s.deviceStep(c->step, "dropout"), x, y);
   });
 }
 void loom_cuda_dropout_bwd(loom_ctx *c, int64_t n, float p, uint64_t key,
                            const float *dy, float *dx) {
   guarded(c, "loom_dropout_bwd", [&](GpuSession::Impl &s) {
-    cu::dropoutBwd(s.ctx, n, p, key, s.slot<int64_t>(c->step, "dropout"), dy, dx);
+    cu::dropoutBwd(s.ctx, n, p, key, s.deviceStep(c->step, "dropout"), dy, dx);
   });
 }
 
@@ -532,6 +649,49 @@ double loom_cuda_sum_squares(loom_ctx *c, int64_t n, const float *x) {
     result = NAN;
   return result;
 }
+// The device forms (compiler/codegen/CudaScalars.cpp): the operands that
+// change from step to step are device pointers, scalar results go to a
+// device slot; nothing here reads device memory on the host.
+void loom_cuda_adamw_dev(loom_ctx *c, int64_t n, float *param,
+                         const float *grad, float *m, float *v, const float *lr,
+                         float beta1, float beta2, float eps, float wd,
+                         const float *gradScale, const int64_t *t) {
+  guarded(c, "loom_adamw", [&](GpuSession::Impl &s) {
+    cu::adamw(s.ctx, n, param, grad, m, v, lr, beta1, beta2, eps, wd, gradScale,
+              t);
+  });
+}
+void loom_cuda_sgd_dev(loom_ctx *c, int64_t n, float *param, const float *grad,
+                       float *buf, const float *lr, float momentum,
+                       int32_t nesterov, float wd, const float *gradScale,
+                       const int32_t *first) {
+  guarded(c, "loom_sgd", [&](GpuSession::Impl &s) {
+    cu::sgd(s.ctx, n, param, grad, buf, lr, momentum, nesterov != 0, wd,
+            gradScale, first);
+  });
+}
+void loom_cuda_sum_squares_dev(loom_ctx *c, int64_t n, const float *x,
+                               double *out, int32_t accumulate) {
+  guarded(c, "loom_sum_squares", [&](GpuSession::Impl &s) {
+    cu::sumSquares(s.ctx, n, x, out, accumulate != 0);
+    // --debug-poison-grads (never captured): the overflow check sees NaN.
+    if (c->poisonStep != 0 && c->step >= c->poisonStep &&
+        c->step <= c->poisonLast &&
+        (c->poisonRank < 0 || c->poisonRank == c->rank))
+      s.check(cudaMemsetAsync(out, 0xff, sizeof(double), s.ctx.stream),
+              "cudaMemsetAsync", "sum_squares");
+  });
+}
+void loom_cuda_adaptive_clip_dev(loom_ctx *c, const float *norm,
+                                 float *history, int64_t window,
+                                 int64_t *count, float sigmas, float maxNorm,
+                                 int32_t record, float *coef) {
+  guarded(c, "loom_adaptive_clip", [&](GpuSession::Impl &s) {
+    cu::adaptiveClip(s.ctx, norm, history, window, count, sigmas, maxNorm,
+                     record != 0, coef);
+  });
+}
+
 float loom_cuda_adaptive_clip(loom_ctx *c, float norm, float *history,
                               int64_t window, int64_t *count, float sigmas,
                               float maxNorm, int32_t record) {

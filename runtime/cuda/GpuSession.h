@@ -5,11 +5,15 @@
 // driver and JIT-compiled for the GPU), and the loom_cuda_* functions the
 // host program calls (GpuAbi.cpp, exported by loom-run).
 //
-// This first form keeps loom-run's host arena authoritative: before each
-// program call the whole arena is copied to the device and after it back,
-// and the host program's scalar reads and writes are synchronous copies.
-// Correct and simple; the copies and syncs are what a later form removes
-// (scalars kept on the device, the step captured as a CUDA graph).
+// The device arena is authoritative once loom-run has pushed its
+// initialised host copy: a program call uploads the inputs the loader
+// wrote and downloads the output scalars, nothing else; checkpoints and
+// --save pull the whole arena first. A program the compiler moved entirely
+// onto the device (the manifest's `cuda_graph_programs`) is run eagerly
+// once, captured as a CUDA graph on its second call and replayed after;
+// the step it reads is written into the arena (`device_step_offset`)
+// before each call. Other programs run eagerly, their scalar reads
+// synchronous.
 //
 // Plain C++ header.
 //
@@ -32,23 +36,52 @@ struct KernelLaunch {
   int64_t grid = 1, block = 1;
 };
 
+/// A byte range of the arena.
+struct ArenaRange {
+  size_t offset = 0, bytes = 0;
+};
+
+/// What a program call moves between the host and the device arena.
+struct ProgramCall {
+  loom_program_fn fn = nullptr;
+  /// Uploaded before the call (the loader's inputs).
+  const std::vector<ArenaRange> *inputs = nullptr;
+  /// Downloaded after it (the output scalars).
+  const std::vector<ArenaRange> *outputs = nullptr;
+  /// The compiler moved its scalar code onto the device: it may be
+  /// captured as a graph.
+  bool capturable = false;
+};
+
 class GpuSession {
 public:
   /// Selects `device`, loads `ptx` (every kernel of `kernels` must be in it)
   /// and allocates an arena of `arenaBytes` on the device. Throws Error
   /// naming the rank, the call and the cause.
   GpuSession(int device, int rank, uint64_t seed, const std::string &ptx,
-             const std::vector<KernelLaunch> &kernels, size_t arenaBytes);
+             const std::vector<KernelLaunch> &kernels, size_t arenaBytes,
+             int64_t stepOffset);
   ~GpuSession();
   GpuSession(const GpuSession &) = delete;
   GpuSession &operator=(const GpuSession &) = delete;
 
-  /// Runs one program call on the device: the host arena is copied in, the
-  /// program runs (its library calls and launches enqueue on the session's
-  /// stream), the stream drains, the device error word is checked (a data
-  /// error is reported through loom_error on `ctx`), the arena is copied
-  /// back. ctx->cuda must point to this session.
-  void run(loom_program_fn fn, loom_ctx *ctx, uint8_t *hostArena);
+  /// Copies the whole host arena to the device (after initialisation or a
+  /// load) / the device arena to the host (before a checkpoint or --save).
+  void push(const uint8_t *hostArena);
+  void pull(uint8_t *hostArena);
+
+  /// Runs one program call on the device: the call's inputs are uploaded
+  /// and ctx->step written where the program reads it, the program runs
+  /// (eagerly, or as its captured graph), the stream drains, the device
+  /// error word is checked (a data error is reported through loom_error on
+  /// `ctx`), the outputs are downloaded. ctx->cuda must point to this
+  /// session.
+  void run(const ProgramCall &call, loom_ctx *ctx, uint8_t *hostArena);
+
+  /// No graph capture (--debug-poison-grads, or LOOM_CUDA_GRAPHS=0).
+  void disableGraphs();
+  /// Programs replayed from a graph so far (for the run's summary).
+  int capturedPrograms() const;
 
   /// "NVIDIA H200, 139.8 GiB, sm_90".
   std::string describe() const;

@@ -563,6 +563,9 @@ int main(int argc, char **argv) {
     auto kernels = loom::codegen::outlineCudaKernels(*ir);
     if (failed(kernels))
       return 1;
+    auto scalars = loom::codegen::keepScalarsOnDevice(*ir, *kernels);
+    if (failed(scalars))
+      return 1;
     std::string ptx;
     if (failed(loom::codegen::emitPtx(*kernels, ptx)))
       return 1;
@@ -588,6 +591,8 @@ int main(int argc, char **argv) {
     info.ptx = std::move(ptx);
     for (const auto &k : kernels->kernels)
       info.kernels.push_back({k.name, k.grid, k.block});
+    info.graphPrograms = scalars->programs;
+    info.stepOffset = scalars->stepOffset;
   }
   if (!stage(loom::buildExecToLLVMPipeline))
     return 1;

@@ -537,7 +537,13 @@ private:
 #if LOOM_HAVE_CUDA
   /// A CUDA artifact's device side (arena, kernels); null for CPU artifacts.
   std::unique_ptr<loom::cuda::GpuSession> gpu_;
+  /// What a program call uploads (this stage's inputs) and downloads (the
+  /// output scalars); the device arena holds everything else.
+  std::vector<loom::cuda::ArenaRange> gpuInputs_, gpuOutputs_;
 #endif
+  /// Before reading the arena on the host (checkpoints, --save): a CUDA
+  /// artifact's arena is the device's.
+  void pullArena();
   bool tty_ = false, progressShown_ = false;
   double lastProgress_ = 0;
   /// Tokens and training seconds since the last progress line: its rate is
@@ -608,6 +614,7 @@ void Trainer::checkpoint(int64_t step, int64_t steps, int64_t skippedTotal) {
   index.metricsLines = metricsLines_;
   index.mesh = m.mesh;
   index.zero = m.zero;
+  pullArena();
   std::string path;
   try {
     path = writeCheckpoint(opts_.ckptDir, m, arena_, index, opts_.ckptKeep,
@@ -631,7 +638,16 @@ void Trainer::callProgram(loom_program_fn fn, const char *role,
 #if LOOM_HAVE_CUDA
   if (gpu_) {
     try {
-      gpu_->run(fn, &ctx_, arena_);
+      const Manifest &m = artifact_->manifest();
+      const std::string *symbol = m.program(role, stage_);
+      loom::cuda::ProgramCall call;
+      call.fn = fn;
+      call.inputs = &gpuInputs_;
+      call.outputs = &gpuOutputs_;
+      call.capturable = symbol && std::find(m.cudaGraphPrograms.begin(),
+                                            m.cudaGraphPrograms.end(),
+                                            *symbol) != m.cudaGraphPrograms.end();
+      gpu_->run(call, &ctx_, arena_);
     } catch (const Error &e) {
       fail("rank " + std::to_string(world_.rank) + ", step " +
            std::to_string(ctx_.step) + ", " + role + ": " + e.what());
@@ -671,6 +687,18 @@ void Trainer::callProgram(loom_program_fn fn, const char *role,
     fail("rank " + std::to_string(world_.rank) + ", step " +
          std::to_string(ctx_.step) + ", " + role + ": " + ctx_.errorOp + ": " +
          ctx_.errorMessage);
+}
+
+void Trainer::pullArena() {
+#if LOOM_HAVE_CUDA
+  if (gpu_) {
+    try {
+      gpu_->pull(arena_);
+    } catch (const Error &e) {
+      fail("rank " + std::to_string(world_.rank) + ": " + e.what());
+    }
+  }
+#endif
 }
 
 float Trainer::readOutput(const std::string &name) const {
@@ -1035,11 +1063,18 @@ int Trainer::run() {
       std::vector<loom::cuda::KernelLaunch> kernels;
       for (const auto &k : m.kernels)
         kernels.push_back({k.name, k.grid, k.block});
-      gpu_ = std::make_unique<loom::cuda::GpuSession>(0, world_.rank, seed_,
-                                                      m.ptx, kernels, arenaBytes);
+      gpu_ = std::make_unique<loom::cuda::GpuSession>(
+          0, world_.rank, seed_, m.ptx, kernels, arenaBytes, m.deviceStepOffset);
+      if (opts_.poisonStep != 0)
+        gpu_->disableGraphs();
     } catch (const Error &e) {
       fail(e.what());
     }
+    for (const Buffer &b : m.inputs)
+      if (b.inStage(stage_))
+        gpuInputs_.push_back({size_t(b.offset), size_t(b.bytes)});
+    for (const auto &[name, offset] : m.outputs)
+      gpuOutputs_.push_back({size_t(offset), sizeof(float)});
     ctx_.cuda = gpu_.get();
     say("loom-run: gpu " + gpu_->describe() + ", " +
         std::to_string(m.kernels.size()) + " kernels");
@@ -1058,6 +1093,10 @@ int Trainer::run() {
     } else if (!opts_.initFrom.empty()) {
       loadWeights(opts_.initFrom, m, arena_, mesh_.get());
     }
+#if LOOM_HAVE_CUDA
+    if (gpu_)
+      gpu_->push(arena_);
+#endif
   } catch (const Error &e) {
     fail(e.what());
   }
@@ -1275,6 +1314,7 @@ int Trainer::run() {
   // its checkpoint instead.
   // Every rank takes part (the slices are gathered to rank 0, which writes).
   if (!opts_.save.empty() && done == steps) {
+    pullArena();
     try {
       saveWeights(opts_.save, m, arena_,
                   {{"format", "pt"},
