@@ -572,6 +572,8 @@ Manifest parseManifest(std::string_view text) {
                           INT32_MAX);
       k.block = R::integer(R::member(ks[i], where, "block"), where + ".block",
                            1, 1024);
+      if (const json::Value *o = ks[i].find("origin"))
+        k.origin = R::string(*o, where + ".origin");
       m.kernels.push_back(std::move(k));
     }
     if (const json::Value *g = doc.find("cuda_graph_programs")) {

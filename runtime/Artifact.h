@@ -114,6 +114,8 @@ struct Manifest {
   struct Kernel {
     std::string name;
     int64_t grid = 1, block = 1;
+    /// The DSL location it was generated from (optional).
+    std::string origin;
   };
   std::vector<Kernel> kernels;
   /// target "cuda": the programs (symbols) whose scalar code runs on the

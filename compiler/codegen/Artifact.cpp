@@ -128,7 +128,9 @@ std::string manifestJson(ModuleOp module, const ArtifactInfo &info) {
       os << (i ? ", " : "") << "{\"name\": ";
       jsonString(os, info.kernels[i].name);
       os << ", \"grid\": " << info.kernels[i].grid
-         << ", \"block\": " << info.kernels[i].block << "}";
+         << ", \"block\": " << info.kernels[i].block << ", \"origin\": ";
+      jsonString(os, info.kernels[i].origin);
+      os << "}";
     }
     os << "], \"cuda_graph_programs\": [";
     for (size_t i = 0; i < info.graphPrograms.size(); ++i) {

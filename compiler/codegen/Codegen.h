@@ -42,6 +42,8 @@ struct ArtifactInfo {
   struct Kernel {
     std::string name;
     int64_t grid = 1, block = 1;
+    /// Where it comes from: the DSL location (`gpt.loom:30:16`).
+    std::string origin;
   };
   std::vector<Kernel> kernels;
   /// The programs the runtime may capture as CUDA graphs, and the arena

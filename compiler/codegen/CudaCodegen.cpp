@@ -160,22 +160,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       mapping.map(v, b.clone(*v.getDefiningOp())->getResult(0));
 
   auto idx = [&](int64_t c) { return b.create<arith::ConstantIndexOp>(loc, c); };
-  Value block = b.create<gpu::BlockIdOp>(loc, gpu::Dimension::x);
-  Value thread = b.create<gpu::ThreadIdOp>(loc, gpu::Dimension::x);
-  Value linear = b.create<arith::AddIOp>(
-      loc, b.create<arith::MulIOp>(loc, block, idx(kBlock)), thread);
-  Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
-                                          linear, idx(total));
-  auto guard = b.create<scf::IfOp>(loc, inRange, /*withElseRegion=*/false);
-  b.setInsertionPointToStart(&guard.getThenRegion().front());
-
-  // The parallel indices, row-major from the flat thread index.
   SmallVector<Value> dims(ranges.size());
-  Value rest = linear;
-  for (unsigned d : llvm::reverse(parallel)) {
-    dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
-    rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
-  }
   auto indices = [&](AffineMap map, ArrayRef<Value> at) {
     SmallVector<Value> out;
     for (unsigned r = 0; r < map.getNumResults(); ++r)
@@ -189,16 +174,6 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     return b.create<memref::LoadOp>(loc, arg, indices(maps[operand], at));
   };
   unsigned numOutputs = operands.size() - numInputs;
-
-  // The outputs' maps do not read the reduction dimensions; until their
-  // loops bind them they are 0.
-  for (unsigned d : reduction)
-    dims[d] = idx(0);
-  // The outputs' values at this point: the accumulators of the reduction.
-  SmallVector<Value> acc;
-  for (unsigned o = 0; o < numOutputs; ++o)
-    acc.push_back(generic ? load(numInputs + o, dims) : Value());
-
   // The body at full index `at`, given the outputs' current values.
   auto body = [&](ArrayRef<Value> at, ArrayRef<Value> current) {
     if (fill)
@@ -216,6 +191,144 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       results.push_back(local.lookupOrDefault(y));
     return results;
   };
+  // The parallel indices, row-major from a flat point index.
+  auto parallelDims = [&](Value point) {
+    Value rest = point;
+    for (unsigned d : llvm::reverse(parallel)) {
+      dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
+      rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
+    }
+  };
+  int64_t reductionPoints = 1;
+  for (unsigned d : reduction)
+    reductionPoints *= ranges[d];
+
+  // A long sum into few outputs (a bias gradient: 768 columns over 16384
+  // rows) would leave the GPU nearly idle with one thread per output. Then
+  // each output gets kSlices threads of one block, each summing a
+  // contiguous slice of the reduction range in order; the slices' sums are
+  // added in slice order through shared memory (the first slice starts from
+  // the output's value). Deterministic, in another order than the CPU's
+  // single in-order sum (within the GPU-vs-CPU tolerance of SEMANTICS.md).
+  constexpr int64_t kLanes = 32;
+  Value summed;
+  if (generic && numOutputs == 1 && !reduction.empty() && total <= 32768 &&
+      reductionPoints >= 2048) {
+    Block &region = generic.getRegion().front();
+    Value acc = region.getArgument(numInputs);
+    Value y = region.getTerminator()->getOperand(0);
+    auto add = y.getDefiningOp<arith::AddFOp>();
+    if (add && acc.hasOneUse() && (add.getLhs() == acc || add.getRhs() == acc) &&
+        isa<FloatType>(acc.getType()))
+      summed = acc;
+  }
+  if (summed) {
+    int64_t slices = reductionPoints >= 32 * 256 ? 32 : 8;
+    int64_t chunk = (reductionPoints + slices - 1) / slices;
+    Type elem = summed.getType();
+    auto shared = MemRefType::get(
+        {slices * kLanes}, elem, AffineMap(),
+        gpu::AddressSpaceAttr::get(ctx, gpu::AddressSpace::Workgroup));
+    Value partials = func.addWorkgroupAttribution(shared, loc);
+    Value thread = b.create<gpu::ThreadIdOp>(loc, gpu::Dimension::x);
+    Value lane = b.create<arith::RemUIOp>(loc, thread, idx(kLanes));
+    Value slice = b.create<arith::DivUIOp>(loc, thread, idx(kLanes));
+    Value point = b.create<arith::AddIOp>(
+        loc,
+        b.create<arith::MulIOp>(
+            loc, b.create<gpu::BlockIdOp>(loc, gpu::Dimension::x), idx(kLanes)),
+        lane);
+    Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
+                                            point, idx(total));
+    Value zero = b.create<arith::ConstantOp>(loc, b.getFloatAttr(elem, 0.0));
+    Value first = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::eq, slice,
+                                          idx(0));
+    // This thread's partial sum (0 outside the iteration space).
+    auto partialIf = b.create<scf::IfOp>(loc, TypeRange{elem}, inRange,
+                                         /*withElseRegion=*/true);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(&partialIf.getThenRegion().front());
+      parallelDims(point);
+      for (unsigned d : reduction)
+        dims[d] = idx(0);
+      Value init = b.create<arith::SelectOp>(
+          loc, first, load(numInputs, dims), zero);
+      Value begin = b.create<arith::MulIOp>(loc, slice, idx(chunk));
+      Value end = b.create<arith::MinUIOp>(
+          loc, b.create<arith::AddIOp>(loc, begin, idx(chunk)),
+          idx(reductionPoints));
+      auto forOp = b.create<scf::ForOp>(loc, begin, end, idx(1), ValueRange{init});
+      {
+        OpBuilder::InsertionGuard g2(b);
+        b.setInsertionPointToStart(forOp.getBody());
+        // The flat reduction index, row-major over the reduction dimensions.
+        Value rest = forOp.getInductionVar();
+        for (unsigned d : llvm::reverse(reduction)) {
+          dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
+          rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
+        }
+        b.create<scf::YieldOp>(
+            loc, body(dims, SmallVector<Value>{forOp.getRegionIterArgs()[0]}));
+      }
+      b.create<scf::YieldOp>(loc, forOp.getResult(0));
+      b.setInsertionPointToStart(&partialIf.getElseRegion().front());
+      b.create<scf::YieldOp>(loc, zero);
+    }
+    Value at = b.create<arith::AddIOp>(
+        loc, b.create<arith::MulIOp>(loc, slice, idx(kLanes)), lane);
+    b.create<memref::StoreOp>(loc, partialIf.getResult(0), partials, at);
+    b.create<gpu::BarrierOp>(loc);
+    // Slice 0 adds the partials in slice order and stores the output.
+    Value combine = b.create<arith::AndIOp>(loc, first, inRange);
+    auto combineIf = b.create<scf::IfOp>(loc, combine, /*withElseRegion=*/false);
+    {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointToStart(&combineIf.getThenRegion().front());
+      Value sum = b.create<memref::LoadOp>(loc, partials, lane);
+      for (int64_t sl = 1; sl < slices; ++sl)
+        sum = b.create<arith::AddFOp>(
+            loc, sum,
+            b.create<memref::LoadOp>(
+                loc, partials,
+                ValueRange{b.create<arith::AddIOp>(loc, lane, idx(sl * kLanes))}));
+      parallelDims(point);
+      for (unsigned d : reduction)
+        dims[d] = idx(0);
+      b.create<memref::StoreOp>(loc, sum, operandValue[numInputs],
+                                indices(maps[numInputs], dims));
+    }
+    b.setInsertionPointToEnd(&entry);
+    b.create<gpu::ReturnOp>(loc);
+    CudaKernel k;
+    k.name = name;
+    k.op = op;
+    llvm::raw_string_ostream where(k.origin);
+    op->getLoc().print(where);
+    k.grid = (total + kLanes - 1) / kLanes;
+    k.block = slices * kLanes;
+    k.args.assign(args.begin(), args.end());
+    return k;
+  }
+
+  Value block = b.create<gpu::BlockIdOp>(loc, gpu::Dimension::x);
+  Value thread = b.create<gpu::ThreadIdOp>(loc, gpu::Dimension::x);
+  Value linear = b.create<arith::AddIOp>(
+      loc, b.create<arith::MulIOp>(loc, block, idx(kBlock)), thread);
+  Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
+                                          linear, idx(total));
+  auto guard = b.create<scf::IfOp>(loc, inRange, /*withElseRegion=*/false);
+  b.setInsertionPointToStart(&guard.getThenRegion().front());
+  parallelDims(linear);
+
+  // The outputs' maps do not read the reduction dimensions; until their
+  // loops bind them they are 0.
+  for (unsigned d : reduction)
+    dims[d] = idx(0);
+  // The outputs' values at this point: the accumulators of the reduction.
+  SmallVector<Value> acc;
+  for (unsigned o = 0; o < numOutputs; ++o)
+    acc.push_back(generic ? load(numInputs + o, dims) : Value());
 
   SmallVector<Value> results;
   if (reduction.empty()) {

@@ -24,10 +24,12 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <set>
 #include <type_traits>
 
 namespace loom::cuda {
@@ -98,9 +100,108 @@ struct GpuSession::Impl {
     int calls = 0;
     bool failed = false;
     cudaGraphExec_t exec = nullptr;
+    /// LOOM_CUDA_PROFILE: the spans whose events are nodes of the graph.
+    std::vector<std::pair<std::string, std::pair<cudaEvent_t, cudaEvent_t>>>
+        spans;
   };
   std::map<loom_program_fn, Graph> graphs;
   bool graphsEnabled = true;
+  /// setBf16Attention, and the bf16 copies its calls use (grown on demand,
+  /// in the eager first call).
+  bool bf16Attention = false;
+  uint16_t *low = nullptr;
+  size_t lowBytes = 0;
+  uint16_t *lowScratch(size_t elements, const char *what) {
+    size_t bytes = (elements * 2 + 255) / 256 * 256;
+    if (bytes > lowBytes) {
+      check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize", what);
+      if (low)
+        cudaFree(low);
+      low = nullptr;
+      check(cudaMalloc(reinterpret_cast<void **>(&low), bytes), "cudaMalloc", what);
+      lowBytes = bytes;
+    }
+    return low;
+  }
+
+  /// LOOM_CUDA_PROFILE=1: each launch and library call between two events;
+  /// the spans of a program call are added up once its stream drained.
+  bool profile = false;
+  struct Span {
+    std::string name;
+    cudaEvent_t start, stop;
+  };
+  /// While a program is being captured: its spans become event-record
+  /// nodes of the graph (timed at every replay, with no host gaps).
+  bool capturing = false;
+  std::vector<Span> spans;
+  std::vector<cudaEvent_t> eventPool;
+  struct Total {
+    double ms = 0;
+    int64_t calls = 0;
+  };
+  std::map<std::string, Total> totals;
+  int64_t profiledCalls = 0;
+  cudaEvent_t event() {
+    if (!eventPool.empty()) {
+      cudaEvent_t e = eventPool.back();
+      eventPool.pop_back();
+      return e;
+    }
+    cudaEvent_t e;
+    check(cudaEventCreate(&e), "cudaEventCreate", "profile");
+    return e;
+  }
+  /// Runs `body` between two events on the stream when profiling.
+  template <class F> void timed(const std::string &name, F &&body) {
+    if (!profile) {
+      body();
+      return;
+    }
+    Span span{name, event(), event()};
+    unsigned flags = capturing ? cudaEventRecordExternal : cudaEventRecordDefault;
+    check(cudaEventRecordWithFlags(span.start, ctx.stream, flags),
+          "cudaEventRecordWithFlags", "profile");
+    body();
+    check(cudaEventRecordWithFlags(span.stop, ctx.stream, flags),
+          "cudaEventRecordWithFlags", "profile");
+    spans.push_back(std::move(span));
+  }
+  /// A GEMM's span: its name says when cuBLASLt had no algorithm for the
+  /// shape and the plain fallback kernel ran.
+  std::set<std::string> fallbackGemms;
+  template <class F> void timedGemm(const std::string &name, F &&body) {
+    if (!profile) {
+      body();
+      return;
+    }
+    size_t before = gemmFallbackCount(ctx);
+    bool known = fallbackGemms.count(name) != 0;
+    timed(name, body);
+    if (known || gemmFallbackCount(ctx) > before) {
+      fallbackGemms.insert(name);
+      spans.back().name += " (fallback kernel: no cuBLASLt algorithm)";
+    }
+  }
+  /// After the stream drained: `list`'s spans into the totals (count:
+  /// false drops them, for eager calls that include host gaps).
+  void addSpans(const std::vector<Span> &list, bool count) {
+    for (const Span &sp : list) {
+      float ms = 0;
+      if (count && cudaEventElapsedTime(&ms, sp.start, sp.stop) == cudaSuccess) {
+        Total &t = totals[sp.name];
+        t.ms += ms;
+        ++t.calls;
+      }
+    }
+  }
+  void recycle(std::vector<Span> &list) {
+    for (Span &sp : list) {
+      eventPool.push_back(sp.start);
+      eventPool.push_back(sp.stop);
+    }
+    list.clear();
+  }
 
   /// The step as the device reads it (dropout): the arena's slot when the
   /// programs have one, else a ring slot holding the host's step.
@@ -181,15 +282,26 @@ GpuSession::GpuSession(int device, int rank, uint64_t seed,
           "cudaMallocHost", "the step word");
   if (const char *g = std::getenv("LOOM_CUDA_GRAPHS"); g && std::string(g) == "0")
     s.graphsEnabled = false;
+  if (const char *p = std::getenv("LOOM_CUDA_PROFILE"); p && std::string(p) == "1")
+    s.profile = true;
 }
 
 GpuSession::~GpuSession() {
   if (!impl_)
     return;
   cudaStreamSynchronize(impl_->ctx.stream);
-  for (auto &[fn, g] : impl_->graphs)
+  for (auto &[fn, g] : impl_->graphs) {
     if (g.exec)
       cudaGraphExecDestroy(g.exec);
+    for (auto &[name, ev] : g.spans) {
+      cudaEventDestroy(ev.first);
+      cudaEventDestroy(ev.second);
+    }
+  }
+  for (cudaEvent_t e : impl_->eventPool)
+    cudaEventDestroy(e);
+  if (impl_->low)
+    cudaFree(impl_->low);
   if (impl_->stepHost)
     cudaFreeHost(impl_->stepHost);
   if (impl_->workspace)
@@ -217,6 +329,55 @@ void GpuSession::pull(uint8_t *hostArena) {
 }
 
 void GpuSession::disableGraphs() { impl_->graphsEnabled = false; }
+void GpuSession::setBf16Attention(bool on) { impl_->bf16Attention = on; }
+
+bool GpuSession::profiling() const { return impl_->profile; }
+
+std::string GpuSession::profileReport() const {
+  const Impl &s = *impl_;
+  if (!s.profile || s.totals.empty())
+    return "";
+  std::vector<std::pair<std::string, Impl::Total>> rows(s.totals.begin(),
+                                                        s.totals.end());
+  std::sort(rows.begin(), rows.end(), [](const auto &a, const auto &b) {
+    return a.second.ms > b.second.ms;
+  });
+  double all = 0;
+  for (const auto &r : rows)
+    all += r.second.ms;
+  char line[512];
+  std::string out;
+  std::snprintf(line, sizeof line,
+                "GPU time by kernel (LOOM_CUDA_PROFILE=1, rank %d): %.1f ms "
+                "over %lld program calls, %.3f ms per call\n",
+                s.ctx.rank, all, static_cast<long long>(s.profiledCalls),
+                s.profiledCalls ? all / double(s.profiledCalls) : 0.0);
+  out += line;
+  std::snprintf(line, sizeof line, "  %6s %10s %8s %10s  %s\n", "share",
+                "total ms", "calls", "us/call", "kernel");
+  out += line;
+  size_t shown = 0;
+  double rest = 0;
+  int64_t restCalls = 0;
+  for (const auto &[name, t] : rows) {
+    if (shown++ >= 40) {
+      rest += t.ms;
+      restCalls += t.calls;
+      continue;
+    }
+    std::snprintf(line, sizeof line, "  %5.1f%% %10.2f %8lld %10.1f  %s\n",
+                  100.0 * t.ms / all, t.ms, static_cast<long long>(t.calls),
+                  1000.0 * t.ms / double(t.calls), name.c_str());
+    out += line;
+  }
+  if (restCalls) {
+    std::snprintf(line, sizeof line, "  %5.1f%% %10.2f %8lld %10s  (%zu more)\n",
+                  100.0 * rest / all, rest, static_cast<long long>(restCalls),
+                  "", rows.size() - 40);
+    out += line;
+  }
+  return out;
+}
 
 int GpuSession::capturedPrograms() const {
   int n = 0;
@@ -251,13 +412,20 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
     // sized); this one is recorded and then launched.
     s.check(cudaStreamBeginCapture(s.ctx.stream, cudaStreamCaptureModeRelaxed),
             "cudaStreamBeginCapture", what);
+    s.recycle(s.spans);
+    s.capturing = true;
     call.fn(ctx, s.arena);
+    s.capturing = false;
     cudaGraph_t g = nullptr;
     cudaError_t end = cudaStreamEndCapture(s.ctx.stream, &g);
     cudaGraphExec_t exec = nullptr;
     if (end == cudaSuccess && !ctx->failed &&
         cudaGraphInstantiate(&exec, g, 0) == cudaSuccess) {
       graph->exec = exec;
+      // The profile's spans are the graph's now.
+      for (Impl::Span &sp : s.spans)
+        graph->spans.push_back({sp.name, {sp.start, sp.stop}});
+      s.spans.clear();
     } else {
       // Something in the program cannot be captured: it stays eager (the
       // recorded work never ran, so it runs now).
@@ -291,6 +459,27 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
       op = (*ctx->opNames)[size_t(e.op)];
     loom_error(ctx, "gpu", describeDeviceError(e, op).c_str());
   }
+  if (s.profile) {
+    if (graph && graph->exec) {
+      // A replay: every span timed on the GPU alone.
+      for (auto &[name, ev] : graph->spans) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, ev.first, ev.second) == cudaSuccess) {
+          Impl::Total &t = s.totals[name];
+          t.ms += ms;
+          ++t.calls;
+        }
+      }
+      ++s.profiledCalls;
+    } else {
+      // Eager calls of a program that will be captured include the host's
+      // gaps (and the first call's setup): not counted.
+      bool count = !graph || graph->failed;
+      s.addSpans(s.spans, count);
+      s.profiledCalls += count;
+    }
+    s.recycle(s.spans);
+  }
   if (call.outputs)
     for (const ArenaRange &r : *call.outputs)
       s.check(cudaMemcpy(hostArena + r.offset, s.arena + r.offset, r.bytes,
@@ -318,16 +507,37 @@ GpuSession::Impl &session(loom_ctx *ctx) {
 
 /// Runs `body` for the ABI function `name`; an exception becomes the
 /// context's error (the runtime stops after the program call).
-template <class F> void guarded(loom_ctx *ctx, const char *name, F &&body) {
+/// `timed`: its GPU time is a span of the profile under `name` (launches
+/// name their kernel instead).
+template <class F>
+void guarded(loom_ctx *ctx, const char *name, F &&body, bool timed = true) {
   if (!ctx->cuda) {
     loom_error(ctx, name, "a CUDA artifact's function called without a GPU session");
     return;
   }
   try {
-    body(session(ctx));
+    GpuSession::Impl &s = session(ctx);
+    if (timed)
+      s.timed(name, [&] { body(s); });
+    else
+      body(s);
   } catch (const std::exception &e) {
     loom_error(ctx, name, e.what());
   }
+}
+
+/// A GEMM's name in the profile: its shape ("loom_gemm_bf16 16384x768x3072
+/// NT"); just the function's when not profiling.
+std::string gemmName(const char *fn, int64_t batch, int32_t ta, int32_t tb,
+                     int64_t M, int64_t N, int64_t K, bool profile) {
+  if (!profile)
+    return fn;
+  std::string name = std::string(fn) + " " + std::to_string(M) + "x" +
+                     std::to_string(N) + "x" + std::to_string(K) + " " +
+                     (ta ? "T" : "N") + (tb ? "T" : "N");
+  if (batch > 1)
+    name += " batch " + std::to_string(batch);
+  return name;
 }
 
 void launch(loom_ctx *ctx, int64_t kernel, std::initializer_list<void *> args) {
@@ -340,14 +550,18 @@ void launch(loom_ctx *ctx, int64_t kernel, std::initializer_list<void *> args) {
     for (void *&v : values)
       params.push_back(&v);
     const loom::cuda::KernelLaunch &k = s.launches[size_t(kernel)];
-    s.checkDriver(s.driver.launchKernel(s.functions[size_t(kernel)],
-                                 static_cast<unsigned>(k.grid), 1, 1,
-                                 static_cast<unsigned>(k.block), 1, 1, 0,
-                                 reinterpret_cast<CUstream>(s.ctx.stream),
-                                 params.data(), nullptr),
-                  "cuLaunchKernel", k.name.c_str());
-  });
+    // The profile names the kernel and its DSL line.
+    s.timed(k.name + (k.origin.empty() ? "" : " (" + k.origin + ")"), [&] {
+      s.checkDriver(s.driver.launchKernel(s.functions[size_t(kernel)],
+                                          static_cast<unsigned>(k.grid), 1, 1,
+                                          static_cast<unsigned>(k.block), 1, 1,
+                                          0, reinterpret_cast<CUstream>(s.ctx.stream),
+                                          params.data(), nullptr),
+                    "cuLaunchKernel", k.name.c_str());
+    });
+  }, /*timed=*/false);
 }
+
 
 template <class T> T load(loom_ctx *ctx, const void *p, const char *name) {
   T v{};
@@ -437,24 +651,27 @@ void loom_cuda_gemm(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
                     int64_t sA, const float *B, int64_t sB, float *C,
                     int64_t sC, float alpha, float beta) {
   guarded(c, "loom_gemm", [&](GpuSession::Impl &s) {
-    cu::gemm(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC, alpha, beta);
-  });
+    s.timedGemm(gemmName("loom_gemm", batch, ta, tb, M, N, K, s.profile),
+                [&] { cu::gemm(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC, alpha, beta); });
+  }, /*timed=*/false);
 }
 void loom_cuda_gemm_bf16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
                          int64_t M, int64_t N, int64_t K, const uint16_t *A,
                          int64_t sA, const uint16_t *B, int64_t sB,
                          uint16_t *C, int64_t sC) {
   guarded(c, "loom_gemm_bf16", [&](GpuSession::Impl &s) {
-    cu::gemmBf16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC);
-  });
+    s.timedGemm(gemmName("loom_gemm_bf16", batch, ta, tb, M, N, K, s.profile),
+                [&] { cu::gemmBf16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC); });
+  }, /*timed=*/false);
 }
 void loom_cuda_gemm_f16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
                         int64_t M, int64_t N, int64_t K, const uint16_t *A,
                         int64_t sA, const uint16_t *B, int64_t sB, uint16_t *C,
                         int64_t sC) {
   guarded(c, "loom_gemm_f16", [&](GpuSession::Impl &s) {
-    cu::gemmF16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC);
-  });
+    s.timedGemm(gemmName("loom_gemm_f16", batch, ta, tb, M, N, K, s.profile),
+                [&] { cu::gemmF16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC); });
+  }, /*timed=*/false);
 }
 
 void loom_cuda_layer_norm_fwd(loom_ctx *c, int64_t rows, int64_t cols,
@@ -543,15 +760,54 @@ void loom_cuda_embedding_bwd(loom_ctx *c, int64_t n, int64_t vocab,
   });
 }
 
+} // extern "C"
+
+namespace {
+
+/// Carves consecutive bf16 buffers of the given element counts out of the
+/// session's low-precision scratch.
+std::vector<uint16_t *> lowBuffers(GpuSession::Impl &s,
+                                   std::initializer_list<int64_t> counts,
+                                   const char *what) {
+  size_t total = 0;
+  for (int64_t n : counts)
+    total += (size_t(n) + 127) / 128 * 128; // 256-byte aligned each
+  uint16_t *base = s.lowScratch(total, what);
+  std::vector<uint16_t *> out;
+  for (int64_t n : counts) {
+    out.push_back(base);
+    base += (size_t(n) + 127) / 128 * 128;
+  }
+  return out;
+}
+
+void throwIf(const std::string &err) {
+  if (!err.empty())
+    throw loom::runtime::Error(err);
+}
+
+} // namespace
+
+extern "C" {
+
 void loom_cuda_attention_fwd(loom_ctx *c, int64_t B, int64_t H, int64_t Tq,
                              int64_t Tk, int64_t D, int64_t Dv, int32_t causal,
                              const float *q, const float *k, const float *v,
                              float *out, float *lse) {
   guarded(c, "loom_attention_fwd", [&](GpuSession::Impl &s) {
     cu::AttentionDims d{B, H, Tq, Tk, D, Dv, causal != 0};
-    std::string err = cu::attentionForwardF32(d, q, k, v, out, lse, s.ctx.stream);
-    if (!err.empty())
-      throw loom::runtime::Error(err);
+    if (s.bf16Attention && cu::attentionSupportedBF16(d).empty()) {
+      int64_t nq = B * H * Tq * D, nk = B * H * Tk * D, no = B * H * Tq * Dv;
+      auto b = lowBuffers(s, {nq, nk, nk, no}, "attention_fwd");
+      cu::castF32ToBf16(s.ctx, q, b[0], nq);
+      cu::castF32ToBf16(s.ctx, k, b[1], nk);
+      cu::castF32ToBf16(s.ctx, v, b[2], nk);
+      throwIf(cu::attentionForwardBF16(d, b[0], b[1], b[2], b[3], lse,
+                                       s.ctx.stream));
+      cu::castBf16ToF32(s.ctx, b[3], out, no);
+      return;
+    }
+    throwIf(cu::attentionForwardF32(d, q, k, v, out, lse, s.ctx.stream));
   });
 }
 void loom_cuda_attention_bwd(loom_ctx *c, int64_t B, int64_t H, int64_t Tq,
@@ -563,10 +819,23 @@ void loom_cuda_attention_bwd(loom_ctx *c, int64_t B, int64_t H, int64_t Tq,
   guarded(c, "loom_attention_bwd", [&](GpuSession::Impl &s) {
     cu::AttentionDims d{B, H, Tq, Tk, D, Dv, causal != 0};
     void *ws = s.scratch(cu::attentionBackwardWorkspaceBytes(d), "attention_bwd");
-    std::string err = cu::attentionBackwardF32(d, q, k, v, out, lse, dout, dq,
-                                               dk, dv, ws, s.ctx.stream);
-    if (!err.empty())
-      throw loom::runtime::Error(err);
+    if (s.bf16Attention && cu::attentionSupportedBF16(d).empty()) {
+      int64_t nq = B * H * Tq * D, nk = B * H * Tk * D, no = B * H * Tq * Dv;
+      auto b = lowBuffers(s, {nq, nk, nk, no, no, nq, nk, nk}, "attention_bwd");
+      cu::castF32ToBf16(s.ctx, q, b[0], nq);
+      cu::castF32ToBf16(s.ctx, k, b[1], nk);
+      cu::castF32ToBf16(s.ctx, v, b[2], nk);
+      cu::castF32ToBf16(s.ctx, out, b[3], no);
+      cu::castF32ToBf16(s.ctx, dout, b[4], no);
+      throwIf(cu::attentionBackwardBF16(d, b[0], b[1], b[2], b[3], lse, b[4],
+                                        b[5], b[6], b[7], ws, s.ctx.stream));
+      cu::castBf16ToF32(s.ctx, b[5], dq, nq);
+      cu::castBf16ToF32(s.ctx, b[6], dk, nk);
+      cu::castBf16ToF32(s.ctx, b[7], dv, nk);
+      return;
+    }
+    throwIf(cu::attentionBackwardF32(d, q, k, v, out, lse, dout, dq, dk, dv, ws,
+                                     s.ctx.stream));
   });
 }
 void loom_cuda_gated_attention_fwd(loom_ctx *c, int64_t B, int64_t H,
@@ -578,10 +847,21 @@ void loom_cuda_gated_attention_fwd(loom_ctx *c, int64_t B, int64_t H,
                                    float *gate, float *attn) {
   guarded(c, "loom_gated_attention_fwd", [&](GpuSession::Impl &s) {
     cu::AttentionDims d{B, H, T, T, D, Dv, causal != 0};
-    std::string err = cu::gatedAttentionForwardF32(
-        d, threshold, q, k, v, wg, bg, out, lse, gate, attn, s.ctx.stream);
-    if (!err.empty())
-      throw loom::runtime::Error(err);
+    if (s.bf16Attention && cu::attentionSupportedBF16(d).empty()) {
+      int64_t n = B * H * T * D, nv = B * H * T * Dv;
+      auto b = lowBuffers(s, {n, n, nv, nv, nv}, "gated_attention_fwd");
+      cu::castF32ToBf16(s.ctx, q, b[0], n);
+      cu::castF32ToBf16(s.ctx, k, b[1], n);
+      cu::castF32ToBf16(s.ctx, v, b[2], nv);
+      throwIf(cu::gatedAttentionForwardBF16(d, threshold, b[0], b[1], b[2], wg,
+                                            bg, b[3], lse, gate, b[4],
+                                            s.ctx.stream));
+      cu::castBf16ToF32(s.ctx, b[3], out, nv);
+      cu::castBf16ToF32(s.ctx, b[4], attn, nv);
+      return;
+    }
+    throwIf(cu::gatedAttentionForwardF32(d, threshold, q, k, v, wg, bg, out, lse,
+                                         gate, attn, s.ctx.stream));
   });
 }
 void loom_cuda_gated_attention_bwd(
@@ -595,11 +875,25 @@ void loom_cuda_gated_attention_bwd(
     cu::AttentionDims d{B, H, T, T, D, Dv, causal != 0};
     void *ws =
         s.scratch(cu::gatedAttentionBackwardWorkspaceBytes(d), "gated_attention_bwd");
-    std::string err = cu::gatedAttentionBackwardF32(
-        d, threshold, q, k, v, wg, lse, gate, attn, dout, dq, dk, dv, dwg, dbg,
-        ws, s.ctx.stream);
-    if (!err.empty())
-      throw loom::runtime::Error(err);
+    if (s.bf16Attention && cu::attentionSupportedBF16(d).empty()) {
+      int64_t n = B * H * T * D, nv = B * H * T * Dv;
+      auto b = lowBuffers(s, {n, n, nv, nv, nv, n, n, nv}, "gated_attention_bwd");
+      cu::castF32ToBf16(s.ctx, q, b[0], n);
+      cu::castF32ToBf16(s.ctx, k, b[1], n);
+      cu::castF32ToBf16(s.ctx, v, b[2], nv);
+      cu::castF32ToBf16(s.ctx, attn, b[3], nv);
+      cu::castF32ToBf16(s.ctx, dout, b[4], nv);
+      throwIf(cu::gatedAttentionBackwardBF16(d, threshold, b[0], b[1], b[2], wg,
+                                             lse, gate, b[3], b[4], b[5], b[6],
+                                             b[7], dwg, dbg, ws, s.ctx.stream));
+      cu::castBf16ToF32(s.ctx, b[5], dq, n);
+      cu::castBf16ToF32(s.ctx, b[6], dk, n);
+      cu::castBf16ToF32(s.ctx, b[7], dv, nv);
+      return;
+    }
+    throwIf(cu::gatedAttentionBackwardF32(d, threshold, q, k, v, wg, lse, gate,
+                                          attn, dout, dq, dk, dv, dwg, dbg, ws,
+                                          s.ctx.stream));
   });
 }
 

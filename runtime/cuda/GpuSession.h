@@ -34,6 +34,7 @@ namespace loom::cuda {
 struct KernelLaunch {
   std::string name;
   int64_t grid = 1, block = 1;
+  std::string origin; ///< the DSL location, for the profile
 };
 
 /// A byte range of the arena.
@@ -80,8 +81,22 @@ public:
 
   /// No graph capture (--debug-poison-grads, or LOOM_CUDA_GRAPHS=0).
   void disableGraphs();
+  /// precision bf16 (SEMANTICS.md: matmul operands in the low type): the
+  /// attention calls round q, k, v (and, backward, the saved attention and
+  /// dout) to bf16 and run the tensor-core kernels, softmax and lse in fp32,
+  /// results widened back to the program's fp32 buffers. Off: the fp32
+  /// kernels.
+  void setBf16Attention(bool on);
   /// Programs replayed from a graph so far (for the run's summary).
   int capturedPrograms() const;
+
+  /// LOOM_CUDA_PROFILE=1: every launch and library call is timed with CUDA
+  /// events; in a captured program the events are nodes of its graph, so
+  /// the replays measure GPU time alone (the eager calls before capture are
+  /// not counted). profileReport() is the table of GPU time by kernel,
+  /// largest first, or "" when not profiling.
+  bool profiling() const;
+  std::string profileReport() const;
 
   /// "NVIDIA H200, 139.8 GiB, sm_90".
   std::string describe() const;

@@ -1,11 +1,13 @@
 //===- GemmBench.cpp - Loom's bf16 GEMM path at one shape -----------------===//
 //
-//   GemmBench M N K transA transB reps
+//   GemmBench M N K transA transB reps [offA [offB [offC]]]
 //
 // Times loom::cuda::gemmBf16 (cuBLASLt, fp32 accumulation; the path a CUDA
 // artifact's loom_gemm_bf16 calls take) for row-major C[M,N] = op(A) op(B),
 // A stored [M,K] ([K,M] when transA), B stored [K,N] ([N,K] when transB),
-// on random bf16 data: five warm-up calls, then `reps` calls timed one by
+// on random bf16 data (A, B, C offA/offB/offC bytes past a 256-byte
+// boundary, default 0; offB and offC default to offA: 64 is how arena
+// buffers may sit): five warm-up calls, then `reps` calls timed one by
 // one with CUDA events. Prints `TFLOPS <2MNK / median seconds / 1e12>` and
 // the median in microseconds. tests/bench/gpu/gpt2_small.py runs it at the
 // model's shapes next to torch.matmul (--loom-gemm-bench). Not a test: it
@@ -49,30 +51,43 @@ uint16_t toBf16(float f) {
 } // namespace
 
 int main(int argc, char **argv) {
-  if (argc != 7) {
-    std::fprintf(stderr, "usage: GemmBench M N K transA transB reps\n");
+  if (argc < 7 || argc > 10) {
+    std::fprintf(stderr,
+                 "usage: GemmBench M N K transA transB reps [offA [offB [offC]]]\n");
     return 2;
   }
   int64_t M = parse(argv[1], "M"), N = parse(argv[2], "N"),
           K = parse(argv[3], "K");
   bool ta = parse(argv[4], "transA") != 0, tb = parse(argv[5], "transB") != 0;
   int64_t reps = std::max<int64_t>(1, parse(argv[6], "reps"));
+  int64_t offA = argc > 7 ? parse(argv[7], "offA") : 0;
+  int64_t offB = argc > 8 ? parse(argv[8], "offB") : offA;
+  int64_t offC = argc > 9 ? parse(argv[9], "offC") : offA;
+  for (int64_t o : {offA, offB, offC})
+    if (o % 2 != 0 || o >= 256) {
+      std::fprintf(stderr, "GemmBench: offsets must be even and below 256\n");
+      return 2;
+    }
   try {
     loom::cuda::CudaContext ctx(0, 0);
-    auto upload = [&](int64_t n) {
+    auto upload = [&](int64_t n, int64_t offset) {
       std::vector<uint16_t> host(static_cast<size_t>(n));
       std::mt19937 gen(static_cast<uint32_t>(n));
       std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
       for (auto &v : host)
         v = toBf16(dist(gen));
-      uint16_t *d = nullptr;
-      LOOM_CUDA_CHECK(ctx, cudaMalloc(reinterpret_cast<void **>(&d), size_t(n) * 2), "GemmBench");
+      uint16_t *base = nullptr;
+      LOOM_CUDA_CHECK(ctx, cudaMalloc(reinterpret_cast<void **>(&base),
+                                      size_t(n) * 2 + 256),
+                      "GemmBench");
+      uint16_t *d = base + offset / 2;
       LOOM_CUDA_CHECK(ctx, cudaMemcpy(d, host.data(), size_t(n) * 2,
                                       cudaMemcpyHostToDevice),
                       "GemmBench");
       return d;
     };
-    uint16_t *A = upload(M * K), *B = upload(K * N), *C = upload(M * N);
+    uint16_t *A = upload(M * K, offA), *B = upload(K * N, offB),
+             *C = upload(M * N, offC);
     cudaEvent_t start, stop;
     LOOM_CUDA_CHECK(ctx, cudaEventCreate(&start), "GemmBench");
     LOOM_CUDA_CHECK(ctx, cudaEventCreate(&stop), "GemmBench");
@@ -96,9 +111,9 @@ int main(int argc, char **argv) {
     std::printf("TFLOPS %.2f\nmedian_us %.1f\n",
                 2.0 * double(M) * double(N) * double(K) / median / 1e12,
                 median * 1e6);
-    cudaFree(A);
-    cudaFree(B);
-    cudaFree(C);
+    cudaFree(A - offA / 2);
+    cudaFree(B - offB / 2);
+    cudaFree(C - offC / 2);
   } catch (const std::exception &e) {
     std::fprintf(stderr, "GemmBench: %s\n", e.what());
     return 1;

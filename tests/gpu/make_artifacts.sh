@@ -6,8 +6,9 @@
 #
 # compiles each model twice, NAME.cpu.loomx and NAME.cuda.loomx, for
 # tests/gpu/train_check.py, which tests/gpu/run.sh runs on the GPU machine
-# when DIR travels with the tree: the MLP sample, and a 2-layer GPT in fp32
-# and in bf16.
+# when DIR travels with the tree: the MLP sample, a 2-layer GPT in fp32
+# and in bf16, and a 1-layer GPT with 2048 tokens a batch (its bias
+# gradients take the GPU's sliced column sums).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 dir=${1:-$root/.gpu-run}
@@ -19,5 +20,7 @@ for target in cpu cuda; do
   "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --target=$target -o "$dir/gpt.$target.loomx"
   "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --precision=bf16 --target=$target \
     -o "$dir/gptbf.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" -Dlayers=1 -Dd=64 -Dheads=2 -Dseq=256 -Dbatch=8 \
+    --target=$target -o "$dir/gptwide.$target.loomx"
 done
 echo "artifacts in $dir: $(ls "$dir" | tr '\n' ' ')"

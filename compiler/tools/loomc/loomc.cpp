@@ -589,8 +589,16 @@ int main(int argc, char **argv) {
     // artifact carries the kernels' PTX and launch table.
     info.target = "cuda";
     info.ptx = std::move(ptx);
-    for (const auto &k : kernels->kernels)
-      info.kernels.push_back({k.name, k.grid, k.block});
+    for (const auto &k : kernels->kernels) {
+      // loc("samples/gpt.loom":30:16) -> gpt.loom:30:16
+      std::string origin = k.origin;
+      if (StringRef(origin).starts_with("loc(\"") && StringRef(origin).ends_with(")")) {
+        StringRef inner = StringRef(origin).drop_front(5).drop_back(1);
+        auto [file, rest] = inner.split('"');
+        origin = (sys::path::filename(file) + rest).str();
+      }
+      info.kernels.push_back({k.name, k.grid, k.block, origin});
+    }
     info.graphPrograms = scalars->programs;
     info.stepOffset = scalars->stepOffset;
   }

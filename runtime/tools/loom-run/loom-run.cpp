@@ -1062,11 +1062,15 @@ int Trainer::run() {
     try {
       std::vector<loom::cuda::KernelLaunch> kernels;
       for (const auto &k : m.kernels)
-        kernels.push_back({k.name, k.grid, k.block});
+        kernels.push_back({k.name, k.grid, k.block, k.origin});
       gpu_ = std::make_unique<loom::cuda::GpuSession>(
           0, world_.rank, seed_, m.ptx, kernels, arenaBytes, m.deviceStepOffset);
       if (opts_.poisonStep != 0)
         gpu_->disableGraphs();
+      // precision bf16: attention's products in bf16 too (GpuSession.h).
+      const json::Value *precision = m.train.find("precision");
+      gpu_->setBf16Attention(precision && precision->isString() &&
+                             precision->asString() == "bf16");
     } catch (const Error &e) {
       fail(e.what());
     }
@@ -1339,6 +1343,13 @@ int Trainer::run() {
       line += ", eval_loss " + fmt("%.4f", lastEval.loss) + ", eval_accuracy " +
               fmt("%.4f", lastEval.accuracy);
     std::printf("%s\n", line.c_str());
+#if LOOM_HAVE_CUDA
+    if (gpu_) {
+      std::printf("loom-run: gpu: %d program(s) replayed as CUDA graphs\n",
+                  gpu_->capturedPrograms());
+      std::fputs(gpu_->profileReport().c_str(), stdout);
+    }
+#endif
     std::fflush(stdout);
   }
   std::free(arena_);
