@@ -106,8 +106,8 @@ mlir::LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx);
 /// (memref.load/store of rank 0) and its copies become runtime calls
 /// (`loom_cuda_load_<t>`, `loom_cuda_store_<t>`, `loom_cuda_copy`), as the
 /// arena is device memory; library calls go to `loom_cuda_<name>`, the GPU
-/// kernels behind the CPU signature (runtime/cuda/GpuAbi.cpp). Programs
-/// that communicate between ranks are refused (one GPU per job for now).
+/// kernels behind the CPU signature (runtime/cuda/GpuAbi.cpp), the
+/// collectives among them.
 mlir::LogicalResult lowerHostProgramForCuda(mlir::ModuleOp module,
                                             CudaKernels &kernels);
 

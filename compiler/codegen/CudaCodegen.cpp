@@ -647,8 +647,10 @@ LogicalResult lowerHostProgramForCuda(ModuleOp module, CudaKernels &kernels) {
     k.op = nullptr;
   }
   // Library calls go to the runtime's GPU implementations, loom_cuda_<name>
-  // with the CPU function's signature; the runtime's own services (step,
-  // errors, trace markers, mesh coordinates) stay as they are.
+  // with the CPU function's signature (collectives included: over NCCL, or
+  // staged through the host, runtime/cuda/GpuAbi.cpp); the runtime's own
+  // services (step, errors, trace markers, mesh coordinates) stay as they
+  // are.
   module.walk([&](exec::CallOp c) {
     StringRef callee = c.getCallee();
     if (!callee.starts_with("loom_") || callee.starts_with("loom_cuda_") ||
@@ -659,22 +661,6 @@ LogicalResult lowerHostProgramForCuda(ModuleOp module, CudaKernels &kernels) {
     c.setCalleeAttr(FlatSymbolRefAttr::get(
         ctx, ("loom_cuda_" + callee.drop_front(5)).str()));
   });
-  // One GPU per program for now: collectives over NCCL are not wired into
-  // the GPU programs yet.
-  WalkResult collectives = module.walk([&](exec::CallOp c) {
-    StringRef callee = c.getCallee();
-    for (StringRef k : {"all_reduce", "all_gather", "reduce_scatter",
-                        "broadcast", "_send", "_recv", "_sharded"})
-      if (callee.contains(k)) {
-        c.emitOpError("needs communication between ranks (")
-            << callee.drop_front(10)
-            << "); the CUDA target runs one GPU per job in this build";
-        return WalkResult::interrupt();
-      }
-    return WalkResult::advance();
-  });
-  if (collectives.wasInterrupted())
-    return failure();
   // What host code is left reads and writes device memory (in programs
   // keepScalarsOnDevice could not move, also inside their control flow):
   // each access is a synchronous copy. The loops are kernels by now.

@@ -43,6 +43,8 @@
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/SetVector.h"
 
+#include <functional>
+
 using namespace mlir;
 
 namespace loom::codegen {
@@ -88,13 +90,23 @@ bool isFree(Operation &op) {
   return isView(&op) || isa<arith::ConstantOp, memref::SubViewOp>(op);
 }
 
+/// An arena view, or a slice of one.
+bool isArenaBuffer(Value v) {
+  Operation *def = v.getDefiningOp();
+  if (isView(def))
+    return true;
+  if (auto sub = dyn_cast_or_null<memref::SubViewOp>(def))
+    return isArenaBuffer(sub.getSource());
+  return false;
+}
+
 /// An op an island kernel can run: scalar arithmetic, math the GPU path
 /// expands without libdevice, or an access to a static arena view.
 bool isScalarOp(Operation &op) {
   if (auto load = dyn_cast<memref::LoadOp>(op))
-    return isView(load.getMemRef().getDefiningOp());
+    return isArenaBuffer(load.getMemRef());
   if (auto store = dyn_cast<memref::StoreOp>(op))
-    return isView(store.getMemRef().getDefiningOp());
+    return isArenaBuffer(store.getMemRef());
   StringRef dialect = op.getDialect() ? op.getDialect()->getNamespace() : "";
   if (dialect != "arith" && dialect != "math")
     return false;
@@ -135,11 +147,20 @@ bool qualifies(Operation *program) {
     for (auto [i, v] : llvm::enumerate(call.getArgs())) {
       if (!isScalar(v.getType()) || isConstant(v))
         continue;
+      // A host call's result (a reduction's handle) stays on the host.
+      if (auto def = v.getDefiningOp<exec::CallOp>();
+          def && !deviceForm(def.getCallee()) && def.getCallee() != "loom_step")
+        continue;
       if (!form || !llvm::is_contained(form->pointers, unsigned(i)))
         return false; // a computed value passed by value
     }
-    if (!form && !call.getResults().use_empty())
-      return false; // a host result feeding device code
+    // A host result may feed host calls only (loom_all_reduce_start's
+    // handle, waited by loom_all_reduce_wait), not device code.
+    if (!form)
+      for (Value r : call.getResults())
+        for (Operation *user : r.getUsers())
+          if (!isa<exec::CallOp>(user))
+            return false;
   }
   return true;
 }
@@ -383,11 +404,22 @@ LogicalResult ProgramScalars::buildIsland(
   b.setInsertionPointToStart(&entry);
   Value base = entry.getArgument(0);
   IRMapping mapping;
-  // An arena view inside the kernel: the base at the view's offset.
-  auto mapView = [&](Value v) -> Value {
+  // An arena view inside the kernel: the base at the view's offset (a
+  // slice: the same slice of its view).
+  std::function<Value(Value)> mapView = [&](Value v) -> Value {
     if (Value m = mapping.lookupOrNull(v))
       return m;
     Operation *def = v.getDefiningOp();
+    if (auto sub = dyn_cast<memref::SubViewOp>(def)) {
+      mapView(sub.getSource());
+      for (Value o : sub->getOperands())
+        if (!mapping.contains(o) && o.getDefiningOp() &&
+            isa<arith::ConstantOp>(o.getDefiningOp()))
+          mapping.map(o, b.clone(*o.getDefiningOp())->getResult(0));
+      Value m = b.clone(*def, mapping)->getResult(0);
+      mapping.map(v, m);
+      return m;
+    }
     int64_t offset = cast<IntegerAttr>(def->getAttr("offset")).getInt();
     Value at = b.create<arith::ConstantIndexOp>(loc, offset);
     Value m = b.create<memref::ViewOp>(loc, v.getType(), base, at, ValueRange{});
@@ -401,7 +433,7 @@ LogicalResult ProgramScalars::buildIsland(
       if (mapping.contains(v))
         continue;
       Operation *def = v.getDefiningOp();
-      if (isView(def))
+      if (isArenaBuffer(v))
         mapView(v);
       else if (def && isa<arith::ConstantOp>(def))
         mapping.map(v, b.clone(*def)->getResult(0));

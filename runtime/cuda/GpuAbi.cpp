@@ -15,11 +15,15 @@
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/GpuSession.h"
 
+#include "runtime/Collectives.h"
 #include "runtime/Context.h"
 #include "runtime/Support.h"
 #include "runtime/cuda/Attention.h"
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/CudaKernels.h"
+#if LOOM_HAVE_NCCL
+#include "runtime/cuda/Nccl.h"
+#endif
 
 #include <cuda.h>
 #include <cuda_runtime_api.h>
@@ -106,6 +110,45 @@ struct GpuSession::Impl {
   };
   std::map<loom_program_fn, Graph> graphs;
   bool graphsEnabled = true;
+  /// Collectives: over NCCL (setNccl; each rank its own GPU), else staged
+  /// through pinned host memory into the CPU runtime's MPI collectives.
+#if LOOM_HAVE_NCCL
+  NcclMesh *nccl = nullptr;
+#endif
+  cudaStream_t comm = nullptr;
+  double timeout = 0;
+  /// A call went through the host in this program call (it cannot be
+  /// captured as a graph then).
+  bool usedHost = false;
+  float *host = nullptr;
+  size_t hostBytes = 0;
+  /// Pinned host staging of at least `bytes` (the stream is idle).
+  float *hostStage(size_t bytes, const char *what) {
+    usedHost = true;
+    if (bytes > hostBytes) {
+      if (host)
+        cudaFreeHost(host);
+      host = nullptr;
+      check(cudaMallocHost(reinterpret_cast<void **>(&host), bytes),
+            "cudaMallocHost", what);
+      hostBytes = bytes;
+    }
+    return host;
+  }
+  /// NCCL: non-blocking all-reduces in flight (handle -> done event on the
+  /// comm stream) and the device copies of sends (reused each call).
+  std::map<int64_t, cudaEvent_t> reductions;
+  int64_t nextHandle = 1;
+  std::vector<std::pair<void *, size_t>> sendBuffers;
+  size_t sendsUsed = 0;
+  bool haveNccl() const {
+#if LOOM_HAVE_NCCL
+    return nccl != nullptr;
+#else
+    return false;
+#endif
+  }
+
   /// setBf16Attention, and the bf16 copies its calls use (grown on demand,
   /// in the eager first call).
   bool bf16Attention = false;
@@ -302,6 +345,14 @@ GpuSession::~GpuSession() {
     cudaEventDestroy(e);
   if (impl_->low)
     cudaFree(impl_->low);
+  if (impl_->host)
+    cudaFreeHost(impl_->host);
+  for (auto &[p, n] : impl_->sendBuffers)
+    cudaFree(p);
+  for (auto &[h, e] : impl_->reductions)
+    cudaEventDestroy(e);
+  if (impl_->comm)
+    cudaStreamDestroy(impl_->comm);
   if (impl_->stepHost)
     cudaFreeHost(impl_->stepHost);
   if (impl_->workspace)
@@ -330,6 +381,30 @@ void GpuSession::pull(uint8_t *hostArena) {
 
 void GpuSession::disableGraphs() { impl_->graphsEnabled = false; }
 void GpuSession::setBf16Attention(bool on) { impl_->bf16Attention = on; }
+
+void GpuSession::setCollectives(NcclMesh *nccl, double timeoutSeconds) {
+  Impl &s = *impl_;
+  s.timeout = timeoutSeconds;
+#if LOOM_HAVE_NCCL
+  s.nccl = nccl;
+  if (nccl && !s.comm)
+    s.check(cudaStreamCreateWithFlags(&s.comm, cudaStreamNonBlocking),
+            "cudaStreamCreateWithFlags", "the communication stream");
+#else
+  (void)nccl;
+#endif
+}
+
+int GpuSession::device() const { return impl_->ctx.device; }
+
+int GpuSession::deviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
 
 bool GpuSession::profiling() const { return impl_->profile; }
 
@@ -391,6 +466,8 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
   Impl &s = *impl_;
   const char *what = "program call";
   s.ctx.clearError();
+  s.usedHost = false;
+  s.sendsUsed = 0;
   if (call.inputs)
     for (const ArenaRange &r : *call.inputs)
       s.check(cudaMemcpyAsync(s.arena + r.offset, hostArena + r.offset, r.bytes,
@@ -451,6 +528,27 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
     if (graph)
       ++graph->calls;
     call.fn(ctx, s.arena);
+    // A program that went through the host (staged collectives, the
+    // vocabulary-parallel kernels) synchronises inside: never captured.
+    if (graph && s.usedHost)
+      graph->failed = true;
+  }
+#if LOOM_HAVE_NCCL
+  if (s.nccl) {
+    // The watchdog: NCCL's asynchronous errors and the timeout end the wait
+    // (the communicators are aborted) instead of a hang.
+    s.nccl->synchronize(s.ctx.stream, s.timeout, what);
+    s.nccl->synchronize(s.comm, s.timeout, what);
+  }
+#endif
+  if (!s.reductions.empty()) {
+    for (auto &[h, ev] : s.reductions)
+      if (ev)
+        cudaEventDestroy(ev);
+    s.reductions.clear();
+    loom_error(ctx, "loom_all_reduce_start",
+               "a non-blocking all-reduce was started and not waited "
+               "(loom_all_reduce_wait) before the program returned");
   }
   DeviceError e = s.ctx.readError(); // waits for the stream
   if (e.code != kNoDeviceError) {
@@ -1008,6 +1106,338 @@ void loom_cuda_check_finite(loom_ctx *c, const void *data, int64_t n,
     return;
   guarded(c, "loom_check_finite", [&](GpuSession::Impl &s) {
     cu::checkFinite(s.ctx, data, n, dtype, op);
+  });
+}
+
+/* --- Collectives --------------------------------------------------------- */
+// Over NCCL when the session has a mesh (enqueued on the stream, capturable;
+// non-blocking all-reduces and sends on the communication stream), else
+// staged: the stream drains, the data goes to pinned host memory, the CPU
+// runtime's collective runs (MPI, ctx->mesh), the result comes back.
+
+} // extern "C"
+
+namespace {
+
+using loom::runtime::CommMesh;
+
+int groupSize(loom_ctx *c, int32_t axis) {
+  auto *mesh = static_cast<CommMesh *>(c->mesh);
+  return mesh && axis >= 0 && axis < 3 ? mesh->size(axis) : 1;
+}
+
+void toHost(GpuSession::Impl &s, void *host, const void *device, size_t bytes,
+            const char *what) {
+  s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize", what);
+  if (bytes)
+    s.check(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy",
+            what);
+}
+void toDevice(GpuSession::Impl &s, void *device, const void *host, size_t bytes,
+              const char *what) {
+  if (bytes)
+    s.check(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice), "cudaMemcpy",
+            what);
+}
+
+#if LOOM_HAVE_NCCL
+cu::NcclOp ncclOp(int32_t op) {
+  if (op != 0 && op != 1)
+    throw loom::runtime::Error("op " + std::to_string(op) +
+                               " is not 0 (sum) or 1 (max)");
+  return op == 0 ? cu::NcclOp::Sum : cu::NcclOp::Max;
+}
+#endif
+
+/// Runs a CPU ABI function on host copies: `inputs` (device pointer, bytes)
+/// are copied into one pinned buffer, `run` gets their host copies and the
+/// outputs' host places, `outputs` are copied back. For the vocabulary-
+/// parallel kernels, which have no GPU version.
+template <class F>
+void onHost(GpuSession::Impl &s, loom_ctx *c, const char *what,
+            std::initializer_list<std::pair<const void *, size_t>> inputs,
+            std::initializer_list<std::pair<void *, size_t>> outputs, F &&run) {
+  size_t total = 0;
+  for (auto &[p, n] : inputs)
+    total += (n + 63) / 64 * 64;
+  for (auto &[p, n] : outputs)
+    total += (n + 63) / 64 * 64;
+  char *base = reinterpret_cast<char *>(s.hostStage(total, what));
+  std::vector<void *> in, out;
+  char *at = base;
+  s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize", what);
+  for (auto &[p, n] : inputs) {
+    if (n)
+      s.check(cudaMemcpy(at, p, n, cudaMemcpyDeviceToHost), "cudaMemcpy", what);
+    in.push_back(at);
+    at += (n + 63) / 64 * 64;
+  }
+  for (auto &[p, n] : outputs) {
+    if (n)
+      s.check(cudaMemcpy(at, p, n, cudaMemcpyDeviceToHost), "cudaMemcpy", what);
+    out.push_back(at);
+    at += (n + 63) / 64 * 64;
+  }
+  run(in, out);
+  if (c->failed)
+    return;
+  size_t i = 0;
+  for (auto &[p, n] : outputs)
+    toDevice(s, p, out[i++], n, what);
+}
+
+} // namespace
+
+extern "C" {
+
+void loom_cuda_all_reduce(loom_ctx *c, float *data, int64_t n, int32_t axis,
+                          int32_t op) {
+  guarded(c, "loom_all_reduce", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      s.nccl->allReduce(data, data, size_t(n), cu::NcclType::F32, ncclOp(op),
+                        axis, s.ctx.stream);
+      return;
+    }
+#endif
+    float *h = s.hostStage(size_t(n) * 4, "all_reduce");
+    toHost(s, h, data, size_t(n) * 4, "all_reduce");
+    loom_all_reduce(c, h, n, axis, op);
+    if (!c->failed)
+      toDevice(s, data, h, size_t(n) * 4, "all_reduce");
+  });
+}
+void loom_cuda_all_gather(loom_ctx *c, const float *in, int64_t n, float *out,
+                          int32_t axis) {
+  guarded(c, "loom_all_gather", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      s.nccl->allGather(in, out, size_t(n), cu::NcclType::F32, axis,
+                        s.ctx.stream);
+      return;
+    }
+#endif
+    size_t g = size_t(groupSize(c, axis));
+    float *h = s.hostStage(size_t(n) * 4 * (g + 1), "all_gather");
+    toHost(s, h, in, size_t(n) * 4, "all_gather");
+    loom_all_gather(c, h, n, h + n, axis);
+    if (!c->failed)
+      toDevice(s, out, h + n, size_t(n) * 4 * g, "all_gather");
+  });
+}
+void loom_cuda_reduce_scatter(loom_ctx *c, const float *in, int64_t n,
+                              float *out, int32_t axis) {
+  guarded(c, "loom_reduce_scatter", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      s.nccl->reduceScatter(in, out, size_t(n), cu::NcclType::F32,
+                            cu::NcclOp::Sum, axis, s.ctx.stream);
+      return;
+    }
+#endif
+    size_t g = size_t(groupSize(c, axis));
+    float *h = s.hostStage(size_t(n) * 4 * (g + 1), "reduce_scatter");
+    toHost(s, h, in, size_t(n) * 4 * g, "reduce_scatter");
+    loom_reduce_scatter(c, h, n, h + n * int64_t(g), axis);
+    if (!c->failed)
+      toDevice(s, out, h + n * int64_t(g), size_t(n) * 4, "reduce_scatter");
+  });
+}
+void loom_cuda_broadcast(loom_ctx *c, float *data, int64_t n, int32_t axis,
+                         int32_t root) {
+  guarded(c, "loom_broadcast", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      s.nccl->broadcast(data, size_t(n), cu::NcclType::F32, root, axis,
+                        s.ctx.stream);
+      return;
+    }
+#endif
+    float *h = s.hostStage(size_t(n) * 4, "broadcast");
+    toHost(s, h, data, size_t(n) * 4, "broadcast");
+    loom_broadcast(c, h, n, axis, root);
+    if (!c->failed)
+      toDevice(s, data, h, size_t(n) * 4, "broadcast");
+  });
+}
+int64_t loom_cuda_all_reduce_start(loom_ctx *c, float *data, int64_t n,
+                                   int32_t axis, int32_t op) {
+  int64_t handle = 0;
+  guarded(c, "loom_all_reduce_start", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      // On the communication stream, after what the compute stream has
+      // enqueued so far; loom_all_reduce_wait joins it back.
+      cudaEvent_t ready, done;
+      s.check(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming),
+              "cudaEventCreateWithFlags", "all_reduce_start");
+      s.check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming),
+              "cudaEventCreateWithFlags", "all_reduce_start");
+      s.check(cudaEventRecord(ready, s.ctx.stream), "cudaEventRecord",
+              "all_reduce_start");
+      s.check(cudaStreamWaitEvent(s.comm, ready, 0), "cudaStreamWaitEvent",
+              "all_reduce_start");
+      cudaEventDestroy(ready);
+      s.nccl->allReduce(data, data, size_t(n), cu::NcclType::F32, ncclOp(op),
+                        axis, s.comm);
+      s.check(cudaEventRecord(done, s.comm), "cudaEventRecord",
+              "all_reduce_start");
+      handle = s.nextHandle++;
+      s.reductions[handle] = done;
+      return;
+    }
+#endif
+    // Staged: the reduction is done when this returns.
+    float *h = s.hostStage(size_t(n) * 4, "all_reduce_start");
+    toHost(s, h, data, size_t(n) * 4, "all_reduce_start");
+    loom_all_reduce(c, h, n, axis, op);
+    if (c->failed)
+      return;
+    toDevice(s, data, h, size_t(n) * 4, "all_reduce_start");
+    handle = s.nextHandle++;
+    s.reductions[handle] = nullptr;
+  });
+  return handle;
+}
+void loom_cuda_all_reduce_wait(loom_ctx *c, int64_t handle) {
+  guarded(c, "loom_all_reduce_wait", [&](GpuSession::Impl &s) {
+    auto it = s.reductions.find(handle);
+    if (it == s.reductions.end())
+      throw loom::runtime::Error("handle " + std::to_string(handle) +
+                                 " was not started or was already waited");
+    if (cudaEvent_t done = it->second) {
+      s.check(cudaStreamWaitEvent(s.ctx.stream, done, 0), "cudaStreamWaitEvent",
+              "all_reduce_wait");
+      cudaEventDestroy(done);
+    }
+    s.reductions.erase(it);
+  });
+}
+void loom_cuda_send(loom_ctx *c, const float *data, int64_t n, int32_t axis,
+                    int32_t peer, int64_t tag) {
+  guarded(c, "loom_send", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      // The caller may overwrite `data` at once: the communication stream
+      // sends a copy (buffers reused every program call).
+      size_t bytes = size_t(n) * 4;
+      if (s.sendsUsed == s.sendBuffers.size())
+        s.sendBuffers.push_back({nullptr, 0});
+      auto &[buf, size] = s.sendBuffers[s.sendsUsed++];
+      if (size < bytes) {
+        s.check(cudaStreamSynchronize(s.comm), "cudaStreamSynchronize", "send");
+        if (buf)
+          cudaFree(buf);
+        buf = nullptr;
+        s.check(cudaMalloc(&buf, bytes), "cudaMalloc", "send");
+        size = bytes;
+      }
+      s.check(cudaMemcpyAsync(buf, data, bytes, cudaMemcpyDeviceToDevice,
+                              s.ctx.stream),
+              "cudaMemcpyAsync", "send");
+      cudaEvent_t ready;
+      s.check(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming),
+              "cudaEventCreateWithFlags", "send");
+      s.check(cudaEventRecord(ready, s.ctx.stream), "cudaEventRecord", "send");
+      s.check(cudaStreamWaitEvent(s.comm, ready, 0), "cudaStreamWaitEvent",
+              "send");
+      cudaEventDestroy(ready);
+      s.nccl->send(buf, size_t(n), cu::NcclType::F32, peer, axis, s.comm);
+      (void)tag; // NCCL matches a peer pair's messages in issue order
+      return;
+    }
+#endif
+    float *h = s.hostStage(size_t(n) * 4, "send");
+    toHost(s, h, data, size_t(n) * 4, "send");
+    loom_send(c, h, n, axis, peer, tag); // copies into the runtime's buffer
+  });
+}
+void loom_cuda_recv(loom_ctx *c, float *data, int64_t n, int32_t axis,
+                    int32_t peer, int64_t tag) {
+  guarded(c, "loom_recv", [&](GpuSession::Impl &s) {
+#if LOOM_HAVE_NCCL
+    if (s.nccl) {
+      s.nccl->recv(data, size_t(n), cu::NcclType::F32, peer, axis, s.ctx.stream);
+      (void)tag;
+      return;
+    }
+#endif
+    float *h = s.hostStage(size_t(n) * 4, "recv");
+    s.check(cudaStreamSynchronize(s.ctx.stream), "cudaStreamSynchronize", "recv");
+    loom_recv(c, h, n, axis, peer, tag);
+    if (!c->failed)
+      toDevice(s, data, h, size_t(n) * 4, "recv");
+  });
+}
+
+// The vocabulary-parallel embedding and cross-entropy run the CPU kernels
+// on host copies (their reductions are the CPU runtime's MPI ones).
+void loom_cuda_embedding_fwd_sharded(loom_ctx *c, int64_t n, int64_t vocabLocal,
+                                     int64_t dim, int32_t axis,
+                                     const int32_t *ids, const float *table,
+                                     float *out) {
+  guarded(c, "loom_embedding_fwd_sharded", [&](GpuSession::Impl &s) {
+    onHost(s, c, "embedding_fwd_sharded",
+           {{ids, size_t(n) * 4}, {table, size_t(vocabLocal * dim) * 4}},
+           {{out, size_t(n * dim) * 4}}, [&](auto &in, auto &out_) {
+             loom_embedding_fwd_sharded(
+                 c, n, vocabLocal, dim, axis, static_cast<int32_t *>(in[0]),
+                 static_cast<float *>(in[1]), static_cast<float *>(out_[0]));
+           });
+  });
+}
+void loom_cuda_embedding_bwd_sharded(loom_ctx *c, int64_t n, int64_t vocabLocal,
+                                     int64_t dim, int32_t axis,
+                                     const int32_t *ids, const float *dout,
+                                     float *dtable) {
+  guarded(c, "loom_embedding_bwd_sharded", [&](GpuSession::Impl &s) {
+    onHost(s, c, "embedding_bwd_sharded",
+           {{ids, size_t(n) * 4}, {dout, size_t(n * dim) * 4}},
+           {{dtable, size_t(vocabLocal * dim) * 4}}, [&](auto &in, auto &out_) {
+             loom_embedding_bwd_sharded(
+                 c, n, vocabLocal, dim, axis, static_cast<int32_t *>(in[0]),
+                 static_cast<float *>(in[1]), static_cast<float *>(out_[0]));
+           });
+  });
+}
+void loom_cuda_cross_entropy_fwd_sharded(loom_ctx *c, int64_t rows,
+                                         int64_t classesLocal, int32_t axis,
+                                         const float *logits,
+                                         const int32_t *target, int64_t ignore,
+                                         float *loss, float *lse, float *stats) {
+  guarded(c, "loom_cross_entropy_fwd_sharded", [&](GpuSession::Impl &s) {
+    onHost(s, c, "cross_entropy_fwd_sharded",
+           {{logits, size_t(rows * classesLocal) * 4}, {target, size_t(rows) * 4}},
+           {{loss, 4}, {lse, size_t(rows) * 4}, {stats, 8}},
+           [&](auto &in, auto &out_) {
+             loom_cross_entropy_fwd_sharded(
+                 c, rows, classesLocal, axis, static_cast<float *>(in[0]),
+                 static_cast<int32_t *>(in[1]), ignore,
+                 static_cast<float *>(out_[0]), static_cast<float *>(out_[1]),
+                 static_cast<float *>(out_[2]));
+           });
+  });
+}
+void loom_cuda_cross_entropy_bwd_sharded(loom_ctx *c, int64_t rows,
+                                         int64_t classesLocal, int32_t axis,
+                                         const float *logits,
+                                         const int32_t *target, int64_t ignore,
+                                         const float *lse, const float *dloss,
+                                         float *dlogits) {
+  guarded(c, "loom_cross_entropy_bwd_sharded", [&](GpuSession::Impl &s) {
+    onHost(s, c, "cross_entropy_bwd_sharded",
+           {{logits, size_t(rows * classesLocal) * 4},
+            {target, size_t(rows) * 4},
+            {lse, size_t(rows) * 4},
+            {dloss, 4}},
+           {{dlogits, size_t(rows * classesLocal) * 4}},
+           [&](auto &in, auto &out_) {
+             loom_cross_entropy_bwd_sharded(
+                 c, rows, classesLocal, axis, static_cast<float *>(in[0]),
+                 static_cast<int32_t *>(in[1]), ignore,
+                 static_cast<float *>(in[2]), static_cast<float *>(in[3]),
+                 static_cast<float *>(out_[0]));
+           });
   });
 }
 

@@ -54,6 +54,8 @@ struct ProgramCall {
   bool capturable = false;
 };
 
+class NcclMesh;
+
 class GpuSession {
 public:
   /// Selects `device`, loads `ptx` (every kernel of `kernels` must be in it)
@@ -79,6 +81,15 @@ public:
   /// session.
   void run(const ProgramCall &call, loom_ctx *ctx, uint8_t *hostArena);
 
+  /// The programs' collectives: over `nccl` (every rank its own GPU; null:
+  /// staged through host memory into the CPU runtime's MPI collectives on
+  /// ctx->mesh, which needs no NCCL and works with ranks sharing a GPU);
+  /// `timeoutSeconds` > 0 is the NCCL watchdog's limit.
+  void setCollectives(NcclMesh *nccl, double timeoutSeconds);
+  /// The CUDA device of this session.
+  int device() const;
+  /// The number of CUDA devices this process sees (0 without a driver).
+  static int deviceCount();
   /// No graph capture (--debug-poison-grads, or LOOM_CUDA_GRAPHS=0).
   void disableGraphs();
   /// precision bf16 (SEMANTICS.md: matmul operands in the low type): the

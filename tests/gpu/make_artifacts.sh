@@ -8,7 +8,9 @@
 # tests/gpu/train_check.py, which tests/gpu/run.sh runs on the GPU machine
 # when DIR travels with the tree: the MLP sample, a 2-layer GPT in fp32
 # and in bf16, and a 1-layer GPT with 2048 tokens a batch (its bias
-# gradients take the GPU's sliced column sums).
+# gradients take the GPU's sliced column sums); then the MLP and the 2-layer
+# GPT on meshes of two ranks (dp, tp, pp), which train_check runs under
+# mpirun.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 dir=${1:-$root/.gpu-run}
@@ -22,5 +24,12 @@ for target in cpu cuda; do
     -o "$dir/gptbf.$target.loomx"
   "$loomc" "$root/samples/gpt.loom" -Dlayers=1 -Dd=64 -Dheads=2 -Dseq=256 -Dbatch=8 \
     --target=$target -o "$dir/gptwide.$target.loomx"
+  "$loomc" "$root/samples/mlp.loom" --mesh=dp=2 --target=$target -o "$dir/mlpdp2.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=dp=2 --target=$target \
+    -o "$dir/gptdp2.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=tp=2 --target=$target \
+    -o "$dir/gpttp2.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=pp=2 --microbatches=2 \
+    --target=$target -o "$dir/gptpp2.$target.loomx"
 done
 echo "artifacts in $dir: $(ls "$dir" | tr '\n' ' ')"

@@ -22,6 +22,9 @@
 #include "runtime/World.h"
 #if LOOM_HAVE_CUDA
 #include "runtime/cuda/GpuSession.h"
+#if LOOM_HAVE_NCCL
+#include "runtime/cuda/Nccl.h"
+#endif
 #endif
 
 #include <algorithm>
@@ -129,6 +132,25 @@ const char *const kNotYet[] = {"infer", "batch", "calibrate"};
 
 /// The watchdog's limit when --timeout is not given (several ranks).
 constexpr double kDefaultTimeout = 300;
+
+/// This rank's index among the ranks of its node, and their number, from
+/// the launcher's environment (Open MPI, MPICH/Hydra, Slurm); 0 and 1 when
+/// none says.
+int envInt(std::initializer_list<const char *> names, int fallback) {
+  for (const char *n : names)
+    if (const char *v = std::getenv(n); v && *v)
+      return std::atoi(v);
+  return fallback;
+}
+int localRank() {
+  return envInt({"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"},
+                0);
+}
+int localSize() {
+  return envInt({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                 "SLURM_NTASKS_PER_NODE"},
+                1);
+}
 
 struct Options {
   std::string artifact;
@@ -537,6 +559,13 @@ private:
 #if LOOM_HAVE_CUDA
   /// A CUDA artifact's device side (arena, kernels); null for CPU artifacts.
   std::unique_ptr<loom::cuda::GpuSession> gpu_;
+#if LOOM_HAVE_NCCL
+  /// The mesh over NCCL when every rank has a GPU of its own (freed before
+  /// the session and MPI_Finalize).
+  std::unique_ptr<loom::cuda::NcclMesh> nccl_;
+#endif
+  /// Sets up the GPU session's collectives (several ranks).
+  void setupGpuCollectives(const Manifest &m);
   /// What a program call uploads (this stage's inputs) and downloads (the
   /// output scalars); the device arena holds everything else.
   std::vector<loom::cuda::ArenaRange> gpuInputs_, gpuOutputs_;
@@ -689,6 +718,57 @@ void Trainer::callProgram(loom_program_fn fn, const char *role,
          ctx_.errorMessage);
 }
 
+#if LOOM_HAVE_CUDA
+void Trainer::setupGpuCollectives(const Manifest &m) {
+  // NCCL needs a GPU per rank. Whether any rank shares its GPU (more local
+  // ranks than devices) is agreed over the mesh, so all choose alike.
+  int devices = loom::cuda::GpuSession::deviceCount();
+  float shared = (devices == 0 || localSize() > devices) ? 1.0f : 0.0f;
+  for (int32_t axis = 0; axis < 3; ++axis)
+    loom_all_reduce(&ctx_, &shared, 1, axis, /*max*/ 1);
+  if (ctx_.failed)
+    fail("rank " + std::to_string(world_.rank) + ": " + ctx_.errorOp + ": " +
+         ctx_.errorMessage);
+  const char *env = std::getenv("LOOM_GPU_COLLECTIVES");
+  std::string want = env ? env : "";
+  if (!want.empty() && want != "nccl" && want != "host")
+    failEverywhere("LOOM_GPU_COLLECTIVES='" + want +
+                   "': expected 'nccl' or 'host'");
+  bool useNccl = shared == 0 && want != "host";
+#if !LOOM_HAVE_NCCL
+  useNccl = false;
+#endif
+  if (want == "nccl" && !useNccl)
+    failEverywhere(shared != 0 ? "LOOM_GPU_COLLECTIVES=nccl, but ranks share a "
+                                 "GPU (NCCL needs one per rank)"
+                               : "LOOM_GPU_COLLECTIVES=nccl, but this runtime "
+                                 "was built without NCCL");
+  double timeout = opts_.timeout ? *opts_.timeout : kDefaultTimeout;
+#if LOOM_HAVE_NCCL
+  if (useNccl) {
+    try {
+      nccl_ = std::make_unique<loom::cuda::NcclMesh>(
+          m.mesh.dp, m.mesh.tp, m.mesh.pp, world_.rank, world_.size,
+          gpu_->device());
+    } catch (const Error &e) {
+      fail(e.what());
+    }
+    gpu_->setCollectives(nccl_.get(), timeout);
+    say("loom-run: collectives over NCCL " + loom::cuda::ncclVersionString() +
+        ", one GPU per rank");
+    return;
+  }
+#endif
+  (void)m;
+  gpu_->setCollectives(nullptr, timeout);
+  // Each staged collective drains the stream: no graph capture.
+  gpu_->disableGraphs();
+  say(std::string("loom-run: collectives staged through host memory over "
+                  "MPI (") +
+      (shared != 0 ? "ranks share a GPU" : "LOOM_GPU_COLLECTIVES=host") + ")");
+}
+#endif
+
 void Trainer::pullArena() {
 #if LOOM_HAVE_CUDA
   if (gpu_) {
@@ -835,10 +915,6 @@ int Trainer::run() {
                    "recompile it with this Loom (ABI " +
                    std::to_string(LOOM_ABI_VERSION) + ")");
 #if LOOM_HAVE_CUDA
-  if (manifest.target == "cuda" && world_.size > 1)
-    failEverywhere(path + ": target cuda: a CUDA artifact runs on one GPU "
-                   "per job in this build (NCCL is not wired into GPU "
-                   "programs yet); run it without mpirun");
   if (manifest.target != "cpu" && manifest.target != "cuda")
 #else
   if (manifest.target != "cpu")
@@ -1063,8 +1139,13 @@ int Trainer::run() {
       std::vector<loom::cuda::KernelLaunch> kernels;
       for (const auto &k : m.kernels)
         kernels.push_back({k.name, k.grid, k.block, k.origin});
+      // One GPU per rank: the local rank's device (ranks share devices
+      // when a node has fewer GPUs than ranks).
+      int devices = loom::cuda::GpuSession::deviceCount();
+      int device = devices > 0 ? localRank() % devices : 0;
       gpu_ = std::make_unique<loom::cuda::GpuSession>(
-          0, world_.rank, seed_, m.ptx, kernels, arenaBytes, m.deviceStepOffset);
+          device, world_.rank, seed_, m.ptx, kernels, arenaBytes,
+          m.deviceStepOffset);
       if (opts_.poisonStep != 0)
         gpu_->disableGraphs();
       // precision bf16: attention's products in bf16 too (GpuSession.h).
@@ -1082,6 +1163,8 @@ int Trainer::run() {
     ctx_.cuda = gpu_.get();
     say("loom-run: gpu " + gpu_->describe() + ", " +
         std::to_string(m.kernels.size()) + " kernels");
+    if (world_.size > 1)
+      setupGpuCollectives(m);
   }
 #endif
   int64_t start = 0, skippedTotal = 0;
