@@ -191,12 +191,25 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       results.push_back(local.lookupOrDefault(y));
     return results;
   };
-  // The parallel indices, row-major from a flat point index.
+  // The parallel indices, row-major from a flat point index. While the
+  // iteration space fits in 32 bits the divisions are 32-bit ones (a
+  // multiply-high each; 64-bit division by a constant is several times the
+  // work on the GPU), widened to index after.
   auto parallelDims = [&](Value point) {
-    Value rest = point;
+    bool narrow = total <= int64_t(INT32_MAX);
+    Type i32 = b.getI32Type();
+    Value rest = narrow ? b.create<arith::IndexCastUIOp>(loc, i32, point).getResult()
+                        : point;
+    auto constant = [&](int64_t c) -> Value {
+      return narrow ? b.create<arith::ConstantIntOp>(loc, c, 32).getResult()
+                    : idx(c).getResult();
+    };
     for (unsigned d : llvm::reverse(parallel)) {
-      dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
-      rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
+      Value at = b.create<arith::RemUIOp>(loc, rest, constant(ranges[d]));
+      dims[d] = narrow ? b.create<arith::IndexCastUIOp>(loc, b.getIndexType(), at)
+                             .getResult()
+                       : at;
+      rest = b.create<arith::DivUIOp>(loc, rest, constant(ranges[d]));
     }
   };
   int64_t reductionPoints = 1;
