@@ -34,6 +34,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <tuple>
 #include <type_traits>
 
 namespace loom::cuda {
@@ -147,6 +148,41 @@ struct GpuSession::Impl {
 #else
     return false;
 #endif
+  }
+
+  /// Consecutive AdamW calls with the same scalars are launched as one
+  /// multi-tensor kernel (each element gets exactly adamw's arithmetic):
+  /// the pending group, flushed by any other call and at the end of the
+  /// program; device tensor lists are built once per group (the arena's
+  /// pointers do not change) and reused by every replay.
+  struct AdamwGroup {
+    const float *lr = nullptr, *gradScale = nullptr;
+    const int64_t *step = nullptr;
+    float beta1 = 0, beta2 = 0, eps = 0;
+    std::vector<AdamWTensor> tensors;
+  };
+  AdamwGroup adamw;
+  std::map<std::vector<std::tuple<float *, const float *, float *, float *,
+                                  int64_t, float>>,
+           std::unique_ptr<AdamWTensorList>>
+      adamwLists;
+  void flushAdamw() {
+    if (adamw.tensors.empty())
+      return;
+    AdamwGroup g = std::move(adamw);
+    adamw = AdamwGroup{};
+    std::vector<std::tuple<float *, const float *, float *, float *, int64_t,
+                           float>>
+        key;
+    for (const AdamWTensor &t : g.tensors)
+      key.emplace_back(t.param, t.grad, t.m, t.v, t.n, t.weightDecay);
+    auto &list = adamwLists[key];
+    if (!list)
+      list = std::make_unique<AdamWTensorList>(ctx, g.tensors);
+    timed("loom_adamw (multi-tensor)", [&] {
+      adamwMulti(ctx, list->device(), list->count(), list->maxN(), g.lr,
+                 g.beta1, g.beta2, g.eps, g.gradScale, g.step);
+    });
   }
 
   /// setBf16Attention, and the bf16 copies its calls use (grown on demand,
@@ -492,6 +528,7 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
     s.recycle(s.spans);
     s.capturing = true;
     call.fn(ctx, s.arena);
+    s.flushAdamw();
     s.capturing = false;
     cudaGraph_t g = nullptr;
     cudaError_t end = cudaStreamEndCapture(s.ctx.stream, &g);
@@ -520,14 +557,17 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
     }
     if (g)
       cudaGraphDestroy(g);
-    if (graph->exec)
+    if (graph->exec) {
       s.check(cudaGraphLaunch(graph->exec, s.ctx.stream), "cudaGraphLaunch", what);
-    else
+    } else {
       call.fn(ctx, s.arena);
+      s.flushAdamw();
+    }
   } else {
     if (graph)
       ++graph->calls;
     call.fn(ctx, s.arena);
+    s.flushAdamw();
     // A program that went through the host (staged collectives, the
     // vocabulary-parallel kernels) synchronises inside: never captured.
     if (graph && s.usedHost)
@@ -615,6 +655,8 @@ void guarded(loom_ctx *ctx, const char *name, F &&body, bool timed = true) {
   }
   try {
     GpuSession::Impl &s = session(ctx);
+    if (std::strcmp(name, "loom_adamw_group") != 0)
+      s.flushAdamw();
     if (timed)
       s.timed(name, [&] { body(s); });
     else
@@ -1048,10 +1090,22 @@ void loom_cuda_adamw_dev(loom_ctx *c, int64_t n, float *param,
                          const float *grad, float *m, float *v, const float *lr,
                          float beta1, float beta2, float eps, float wd,
                          const float *gradScale, const int64_t *t) {
-  guarded(c, "loom_adamw", [&](GpuSession::Impl &s) {
-    cu::adamw(s.ctx, n, param, grad, m, v, lr, beta1, beta2, eps, wd, gradScale,
-              t);
-  });
+  guarded(c, "loom_adamw_group", [&](GpuSession::Impl &s) {
+    GpuSession::Impl::AdamwGroup &g = s.adamw;
+    if (!g.tensors.empty() &&
+        (g.lr != lr || g.gradScale != gradScale || g.step != t ||
+         g.beta1 != beta1 || g.beta2 != beta2 || g.eps != eps))
+      s.flushAdamw();
+    if (g.tensors.empty()) {
+      g.lr = lr;
+      g.gradScale = gradScale;
+      g.step = t;
+      g.beta1 = beta1;
+      g.beta2 = beta2;
+      g.eps = eps;
+    }
+    g.tensors.push_back({param, grad, m, v, n, wd});
+  }, /*timed=*/false);
 }
 void loom_cuda_sgd_dev(loom_ctx *c, int64_t n, float *param, const float *grad,
                        float *buf, const float *lr, float momentum,
