@@ -324,55 +324,28 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     return k;
   }
 
-  // Elementwise loops over large spaces: each thread does kUnroll
-  // consecutive points of the innermost dimension (its extent a multiple),
-  // so the index arithmetic is shared and each thread has independent
-  // loads in flight.
-  constexpr int64_t kUnroll = 4;
-  int64_t unroll = 1;
-  if (reduction.empty() && !parallel.empty() &&
-      ranges[parallel.back()] % kUnroll == 0 && total >= kUnroll * 4096)
-    unroll = kUnroll;
-  int64_t threads = total / unroll;
   Value block = b.create<gpu::BlockIdOp>(loc, gpu::Dimension::x);
   Value thread = b.create<gpu::ThreadIdOp>(loc, gpu::Dimension::x);
   Value linear = b.create<arith::AddIOp>(
       loc, b.create<arith::MulIOp>(loc, block, idx(kBlock)), thread);
   Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
-                                          linear, idx(threads));
+                                          linear, idx(total));
   auto guard = b.create<scf::IfOp>(loc, inRange, /*withElseRegion=*/false);
   b.setInsertionPointToStart(&guard.getThenRegion().front());
-  parallelDims(unroll > 1 ? b.create<arith::MulIOp>(loc, linear, idx(unroll))
-                                .getResult()
-                          : linear);
+  parallelDims(linear);
 
   // The outputs' maps do not read the reduction dimensions; until their
   // loops bind them they are 0.
   for (unsigned d : reduction)
     dims[d] = idx(0);
-  auto storeResults = [&](ArrayRef<Value> results) {
-    for (unsigned o = 0; o < numOutputs; ++o) {
-      Value out = operandValue[numInputs + o];
-      b.create<memref::StoreOp>(loc, results[o], out,
-                                indices(maps[numInputs + o], dims));
-    }
-  };
   // The outputs' values at this point: the accumulators of the reduction.
-  auto current = [&] {
-    SmallVector<Value> acc;
-    for (unsigned o = 0; o < numOutputs; ++o)
-      acc.push_back(generic ? load(numInputs + o, dims) : Value());
-    return acc;
-  };
+  SmallVector<Value> acc;
+  for (unsigned o = 0; o < numOutputs; ++o)
+    acc.push_back(generic ? load(numInputs + o, dims) : Value());
 
+  SmallVector<Value> results;
   if (reduction.empty()) {
-    unsigned inner = parallel.back();
-    Value first = dims[inner];
-    for (int64_t u = 0; u < unroll; ++u) {
-      if (u > 0)
-        dims[inner] = b.create<arith::AddIOp>(loc, first, idx(u));
-      storeResults(body(dims, current()));
-    }
+    results = body(dims, acc);
   } else {
     // Nested loops over the reduction dimensions, outermost first, the
     // outputs carried through.
@@ -390,10 +363,12 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       b.create<scf::YieldOp>(loc, inner);
       return SmallVector<Value>(forOp.getResults());
     };
-    SmallVector<Value> results = loop(0, current());
-    for (unsigned d : reduction)
-      dims[d] = idx(0);
-    storeResults(results);
+    results = loop(0, acc);
+  }
+  for (unsigned o = 0; o < numOutputs; ++o) {
+    Value out = operandValue[numInputs + o];
+    b.create<memref::StoreOp>(loc, results[o], out,
+                              indices(maps[numInputs + o], dims));
   }
   b.setInsertionPointToEnd(&entry);
   b.create<gpu::ReturnOp>(loc);
@@ -403,7 +378,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
   k.op = op;
   llvm::raw_string_ostream where(k.origin);
   op->getLoc().print(where);
-  k.grid = (threads + kBlock - 1) / kBlock;
+  k.grid = (total + kBlock - 1) / kBlock;
   k.block = kBlock;
   k.args.assign(args.begin(), args.end());
   return k;
