@@ -364,6 +364,10 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       return SmallVector<Value>(forOp.getResults());
     };
     results = loop(0, acc);
+    // The outputs' maps read no reduction dimension; the loops' induction
+    // variables are out of scope here.
+    for (unsigned d : reduction)
+      dims[d] = idx(0);
   }
   for (unsigned o = 0; o < numOutputs; ++o) {
     Value out = operandValue[numInputs + o];
