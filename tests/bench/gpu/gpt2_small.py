@@ -277,6 +277,47 @@ def describe_artifact(a):
                      if not line.startswith("    "))  # drop the per-tensor lines
 
 
+def read_loom_metrics(path, warmup, steps):
+    """loom-run's --metrics file: every step's object in step order, those
+    after `warmup`, and an error text when it cannot be read or holds fewer
+    than warmup + steps steps (else None)."""
+    try:
+        with open(path) as f:
+            rows = sorted((json.loads(line) for line in f if line.strip()),
+                          key=lambda m: m["step"])
+    except (OSError, ValueError, KeyError) as e:
+        return [], [], f"unreadable metrics {path}: {e}"
+    timed = [m for m in rows if m["step"] > warmup]
+    if len(rows) < warmup + steps or len(timed) < steps:
+        return rows, timed, f"metrics hold {len(rows)} steps, {warmup + steps} expected"
+    return rows, timed, None
+
+
+def summarize_loom_metrics(row, steps, timed):
+    """Fills `row` from loom-run's metrics (`steps`: every step's object,
+    `timed`: those after the warm-up): median and mean step time, tokens/s
+    from row["tokens_per_step"], the losses, the peak host memory. Returns
+    an error text when the tokens per step the runtime reports are not
+    row["tokens_per_step"] (the sizes do not match the artifact), else
+    None."""
+    step_ms = [m["step_ms"] for m in timed]
+    row["step_ms_median"] = statistics.median(step_ms)
+    row["step_ms_mean"] = statistics.mean(step_ms)
+    row["tokens_per_s"] = row["tokens_per_step"] / (row["step_ms_median"] / 1e3)
+    row["losses"] = [m.get("loss") for m in steps]
+    row["loss_first"], row["loss_last"] = row["losses"][0], row["losses"][-1]
+    peaks = [m.get("mem_peak_bytes") for m in steps if m.get("mem_peak_bytes")]
+    row["peak_memory_bytes"] = max(peaks) if peaks else None
+    implied = [m["tokens_per_s"] * m["step_ms"] / 1e3 for m in timed
+               if m.get("tokens_per_s") and m.get("step_ms")]
+    if implied:
+        got = statistics.median(implied)
+        if abs(got - row["tokens_per_step"]) > 0.01 * row["tokens_per_step"]:
+            return (f"the artifact trains {got:.0f} tokens per step, expected "
+                    f"{row['tokens_per_step']}: the sizes do not match the artifact")
+    return None
+
+
 def run_loom(a, workdir):
     row = new_row("Loom")
     total = a.warmup + a.steps
@@ -328,37 +369,17 @@ def run_loom(a, workdir):
               file=sys.stderr)
         return row
 
-    try:
-        with open(metrics) as f:
-            steps = sorted((json.loads(line) for line in f if line.strip()),
-                           key=lambda m: m["step"])
-    except (OSError, ValueError, KeyError) as e:
-        row["error"] = f"unreadable metrics {metrics}: {e}"
-        return row
-    timed = [m for m in steps if m["step"] > a.warmup]
-    if len(steps) < total or len(timed) < a.steps:
-        row["error"] = f"metrics hold {len(steps)} steps, {total} expected"
+    steps, timed, error = read_loom_metrics(metrics, a.warmup, a.steps)
+    if error:
+        row["error"] = error
         print(f"{row['error']}; loom-run stderr tail:\n{tail(r.stderr)}",
               file=sys.stderr)
         return row
 
-    step_ms = [m["step_ms"] for m in timed]
-    row["step_ms_median"] = statistics.median(step_ms)
-    row["step_ms_mean"] = statistics.mean(step_ms)
-    row["tokens_per_s"] = row["tokens_per_step"] / (row["step_ms_median"] / 1e3)
-    row["loss_first"], row["loss_last"] = steps[0]["loss"], steps[-1]["loss"]
-    peaks = [m.get("mem_peak_bytes") for m in steps if m.get("mem_peak_bytes")]
-    row["peak_memory_bytes"] = max(peaks) if peaks else None
-    # The artifact's batch * seq, as the runtime counts it, against ours.
-    implied = [m["tokens_per_s"] * m["step_ms"] / 1e3 for m in timed
-               if m.get("tokens_per_s") and m.get("step_ms")]
-    if implied:
-        runtime_tokens = statistics.median(implied)
-        if abs(runtime_tokens - row["tokens_per_step"]) > 0.01 * row["tokens_per_step"]:
-            row["error"] = (f"the artifact trains {runtime_tokens:.0f} tokens per "
-                            f"step, --batch * --seq is {row['tokens_per_step']}: "
-                            "the sizes do not match the artifact")
-            return row
+    error = summarize_loom_metrics(row, steps, timed)
+    if error:
+        row["error"] = error
+        return row
     row["ok"] = True
     return row
 
@@ -481,28 +502,16 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def train_torch(a, device, compiled):
-    """One training run of the twin; returns its row. Raises on failure."""
-    row = new_row("PyTorch torch.compile" if compiled else "PyTorch eager")
-    if compiled and not hasattr(torch, "compile"):
-        raise RuntimeError(f"torch.compile is not in torch {torch.__version__}")
-    torch.manual_seed(a.seed)
-    model = Gpt(a).to(device)
-    n = sum(p.numel() for p in model.parameters())
-    if n != parameter_count(a):
-        raise AssertionError(f"the twin has {n} parameters, parameter_count() "
-                             f"says {parameter_count(a)}")
-    optimizer, kind = make_adamw(model)
-    forward = torch.compile(model) if compiled else model
-    print(f"{row['name']}: {n} parameters, AdamW {kind}, attention "
-          f"{'SDPA' if causal_attention is not _reference_attention else 'reference'}",
-          flush=True)
-
-    # Every batch made up front on the device, none inside the timing.
-    total = a.warmup + a.steps
+def timed_steps(model, forward, optimizer, device, vocab, batch, seq, total, seed):
+    """Runs `total` training steps of `forward` (the model, or its compiled
+    or DistributedDataParallel wrapper) on random tokens made up front on the
+    device (none inside the timing): bf16 autocast, backward, clipping at
+    1.0, the optimizer. Returns each step's seconds (between two device
+    synchronisations) and its loss (a tensor). Resets the peak memory
+    statistics first."""
     gen = torch.Generator(device=device)
-    gen.manual_seed(a.seed)
-    windows = torch.randint(a.vocab, (total, a.batch, a.seq + 1), device=device,
+    gen.manual_seed(seed)
+    windows = torch.randint(vocab, (total, batch, seq + 1), device=device,
                             generator=gen)
     inputs, targets = windows[..., :-1].contiguous(), windows[..., 1:].contiguous()
     del windows
@@ -525,7 +534,28 @@ def train_torch(a, device, compiled):
         losses.append(step(i))
         synchronize(device)
         seconds.append(time.perf_counter() - start)
+    return seconds, losses
 
+
+def train_torch(a, device, compiled):
+    """One training run of the twin; returns its row. Raises on failure."""
+    row = new_row("PyTorch torch.compile" if compiled else "PyTorch eager")
+    if compiled and not hasattr(torch, "compile"):
+        raise RuntimeError(f"torch.compile is not in torch {torch.__version__}")
+    torch.manual_seed(a.seed)
+    model = Gpt(a).to(device)
+    n = sum(p.numel() for p in model.parameters())
+    if n != parameter_count(a):
+        raise AssertionError(f"the twin has {n} parameters, parameter_count() "
+                             f"says {parameter_count(a)}")
+    optimizer, kind = make_adamw(model)
+    forward = torch.compile(model) if compiled else model
+    print(f"{row['name']}: {n} parameters, AdamW {kind}, attention "
+          f"{'SDPA' if causal_attention is not _reference_attention else 'reference'}",
+          flush=True)
+
+    seconds, losses = timed_steps(model, forward, optimizer, device, a.vocab,
+                                  a.batch, a.seq, a.warmup + a.steps, a.seed)
     timed_ms = [s * 1e3 for s in seconds[a.warmup:]]
     row["tokens_per_step"] = a.batch * a.seq
     row["step_ms_median"] = statistics.median(timed_ms)
@@ -797,6 +827,19 @@ def loom_version(a):
         return None
 
 
+def write_outputs(a, text, figures):
+    """Prints the report, appends it to --out, writes `figures` to --json."""
+    print()
+    print(text)
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write("\n" + text)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(figures, f, indent=2)
+            f.write("\n")
+
+
 def main():
     a = parse_args()
     device = torch.device(a.device)
@@ -842,19 +885,11 @@ def main():
     add_ratios_and_mfu(rows, info["flops_per_token"], a.peak_tflops, peak_measured)
 
     text = report(a, info, rows, gemms, peak_measured, torch_compile_s)
-    print()
-    print(text)
-    if a.out:
-        with open(a.out, "a") as f:
-            f.write("\n" + text)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"info": info, "config": vars(a), "rows": rows, "gemm": gemms,
-                       "bf16_gemm_tflops_measured": peak_measured,
-                       "compile_seconds": {"loomc": a.compile_seconds,
-                                           "torch_compile": torch_compile_s}},
-                      f, indent=2)
-            f.write("\n")
+    write_outputs(a, text, {"info": info, "config": vars(a), "rows": rows,
+                            "gemm": gemms,
+                            "bf16_gemm_tflops_measured": peak_measured,
+                            "compile_seconds": {"loomc": a.compile_seconds,
+                                                "torch_compile": torch_compile_s}})
     return 0
 
 
