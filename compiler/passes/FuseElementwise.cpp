@@ -369,9 +369,66 @@ Value convert(OpBuilder &b, Operation *op) {
   return nullptr;
 }
 
+/// A bf16 program widens the logits to fp32 for its loss and rounds the
+/// logits' gradient back to bf16 for the head's backward GEMMs: two passes
+/// over a language model's largest tensors. When every user of the widened
+/// logits is a (not vocabulary-parallel) cross-entropy or its gradient, and
+/// every gradient's only users are roundings to bf16, the kernels read and
+/// write bf16 themselves (loom_cross_entropy_{fwd,bwd}_bf16: the same values
+/// bit for bit) and the casts go.
+void foldCrossEntropyCasts(dist::ProgramOp program) {
+  SmallVector<Operation *> widenings;
+  for (Operation &op : program.getBody().front())
+    if (op.getName().getStringRef() == "loom.cast")
+      widenings.push_back(&op);
+  auto elementType = [](Value v) {
+    return cast<RankedTensorType>(v.getType()).getElementType();
+  };
+  for (Operation *widen : widenings) {
+    Value narrow = widen->getOperand(0), wide = widen->getResult(0);
+    if (!elementType(narrow).isBF16() || !elementType(wide).isF32() ||
+        wide.use_empty())
+      continue;
+    SmallVector<Operation *> losses, grads, roundings;
+    bool ok = true;
+    for (OpOperand &use : wide.getUses()) {
+      Operation *user = use.getOwner();
+      StringRef n = user->getName().getStringRef();
+      if ((n != "train.cross_entropy" && n != "train.cross_entropy_grad") ||
+          use.getOperandNumber() != 0 || user->hasAttr("vocab_axis")) {
+        ok = false;
+        break;
+      }
+      (n == "train.cross_entropy" ? losses : grads).push_back(user);
+    }
+    for (Operation *grad : grads)
+      for (Operation *user : grad->getResult(0).getUsers()) {
+        ok &= user->getName().getStringRef() == "loom.cast" &&
+              elementType(user->getResult(0)).isBF16();
+        roundings.push_back(user);
+      }
+    if (!ok)
+      continue;
+    for (Operation *loss : losses)
+      loss->setOperand(0, narrow);
+    for (Operation *grad : grads) {
+      grad->setOperand(0, narrow);
+      grad->getResult(0).setType(
+          cast<RankedTensorType>(grad->getResult(0).getType())
+              .clone(elementType(narrow)));
+    }
+    for (Operation *round : roundings) {
+      round->getResult(0).replaceAllUsesWith(round->getOperand(0));
+      round->erase();
+    }
+    widen->erase();
+  }
+}
+
 struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    module.walk([&](dist::ProgramOp p) { foldCrossEntropyCasts(p); });
     SmallVector<Operation *> work;
     module.walk([&](dist::ProgramOp p) {
       for (Operation &op : p.getBody().front())

@@ -411,6 +411,9 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
   auto shapeOf = [](Value v) {
     return cast<RankedTensorType>(v.getType()).getShape();
   };
+  auto elementOf = [](Value v) {
+    return cast<RankedTensorType>(v.getType()).getElementType();
+  };
   auto rowsCols = [&](Value v) {
     auto s = shapeOf(v);
     int64_t cols = s.empty() ? 1 : s.back();
@@ -590,7 +593,10 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
            {i64(b, rows), i64(b, classes), i32(b, *axis), V(0), V(1),
             i64(b, ignoreIndex()), R(0), R(1), R(2)});
     else
-      call(b, loc, "loom_cross_entropy_fwd",
+      // bf16 logits: FuseElementwise folded the widening into the kernel.
+      call(b, loc,
+           elementOf(op->getOperand(0)).isBF16() ? "loom_cross_entropy_fwd_bf16"
+                                                 : "loom_cross_entropy_fwd",
            {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
             R(0), R(1), R(2)});
     return success();
@@ -602,7 +608,9 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
            {i64(b, rows), i64(b, classes), i32(b, *axis), V(0), V(1),
             i64(b, ignoreIndex()), V(2), V(3), R(0)});
     else
-      call(b, loc, "loom_cross_entropy_bwd",
+      call(b, loc,
+           elementOf(op->getOperand(0)).isBF16() ? "loom_cross_entropy_bwd_bf16"
+                                                 : "loom_cross_entropy_bwd",
            {i64(b, rows), i64(b, classes), V(0), V(1), i64(b, ignoreIndex()),
             V(2), V(3), R(0)});
     return success();

@@ -162,6 +162,19 @@ void loom_cross_entropy_bwd_sharded(loom_ctx *ctx, int64_t rows,
                                     int64_t ignore_index, const float *lse,
                                     const float *dloss, float *dlogits);
 
+/** loom_cross_entropy_fwd/bwd on bf16 logits (bit patterns, each widened
+ *  exactly on load: the fp32 functions' results on the widened logits, bit
+ *  for bit) and, backward, bf16 dlogits (each rounded once to nearest even):
+ *  a bf16 program's casts around its loss folded in (since ABI 3). */
+void loom_cross_entropy_fwd_bf16(loom_ctx *ctx, int64_t rows, int64_t classes,
+                                 const uint16_t *logits, const int32_t *target,
+                                 int64_t ignore_index, float *loss, float *lse,
+                                 float *stats);
+void loom_cross_entropy_bwd_bf16(loom_ctx *ctx, int64_t rows, int64_t classes,
+                                 const uint16_t *logits, const int32_t *target,
+                                 int64_t ignore_index, const float *lse,
+                                 const float *dloss, uint16_t *dlogits);
+
 /* --- Attention (q: [B,H,Tq,D], k: [B,H,Tk,D], v: [B,H,Tk,Dv]) ------------ */
 /** out = softmax(q k^T / sqrt(D) + mask) v, mask = -inf above the diagonal
  *  when causal (query t sees keys <= t + (Tk - Tq)); lse: [B,H,Tq] row

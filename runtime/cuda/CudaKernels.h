@@ -115,6 +115,18 @@ void crossEntropyBwd(CudaContext &ctx, int64_t rows, int64_t classes,
                      const float *logits, const int32_t *target,
                      int64_t ignoreIndex, const float *lse, const float *dloss,
                      float *dlogits, int32_t op = -1);
+/// loom_cross_entropy_fwd_bf16 / _bwd_bf16: bf16 logits (each widened
+/// exactly on load: bitwise the fp32 kernels' results on the widened
+/// logits) and, backward, bf16 dlogits (each rounded once).
+void crossEntropyFwdBf16(CudaContext &ctx, int64_t rows, int64_t classes,
+                         const uint16_t *logits, const int32_t *target,
+                         int64_t ignoreIndex, float *loss, float *lse,
+                         float *stats, int32_t op = -1);
+void crossEntropyBwdBf16(CudaContext &ctx, int64_t rows, int64_t classes,
+                         const uint16_t *logits, const int32_t *target,
+                         int64_t ignoreIndex, const float *lse,
+                         const float *dloss, uint16_t *dlogits,
+                         int32_t op = -1);
 /// out[i, :] = table[ids[i], :]; a bad id sets the error word
 /// (kEmbeddingIdOutOfRange) and leaves its row unwritten.
 void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,

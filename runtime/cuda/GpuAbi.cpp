@@ -885,6 +885,25 @@ void loom_cuda_cross_entropy_bwd(loom_ctx *c, int64_t rows, int64_t classes,
                         dloss, dlogits);
   });
 }
+void loom_cuda_cross_entropy_fwd_bf16(loom_ctx *c, int64_t rows, int64_t classes,
+                                      const uint16_t *logits,
+                                      const int32_t *target, int64_t ignore,
+                                      float *loss, float *lse, float *stats) {
+  guarded(c, "loom_cross_entropy_fwd_bf16", [&](GpuSession::Impl &s) {
+    cu::crossEntropyFwdBf16(s.ctx, rows, classes, logits, target, ignore, loss,
+                            lse, stats);
+  });
+}
+void loom_cuda_cross_entropy_bwd_bf16(loom_ctx *c, int64_t rows, int64_t classes,
+                                      const uint16_t *logits,
+                                      const int32_t *target, int64_t ignore,
+                                      const float *lse, const float *dloss,
+                                      uint16_t *dlogits) {
+  guarded(c, "loom_cross_entropy_bwd_bf16", [&](GpuSession::Impl &s) {
+    cu::crossEntropyBwdBf16(s.ctx, rows, classes, logits, target, ignore, lse,
+                            dloss, dlogits);
+  });
+}
 void loom_cuda_embedding_fwd(loom_ctx *c, int64_t n, int64_t vocab,
                              int64_t dim, const int32_t *ids,
                              const float *table, float *out) {

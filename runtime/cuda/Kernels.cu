@@ -431,11 +431,21 @@ __global__ void __launch_bounds__(kThreads)
 // Cross-entropy
 //===----------------------------------------------------------------------===//
 
+/// Logits as float: fp32, or bf16 bit patterns widened exactly.
+__device__ inline float logitValue(float v) { return v; }
+__device__ inline float logitValue(uint16_t v) { return fromBF16(v); }
+/// A gradient element stored as fp32, or rounded once to bf16 as the CPU
+/// kernels (runtime/kernels/HalfFloat.h) round.
+__device__ inline void storeGrad(float *p, float v) { *p = v; }
+__device__ inline void storeGrad(uint16_t *p, float v) { *p = toBF16(v); }
+
 /// Per row: lse, and the row's loss and flags (bit 0 counted, bit 1 argmax
-/// == target) for the reduction kernel.
-template <int G>
+/// == target) for the reduction kernel. L: float, or uint16_t for bf16
+/// logits (each widened on load: the fp32 kernel's result on the widened
+/// logits, bit for bit).
+template <int G, class L = float>
 __global__ void __launch_bounds__(kThreads)
-    crossEntropyRowsKernel(int64_t rows, int64_t classes, const float *logits,
+    crossEntropyRowsKernel(int64_t rows, int64_t classes, const L *logits,
                            const int32_t *target, int64_t ignoreIndex,
                            float *lse, double *rowLoss, uint8_t *rowFlags,
                            DeviceError *error, int32_t op) {
@@ -446,20 +456,22 @@ __global__ void __launch_bounds__(kThreads)
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
-  const float *xr = logits + r * classes;
+  const L *xr = logits + r * classes;
   float best = -INFINITY;
   int64_t bestIndex = INT64_MAX;
   // The first maximum of this lane's columns (ascending c), then of the row.
-  for (int64_t c = lane; c < classes; c += G)
-    if (bestIndex == INT64_MAX || xr[c] > best) {
-      best = xr[c];
+  for (int64_t c = lane; c < classes; c += G) {
+    const float v = logitValue(xr[c]);
+    if (bestIndex == INT64_MAX || v > best) {
+      best = v;
       bestIndex = c;
     }
+  }
   groupArgmax<G>(best, bestIndex, shmV, shmI);
   const double m = best;
   double sum = 0;
   for (int64_t c = lane; c < classes; c += G)
-    sum += exp(xr[c] - m);
+    sum += exp(logitValue(xr[c]) - m);
   sum = groupSum<G>(sum, shm);
   const double l = m + log(sum);
   if (lane != 0)
@@ -474,7 +486,7 @@ __global__ void __launch_bounds__(kThreads)
       reportError(error, kTargetOutOfRange, op,
                   (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
     } else {
-      loss = l - xr[t];
+      loss = l - logitValue(xr[t]);
       flags = uint8_t(1 | (bestIndex == t ? 2 : 0));
     }
   }
@@ -524,34 +536,35 @@ __global__ void __launch_bounds__(1024)
     *counted = n;
 }
 
-template <int G>
+template <int G, class L = float, class D = float>
 __global__ void __launch_bounds__(kThreads)
-    crossEntropyBwdKernel(int64_t rows, int64_t classes, const float *logits,
+    crossEntropyBwdKernel(int64_t rows, int64_t classes, const L *logits,
                           const int32_t *target, int64_t ignoreIndex,
                           const float *lse, const float *dloss,
-                          const long long *counted, float *dlogits,
+                          const long long *counted, D *dlogits,
                           DeviceError *error, int32_t op) {
   const int64_t r = groupRow<G>();
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
   const int64_t t = target[r];
-  float *dr = dlogits + r * classes;
+  D *dr = dlogits + r * classes;
   const bool bad = t != ignoreIndex && (t < 0 || t >= classes);
   if (bad && lane == 0)
     reportError(error, kTargetOutOfRange, op,
                 (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
   if (t == ignoreIndex || bad) {
     for (int64_t c = lane; c < classes; c += G)
-      dr[c] = 0.0f;
+      storeGrad(dr + c, 0.0f);
     return;
   }
   const long long n = *counted;
   const double scale = n ? double(*dloss) / double(n) : 0.0;
-  const float *xr = logits + r * classes;
+  const L *xr = logits + r * classes;
   const double l = lse[r];
   for (int64_t c = lane; c < classes; c += G)
-    dr[c] = float(scale * (exp(xr[c] - l) - (c == t ? 1.0 : 0.0)));
+    storeGrad(dr + c, float(scale * (exp(logitValue(xr[c]) - l) -
+                                     (c == t ? 1.0 : 0.0))));
 }
 
 //===----------------------------------------------------------------------===//
@@ -1130,11 +1143,12 @@ void logSoftmaxBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *y,
              softmaxBwdKernel<256>, rows, cols, y, dy, dx, true);
 }
 
-void crossEntropyFwd(CudaContext &ctx, int64_t rows, int64_t classes,
-                     const float *logits, const int32_t *target,
-                     int64_t ignoreIndex, float *loss, float *lse, float *stats,
-                     int32_t op) {
-  const char *name = "cross_entropy_fwd";
+namespace {
+template <class L>
+void crossEntropyFwdAny(CudaContext &ctx, const char *name, int64_t rows,
+                        int64_t classes, const L *logits, const int32_t *target,
+                        int64_t ignoreIndex, float *loss, float *lse,
+                        float *stats, int32_t op) {
   if (classes <= 0)
     throw runtime::Error(rankPrefix(ctx, name) + "classes = " +
                          std::to_string(classes) + " must be positive");
@@ -1147,8 +1161,8 @@ void crossEntropyFwd(CudaContext &ctx, int64_t rows, int64_t classes,
     void *scratch = ctx.scratch(layout.bytes, name);
     rowLoss = at<double>(scratch, lossAt);
     rowFlags = at<uint8_t>(scratch, flagsAt);
-    launchRows(ctx, name, rows, classes, crossEntropyRowsKernel<32>,
-               crossEntropyRowsKernel<256>, rows, classes, logits, target,
+    launchRows(ctx, name, rows, classes, crossEntropyRowsKernel<32, L>,
+               crossEntropyRowsKernel<256, L>, rows, classes, logits, target,
                ignoreIndex, lse, rowLoss, rowFlags, ctx.error, op);
   }
   crossEntropyReduceKernel<<<1, 1024, 0, ctx.stream>>>(rows, rowLoss, rowFlags,
@@ -1156,11 +1170,11 @@ void crossEntropyFwd(CudaContext &ctx, int64_t rows, int64_t classes,
   checkLaunch(ctx, name);
 }
 
-void crossEntropyBwd(CudaContext &ctx, int64_t rows, int64_t classes,
-                     const float *logits, const int32_t *target,
-                     int64_t ignoreIndex, const float *lse, const float *dloss,
-                     float *dlogits, int32_t op) {
-  const char *name = "cross_entropy_bwd";
+template <class L, class D>
+void crossEntropyBwdAny(CudaContext &ctx, const char *name, int64_t rows,
+                        int64_t classes, const L *logits, const int32_t *target,
+                        int64_t ignoreIndex, const float *lse,
+                        const float *dloss, D *dlogits, int32_t op) {
   if (rows <= 0 || classes <= 0)
     return;
   long long *counted =
@@ -1168,10 +1182,40 @@ void crossEntropyBwd(CudaContext &ctx, int64_t rows, int64_t classes,
   countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(rows, target, ignoreIndex,
                                                  counted);
   checkLaunch(ctx, name);
-  launchRows(ctx, name, rows, classes, crossEntropyBwdKernel<32>,
-             crossEntropyBwdKernel<256>, rows, classes, logits, target,
+  launchRows(ctx, name, rows, classes, crossEntropyBwdKernel<32, L, D>,
+             crossEntropyBwdKernel<256, L, D>, rows, classes, logits, target,
              ignoreIndex, lse, dloss, static_cast<const long long *>(counted),
              dlogits, ctx.error, op);
+}
+} // namespace
+
+void crossEntropyFwd(CudaContext &ctx, int64_t rows, int64_t classes,
+                     const float *logits, const int32_t *target,
+                     int64_t ignoreIndex, float *loss, float *lse, float *stats,
+                     int32_t op) {
+  crossEntropyFwdAny(ctx, "cross_entropy_fwd", rows, classes, logits, target,
+                     ignoreIndex, loss, lse, stats, op);
+}
+void crossEntropyBwd(CudaContext &ctx, int64_t rows, int64_t classes,
+                     const float *logits, const int32_t *target,
+                     int64_t ignoreIndex, const float *lse, const float *dloss,
+                     float *dlogits, int32_t op) {
+  crossEntropyBwdAny(ctx, "cross_entropy_bwd", rows, classes, logits, target,
+                     ignoreIndex, lse, dloss, dlogits, op);
+}
+void crossEntropyFwdBf16(CudaContext &ctx, int64_t rows, int64_t classes,
+                         const uint16_t *logits, const int32_t *target,
+                         int64_t ignoreIndex, float *loss, float *lse,
+                         float *stats, int32_t op) {
+  crossEntropyFwdAny(ctx, "cross_entropy_fwd_bf16", rows, classes, logits,
+                     target, ignoreIndex, loss, lse, stats, op);
+}
+void crossEntropyBwdBf16(CudaContext &ctx, int64_t rows, int64_t classes,
+                         const uint16_t *logits, const int32_t *target,
+                         int64_t ignoreIndex, const float *lse,
+                         const float *dloss, uint16_t *dlogits, int32_t op) {
+  crossEntropyBwdAny(ctx, "cross_entropy_bwd_bf16", rows, classes, logits,
+                     target, ignoreIndex, lse, dloss, dlogits, op);
 }
 
 void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,

@@ -296,6 +296,26 @@ void loom_cross_entropy_bwd(loom_ctx *ctx, int64_t rows, int64_t classes,
                                          ignore_index, lse, dloss, dlogits));
 }
 
+void loom_cross_entropy_fwd_bf16(loom_ctx *ctx, int64_t rows, int64_t classes,
+                                 const uint16_t *logits, const int32_t *target,
+                                 int64_t ignore_index, float *loss, float *lse,
+                                 float *stats) {
+  useContextThreads(ctx);
+  report(ctx, "cross_entropy",
+         kn::crossEntropyForward<float, uint16_t>(rows, classes, logits, target,
+                                                  ignore_index, loss, lse, stats));
+}
+
+void loom_cross_entropy_bwd_bf16(loom_ctx *ctx, int64_t rows, int64_t classes,
+                                 const uint16_t *logits, const int32_t *target,
+                                 int64_t ignore_index, const float *lse,
+                                 const float *dloss, uint16_t *dlogits) {
+  useContextThreads(ctx);
+  report(ctx, "cross_entropy",
+         kn::crossEntropyBackward<float, uint16_t, uint16_t>(
+             rows, classes, logits, target, ignore_index, lse, dloss, dlogits));
+}
+
 void loom_embedding_fwd(loom_ctx *ctx, int64_t n, int64_t vocab, int64_t dim,
                         const int32_t *ids, const float *table, float *out) {
   useContextThreads(ctx);

@@ -19,6 +19,7 @@
 #ifndef LOOM_RUNTIME_KERNELS_KERNELS_H
 #define LOOM_RUNTIME_KERNELS_KERNELS_H
 
+#include "runtime/kernels/HalfFloat.h"
 #include "runtime/kernels/Philox.h"
 
 #include <algorithm>
@@ -349,12 +350,21 @@ inline std::string checkTargets(int64_t rows, int64_t classes,
   return {};
 }
 
+/// A logit as the loss's type T: itself, or a bf16 bit pattern widened
+/// (exactly) to float.
+template <class T> T logitAs(T v) { return v; }
+template <class T> T logitAs(uint16_t bf16) { return T(fromBF16(bf16)); }
+/// A logit gradient stored as T, or rounded once to bf16.
+template <class T> void storeGradient(T *p, T v) { *p = v; }
+template <class T> void storeGradient(uint16_t *p, T v) { *p = toBF16(float(v)); }
+
 /// loss[0] = mean over counted rows (target != ignoreIndex) of
 /// lse(row) - row[target], 0 when none counts; lse[r] for every row;
 /// stats = {counted rows, counted rows whose first argmax is the target}.
-/// lse and stats may be null.
-template <class T>
-std::string crossEntropyForward(int64_t rows, int64_t classes, const T *logits,
+/// lse and stats may be null. L = T, or uint16_t for bf16 logits (each
+/// widened on load: the result is T's on the widened logits, bit for bit).
+template <class T, class L = T>
+std::string crossEntropyForward(int64_t rows, int64_t classes, const L *logits,
                                 const int32_t *target, int64_t ignoreIndex,
                                 T *loss, T *lse, T *stats) {
   if (std::string problem = checkTargets(rows, classes, target, ignoreIndex);
@@ -364,17 +374,22 @@ std::string crossEntropyForward(int64_t rows, int64_t classes, const T *logits,
   std::vector<unsigned char> rowCorrect(rows, 0);
 #pragma omp parallel for schedule(static) if (rows * classes >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
-    const T *xr = logits + r * classes;
-    const int64_t best = std::max_element(xr, xr + classes) - xr;
-    const double m = xr[best];
+    const L *xr = logits + r * classes;
+    auto x = [&](int64_t c) { return logitAs<T>(xr[c]); };
+    // The first maximum (as std::max_element).
+    int64_t best = 0;
+    for (int64_t c = 1; c < classes; ++c)
+      if (x(best) < x(c))
+        best = c;
+    const double m = x(best);
     double sum = 0;
     for (int64_t c = 0; c < classes; ++c)
-      sum += std::exp(xr[c] - m);
+      sum += std::exp(x(c) - m);
     const double l = m + std::log(sum);
     if (lse)
       lse[r] = T(l);
     if (target[r] != ignoreIndex) {
-      rowLoss[r] = l - xr[target[r]];
+      rowLoss[r] = l - x(target[r]);
       rowCorrect[r] = best == target[r];
     }
   }
@@ -396,11 +411,13 @@ std::string crossEntropyForward(int64_t rows, int64_t classes, const T *logits,
 }
 
 /// dlogits = dloss[0] / counted * (softmax(row) - onehot(target)) on counted
-/// rows, 0 on ignored rows; softmax(row) = exp(row - lse[r]).
-template <class T>
-std::string crossEntropyBackward(int64_t rows, int64_t classes, const T *logits,
+/// rows, 0 on ignored rows; softmax(row) = exp(row - lse[r]). L as in
+/// crossEntropyForward; D = T, or uint16_t for bf16 dlogits (each rounded
+/// once from T).
+template <class T, class L = T, class D = T>
+std::string crossEntropyBackward(int64_t rows, int64_t classes, const L *logits,
                                  const int32_t *target, int64_t ignoreIndex,
-                                 const T *lse, const T *dloss, T *dlogits) {
+                                 const T *lse, const T *dloss, D *dlogits) {
   if (std::string problem = checkTargets(rows, classes, target, ignoreIndex);
       !problem.empty())
     return problem;
@@ -410,15 +427,17 @@ std::string crossEntropyBackward(int64_t rows, int64_t classes, const T *logits,
   const double scale = counted ? double(dloss[0]) / double(counted) : 0.0;
 #pragma omp parallel for schedule(static) if (rows * classes >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
-    const T *xr = logits + r * classes;
-    T *dr = dlogits + r * classes;
+    const L *xr = logits + r * classes;
+    D *dr = dlogits + r * classes;
     if (target[r] == ignoreIndex) {
-      std::fill(dr, dr + classes, T(0));
+      for (int64_t c = 0; c < classes; ++c)
+        storeGradient(dr + c, T(0));
       continue;
     }
     const double l = lse[r];
     for (int64_t c = 0; c < classes; ++c)
-      dr[c] = T(scale * (std::exp(xr[c] - l) - (c == target[r] ? 1.0 : 0.0)));
+      storeGradient(dr + c, T(scale * (std::exp(logitAs<T>(xr[c]) - l) -
+                                       (c == target[r] ? 1.0 : 0.0))));
   }
   return {};
 }

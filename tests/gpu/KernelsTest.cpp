@@ -486,6 +486,39 @@ void testCrossEntropy(lc::CudaContext &ctx, int64_t rows, int64_t classes) {
                                   ignore, lse.data(), &dlossHost, d.data());
   const double eb = relErrF(dD.get(), d);
   row("cross_entropy_bwd", dims({rows, classes}), eb, 1e-5, eb <= 1e-5);
+
+  // bf16 logits (a bf16 program's casts folded in): bitwise the fp32
+  // kernels on the widened logits, and the gradient rounded once.
+  std::vector<uint16_t> low(n);
+  std::vector<float> widened(n);
+  for (size_t i = 0; i < n; ++i) {
+    low[i] = loom::kernels::toBF16(logits[i]);
+    widened[i] = loom::kernels::fromBF16(low[i]);
+  }
+  Dev<uint16_t> dLow(low), dGradLow(n);
+  Dev<float> dWide(widened), dLoss2(1), dLse2(rows), dStats2(2), dD2(n);
+  dLoss.poison(), dLse.poison(), dStats.poison(), dLoss2.poison(),
+      dLse2.poison(), dStats2.poison(), dD2.poison(), dGradLow.poison();
+  lc::crossEntropyFwdBf16(ctx, rows, classes, dLow, dT, ignore, dLoss, dLse,
+                          dStats, 4);
+  lc::crossEntropyFwd(ctx, rows, classes, dWide, dT, ignore, dLoss2, dLse2,
+                      dStats2, 4);
+  const bool fwdSame = bitwiseEqual(dLoss.get(), dLoss2.get()) &&
+                       bitwiseEqual(dLse.get(), dLse2.get()) &&
+                       bitwiseEqual(dStats.get(), dStats2.get());
+  row("cross_entropy_fwd bf16", dims({rows, classes}), NAN, 0, fwdSame,
+      "bitwise the fp32 kernel on the widened logits");
+  lc::crossEntropyBwdBf16(ctx, rows, classes, dLow, dT, ignore, dLse, dDloss,
+                          dGradLow, 4);
+  lc::crossEntropyBwd(ctx, rows, classes, dWide, dT, ignore, dLse2, dDloss, dD2,
+                      4);
+  std::vector<uint16_t> rounded(n);
+  const auto wideGrad = dD2.get();
+  for (size_t i = 0; i < n; ++i)
+    rounded[i] = loom::kernels::toBF16(wideGrad[i]);
+  row("cross_entropy_bwd bf16", dims({rows, classes}), NAN, 0,
+      dGradLow.get() == rounded,
+      "bitwise the fp32 kernel's gradient rounded to bf16");
   noDeviceError(ctx, "cross_entropy");
 }
 

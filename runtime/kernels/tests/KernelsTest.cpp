@@ -593,6 +593,45 @@ TEST(CrossEntropy, ArgmaxCountsTheFirstMaximum) {
   EXPECT_EQ(stats[1], 1); // Row 0's first maximum is class 1, row 1's is 0.
 }
 
+TEST(CrossEntropy, Bf16LogitsAreTheWidenedLogitsBitForBit) {
+  // The ABI's bf16 forms (a bf16 program's casts folded in) against the
+  // fp32 ones on the widened logits, the gradient rounded afterwards.
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  const int64_t rows = 37, classes = 53;
+  std::vector<uint16_t> low(rows * classes);
+  std::vector<float> wide(rows * classes);
+  for (size_t i = 0; i < low.size(); ++i) {
+    low[i] = loom::kernels::toBF16(normal(rng));
+    wide[i] = loom::kernels::fromBF16(low[i]);
+  }
+  std::vector<int32_t> target(rows);
+  for (int64_t r = 0; r < rows; ++r)
+    target[r] = r % 6 == 1 ? -100 : int32_t(rng() % classes);
+  loom_ctx ctx;
+  float loss[2], stats[2][2];
+  std::vector<float> lse(rows), lseWide(rows);
+  loom_cross_entropy_fwd_bf16(&ctx, rows, classes, low.data(), target.data(),
+                              -100, &loss[0], lse.data(), stats[0]);
+  loom_cross_entropy_fwd(&ctx, rows, classes, wide.data(), target.data(), -100,
+                         &loss[1], lseWide.data(), stats[1]);
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  EXPECT_EQ(std::memcmp(&loss[0], &loss[1], sizeof(float)), 0);
+  EXPECT_EQ(std::memcmp(lse.data(), lseWide.data(), rows * sizeof(float)), 0);
+  EXPECT_EQ(stats[0][0], stats[1][0]);
+  EXPECT_EQ(stats[0][1], stats[1][1]);
+  const float dloss = 0.75f;
+  std::vector<uint16_t> grad(rows * classes, 0xffff);
+  std::vector<float> gradWide(rows * classes);
+  loom_cross_entropy_bwd_bf16(&ctx, rows, classes, low.data(), target.data(),
+                              -100, lse.data(), &dloss, grad.data());
+  loom_cross_entropy_bwd(&ctx, rows, classes, wide.data(), target.data(), -100,
+                         lse.data(), &dloss, gradWide.data());
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  for (size_t i = 0; i < grad.size(); ++i)
+    ASSERT_EQ(grad[i], loom::kernels::toBF16(gradWide[i])) << "element " << i;
+}
+
 TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
   for (uint64_t seed = 1; seed <= 4; ++seed) {
     SCOPED_TRACE(seed);
