@@ -123,6 +123,15 @@ options (--flag=value and --flag value are both accepted):
   --version          print the runtime's version and build features
   --help             this text
 
+environment (artifacts compiled with --target=cuda):
+  LOOM_CUDA_PROFILE=1   print GPU time by kernel at the end (GEMMs by shape,
+                        generated kernels by DSL line)
+  LOOM_CUDA_GRAPHS=0    run every program call eagerly, no CUDA graphs
+  LOOM_GPU_COLLECTIVES=nccl|host
+                        collectives over NCCL (one GPU per rank; the default
+                        when every rank has its own) or staged through host
+                        memory over MPI (the default when ranks share a GPU)
+
 exit status: 0 success, 1 a run-time error, 2 a usage error
 )";
 
