@@ -1296,6 +1296,7 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
       {"slice", {{"x", K::Tensor}, {"dim", K::Int}, {"start", K::Int}, {"end", K::Int}}},
       {"cast", {{"x", K::Tensor}, {"to", K::DType}}},
       {"dropout", {{"x", K::Tensor}, {"p", K::Number}}},
+      {"fake_quant", {{"x", K::Tensor}, {"scale", K::Tensor}, {"zero_point", K::Tensor}, {"qmin", K::Int}, {"qmax", K::Int}, {"axis", K::Int, Val::ofInt(-1)}}},
       {"attention", {{"q", K::Tensor}, {"k", K::Tensor}, {"v", K::Tensor}, {"causal", K::Bool, Val::ofBool(false)}}},
       {"gated_attention", {{"q", K::Tensor}, {"k", K::Tensor}, {"v", K::Tensor}, {"wg", K::Tensor}, {"bg", K::Tensor}, {"causal", K::Bool, Val::ofBool(false)}, {"threshold", K::Number, Val{}}}},
       {"cross_entropy", {{"logits", K::Tensor}, {"target", K::Tensor}, {"ignore_index", K::Int, Val::ofInt(-100)}}},
@@ -1395,6 +1396,11 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
       return std::nullopt;
     args[k] = *v;
   }
+  // fake_quant's per-tensor scale and zero point may be written as numbers.
+  if (name == "fake_quant")
+    for (size_t k : {size_t(1), size_t(2)})
+      if (args[k] && args[k]->isNumber())
+        args[k] = Val::ofTensor(constant(args[k]->number(), DType::F32, locs[k]));
   // Defaults, missing arguments and kinds.
   for (size_t k = 0; k < spec.size(); ++k) {
     if (spec[k].kind == K::Variadic)
@@ -1590,6 +1596,27 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
   if (name == "cast")
     return finish(name, shape::cast(type(0), *shape::parseDType(args[1]->s), err),
                   err, {tensor(0)}, {}, loc);
+  if (name == "fake_quant") {
+    // axis: the channel dimension of a per-channel scale (negative counts
+    // from the end); unused per tensor.
+    int64_t axis = 0;
+    if (!type(1).dims.empty()) {
+      auto normalized = shape::normalizeDim(args[5]->i, type(0).dims.size());
+      if (!normalized) {
+        diag_.error(locs[5], "fake_quant axis " + std::to_string(args[5]->i) +
+                                 " is outside the input " +
+                                 shape::str(type(0)));
+        return std::nullopt;
+      }
+      axis = *normalized;
+    }
+    return finish(name,
+                  shape::fakeQuant(type(0), type(1), type(2), axis, args[3]->i,
+                                   args[4]->i, err),
+                  err, {tensor(0), tensor(1), tensor(2)},
+                  {{"qmin", args[3]->i}, {"qmax", args[4]->i}, {"axis", axis}},
+                  loc);
+  }
   if (name == "dropout") {
     // The key that, with seed, step and element index, decides the mask: the
     // op's path, unique per layer instance and per use within it.

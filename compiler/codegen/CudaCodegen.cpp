@@ -424,6 +424,23 @@ struct SqrtF64AsIntrinsic : OpRewritePattern<math::SqrtOp> {
   }
 };
 
+/// Round half to even (fake_quant) as PTX's cvt.rni, not a libdevice call.
+struct RoundEvenAsCvt : OpRewritePattern<math::RoundEvenOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(math::RoundEvenOp op,
+                                PatternRewriter &rewriter) const override {
+    Type t = op.getType();
+    if (!t.isF32() && !t.isF64())
+      return failure();
+    rewriter.replaceOpWithNewOp<LLVM::InlineAsmOp>(
+        op, t, ValueRange{op.getOperand()},
+        t.isF32() ? "cvt.rni.f32.f32 $0, $1;" : "cvt.rni.f64.f64 $0, $1;",
+        t.isF32() ? "=f,f" : "=d,d", /*has_side_effects=*/false,
+        /*is_align_stack=*/false, LLVM::AsmDialectAttr(), ArrayAttr());
+    return success();
+  }
+};
+
 /// Double-precision cos (the cosine learning-rate schedule) without
 /// libdevice: x reduced by the nearest multiple k of pi/2 with two fused
 /// multiply-adds (pi/2 in two parts, exact for the small k a schedule
@@ -507,7 +524,7 @@ struct ApproximateMath
       return signalPassFailure();
     RewritePatternSet direct(&getContext());
     direct.add<AbsFAsBits, FmaAsIntrinsic, SqrtF64AsIntrinsic,
-               CosF64AsPolynomial>(&getContext());
+               CosF64AsPolynomial, RoundEvenAsCvt>(&getContext());
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(direct))))
       signalPassFailure();
   }

@@ -309,6 +309,14 @@ public:
       acc(x(0), tb.create1("loom.cast", {g}, x(0).getType()));
     } else if (k == "loom.constant") {
       // Constants have no inputs.
+    } else if (k == "loom.fake_quant") {
+      // Straight-through inside the clamp range; scale and zero point are
+      // quantization state, not trained (as torch's fake_quantize ops).
+      acc(x(0), tb.create1("train.fake_quant_grad", {x(0), x(1), x(2), g},
+                           x(0).getType(),
+                           {tb.attr("qmin", attr("qmin")),
+                            tb.attr("qmax", attr("qmax")),
+                            tb.attr("axis", attr("axis"))}));
     } else if (k == "loom.dropout") {
       // The mask is a function of (seed, key, step, index): applying the same
       // dropout to the gradient multiplies by the same mask and scale.

@@ -181,6 +181,69 @@ Value castScalar(OpBuilder &b, Location l, Value v, Type to) {
                  : b.create<arith::TruncIOp>(l, to, v).getResult();
 }
 
+/// loom.fake_quant and its gradient as one loop: scale and zero point
+/// indexed by the channel (`axis`) or broadcast (per tensor).
+/// SEMANTICS.md: s = max(scale, fp32 epsilon), q = round_half_even(x * (1 /
+/// s)) + zp, out = (clamp(q, qmin, qmax) - zp) * s; the gradient passes
+/// where qmin <= q <= qmax.
+Value fakeQuant(OpBuilder &b, Location loc, Operation *op,
+                RankedTensorType resultType) {
+  MLIRContext *ctx = b.getContext();
+  bool grad = op->getName().getStringRef() == "train.fake_quant_grad";
+  unsigned rank = static_cast<unsigned>(resultType.getRank());
+  auto scaleType = cast<RankedTensorType>(op->getOperand(1).getType());
+  int64_t axis = cast<IntegerAttr>(op->getAttr("axis")).getInt();
+  AffineMap identity = b.getMultiDimIdentityMap(rank);
+  AffineMap channel =
+      scaleType.getRank() == 0
+          ? AffineMap::get(rank, 0, {}, ctx)
+          : AffineMap::get(rank, 0, {getAffineDimExpr(unsigned(axis), ctx)}, ctx);
+  SmallVector<Value> ins = {op->getOperand(0), op->getOperand(1),
+                            op->getOperand(2)};
+  SmallVector<AffineMap> maps = {identity, channel, channel};
+  if (grad) {
+    ins.push_back(op->getOperand(3));
+    maps.push_back(identity);
+  }
+  maps.push_back(identity);
+  double qmin = double(cast<IntegerAttr>(op->getAttr("qmin")).getInt());
+  double qmax = double(cast<IntegerAttr>(op->getAttr("qmax")).getInt());
+  Type et = resultType.getElementType();
+  Value init = b.create<tensor::EmptyOp>(loc, resultType.getShape(), et);
+  SmallVector<utils::IteratorType> iters(rank, utils::IteratorType::parallel);
+  auto generic = b.create<linalg::GenericOp>(
+      loc, TypeRange{resultType}, ins, ValueRange{init}, maps, iters,
+      [&](OpBuilder &nb, Location nl, ValueRange args) {
+        Type f32 = nb.getF32Type();
+        auto c = [&](double v) { return floatConst(nb, nl, f32, v); };
+        Value x = castScalar(nb, nl, args[0], f32);
+        Value scale = castScalar(nb, nl, args[1], f32);
+        Value zp = castScalar(nb, nl, args[2], f32);
+        Value s = nb.create<arith::MaximumFOp>(nl, scale, c(1.1920929e-7));
+        Value inv = nb.create<arith::DivFOp>(nl, c(1.0), s);
+        Value q = nb.create<arith::AddFOp>(
+            nl, nb.create<math::RoundEvenOp>(nl, nb.create<arith::MulFOp>(nl, x, inv)),
+            zp);
+        Value result;
+        if (grad) {
+          Value above = nb.create<arith::CmpFOp>(nl, arith::CmpFPredicate::OGE,
+                                                 q, c(qmin));
+          Value below = nb.create<arith::CmpFOp>(nl, arith::CmpFPredicate::OLE,
+                                                 q, c(qmax));
+          Value inside = nb.create<arith::AndIOp>(nl, above, below);
+          Value dy = castScalar(nb, nl, args[3], f32);
+          result = nb.create<arith::SelectOp>(nl, inside, dy, c(0.0));
+        } else {
+          Value clamped = nb.create<arith::MinimumFOp>(
+              nl, nb.create<arith::MaximumFOp>(nl, q, c(qmin)), c(qmax));
+          result = nb.create<arith::MulFOp>(
+              nl, nb.create<arith::SubFOp>(nl, clamped, zp), s);
+        }
+        nb.create<linalg::YieldOp>(nl, castScalar(nb, nl, result, et));
+      });
+  return generic.getResult(0);
+}
+
 /// Rewrites one op; returns null if it stays as it is.
 Value convert(OpBuilder &b, Operation *op) {
   StringRef k = op->getName().getStringRef();
@@ -277,6 +340,8 @@ Value convert(OpBuilder &b, Operation *op) {
     return ew([&](OpBuilder &nb, Location nl, ArrayRef<Value> s) -> Value {
       return castScalar(nb, nl, s[0], et);
     });
+  if (k == "loom.fake_quant" || k == "train.fake_quant_grad")
+    return fakeQuant(b, l, op, rt);
   if (k == "loom.broadcast_to")
     return ew([](OpBuilder &, Location, ArrayRef<Value> s) -> Value {
       return s[0];

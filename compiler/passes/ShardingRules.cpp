@@ -436,6 +436,39 @@ FailureOr<Rule> elementwiseRule(Operation *op, ArrayRef<Sharding> in,
   return elementwise(op, in, mesh);
 }
 
+/// fake_quant and its gradient: elementwise over the input (and the
+/// gradient); a per-channel scale and zero point follow the channel
+/// dimension's axis, per-tensor ones are replicated. Not linear: partial
+/// operands are reduced first.
+FailureOr<Rule> fakeQuantRule(Operation *op, ArrayRef<Sharding> in,
+                              const RuleContext &ctx) {
+  auto rt = ttype(op->getResult(0));
+  Sharding res = in[0];
+  res.partial = 0;
+  // The gradient (operand 3) may carry the split where the input does not.
+  if (in.size() > 3)
+    for (size_t d = 0; d < res.dims.size(); ++d)
+      if (res.dims[d] == kNone)
+        res.dims[d] = in[3].dims[d];
+  sanitize(res, rt, ctx.mesh);
+  res.partial = 0;
+  int64_t axis = cast<IntegerAttr>(op->getAttr("axis")).getInt();
+  Rule r;
+  r.operands.push_back(res);
+  for (unsigned i = 1; i < 3; ++i) {
+    auto t = ttype(op->getOperand(i));
+    Sharding s = Sharding::replicated(t.getRank());
+    if (t.getRank() == 1)
+      s.dims[0] = res.dims[axis];
+    r.operands.push_back(s);
+  }
+  if (in.size() > 3)
+    r.operands.push_back(res);
+  r.results.push_back(res);
+  r.reason = "fake_quant: elementwise, per-channel scales follow their channel";
+  return r;
+}
+
 FailureOr<Rule> matmulRule(Operation *op, ArrayRef<Sharding> in,
                            const RuleContext &ctx) {
   const Mesh &mesh = ctx.mesh;
@@ -752,8 +785,14 @@ FailureOr<Rule> optimizerRule(Operation *op, ArrayRef<Sharding> in,
                               const RuleContext &ctx) {
   StringRef n = op->getName().getStringRef();
   Rule r;
-  // The update runs where the optimizer state lives.
-  Sharding st = ctx.of(op->getOperand(2));
+  // The update runs where the optimizer state lives. SGD without momentum
+  // has none (its buffer operand is the gradient itself): where the
+  // parameter lives, the gradient reduced to it first.
+  Value state = op->getOperand(2);
+  if (n == "train.sgd" && state == op->getOperand(1))
+    state = op->getOperand(0);
+  Sharding st = ctx.of(state);
+  st.partial = 0;
   for (unsigned i = 0; i < op->getNumOperands(); ++i)
     r.operands.push_back(i < 4 && i != 3
                              ? st
@@ -856,6 +895,7 @@ void loom::registerShardingRules(DialectRegistry &registry) {
     attach<embeddingRule, loom::EmbeddingOp>(ctx);
     attach<crossEntropyRule, loom::CrossEntropyOp>(ctx);
     attach<mseRule, loom::MseOp>(ctx);
+    attach<fakeQuantRule, loom::FakeQuantOp>(ctx);
   });
   registry.addExtension(+[](MLIRContext *ctx, loom::train::TrainDialect *) {
     namespace t = loom::train;
@@ -863,6 +903,7 @@ void loom::registerShardingRules(DialectRegistry &registry) {
     attach<storedRule, t::ParamOp, t::StateOp>(ctx);
     attach<constantRule, t::LearningRateOp>(ctx);
     attach<elementwiseRule, t::ReluGradOp, t::GeluGradOp>(ctx);
+    attach<fakeQuantRule, t::FakeQuantGradOp>(ctx);
     attach<gemmRule, t::GemmOp>(ctx);
     attach<normRule, t::LayerNormOp, t::RmsNormOp>(ctx);
     attach<softmaxGradRule, t::SoftmaxGradOp, t::LogSoftmaxGradOp>(ctx);

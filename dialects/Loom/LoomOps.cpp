@@ -515,6 +515,23 @@ OpFoldResult ConstantOp::fold(FoldAdaptor) { return getValueAttr(); }
 // Regularisation and attention
 //===----------------------------------------------------------------------===//
 
+LogicalResult FakeQuantOp::inferReturnTypes(MLIRContext *context,
+                                            std::optional<Location> location,
+                                            Adaptor adaptor,
+                                            SmallVectorImpl<Type> &inferred) {
+  if (!adaptor.getQminAttr())
+    return missingAttribute(location, getOperationName(), "qmin");
+  if (!adaptor.getQmaxAttr())
+    return missingAttribute(location, getOperationName(), "qmax");
+  int64_t qmin = adaptor.getQmin(), qmax = adaptor.getQmax();
+  int64_t axis = adaptor.getAxisAttr() ? adaptor.getAxis() : 0;
+  return inferWithShapeRule(
+      context, location, getOperationName(), adaptor.getOperands(), inferred,
+      [&](ArrayRef<shape::TensorType> t, std::string &error) {
+        return shape::fakeQuant(t[0], t[1], t[2], axis, qmin, qmax, error);
+      });
+}
+
 LogicalResult DropoutOp::inferReturnTypes(MLIRContext *context,
                                           std::optional<Location> location,
                                           Adaptor adaptor,

@@ -604,6 +604,30 @@ def Loom_DropoutOp : Loom_InferredOp<"dropout"> {
   let hasVerifier = 1;
 }
 
+//===----------------------------------------------------------------------===//
+// Quantization
+//===----------------------------------------------------------------------===//
+
+def Loom_FakeQuantOp : Loom_InferredOp<"fake_quant"> {
+  let summary = "Quantize to integers in [qmin, qmax] and back";
+  let description = [{
+    SEMANTICS.md: with s = max(scale, 1.1920929e-7), q = round_half_even(x *
+    (1 / s)) + zero_point in fp32, the result is (clamp(q, qmin, qmax) -
+    zero_point) * s [`torch.fake_quantize_per_tensor_affine`, or
+    `_per_channel_affine` along `axis` when scale and zero_point are vectors
+    of one value per channel]. zero_point holds integers, as floats. The
+    gradient reaches x where qmin <= q <= qmax (straight-through); scale and
+    zero_point get none.
+  }];
+  let arguments = (ins Loom_Tensor:$input, Loom_Tensor:$scale,
+                       Loom_Tensor:$zero_point, I64Attr:$qmin, I64Attr:$qmax,
+                       DefaultValuedAttr<I64Attr, "0">:$axis);
+  let results = (outs Loom_Tensor:$result);
+  let assemblyFormat =
+      "$input `,` $scale `,` $zero_point attr-dict `:` type($input) `,` "
+      "type($scale) `,` type($zero_point)";
+}
+
 def Loom_AttentionOp : Loom_InferredOp<"attention"> {
   let summary = "Scaled dot-product attention";
   let description = [{

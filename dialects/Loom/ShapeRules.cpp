@@ -359,6 +359,38 @@ Result cast(const TensorType &x, DType to, std::string &) {
   return TensorType{to, x.dims};
 }
 
+Result fakeQuant(const TensorType &x, const TensorType &scale,
+                 const TensorType &zeroPoint, int64_t axis, int64_t qmin,
+                 int64_t qmax, std::string &error) {
+  if (!requireFloat(x, "fake_quant input", error) ||
+      !requireFloat(scale, "fake_quant scale", error) ||
+      !requireFloat(zeroPoint, "fake_quant zero_point", error))
+    return std::nullopt;
+  if (scale.dims != zeroPoint.dims)
+    return fail(error, "fake_quant scale " + str(scale.dims) +
+                           " and zero_point " + str(zeroPoint.dims) +
+                           " must have the same shape");
+  if (scale.dims.size() > 1)
+    return fail(error, "fake_quant scale must be a scalar (per tensor) or a "
+                       "vector (per channel), got " + str(scale.dims));
+  if (scale.dims.size() == 1) {
+    if (axis < 0 || axis >= int64_t(x.dims.size()))
+      return fail(error, "fake_quant axis " + std::to_string(axis) +
+                             " is outside the input " + str(x.dims));
+    if (scale.dims[0] != x.dims[size_t(axis)])
+      return fail(error, "fake_quant has " + std::to_string(scale.dims[0]) +
+                             " per-channel scales for " +
+                             std::to_string(x.dims[size_t(axis)]) +
+                             " channels (axis " + std::to_string(axis) +
+                             " of " + str(x.dims) + ")");
+  }
+  if (!(qmin < qmax))
+    return fail(error, "fake_quant needs qmin < qmax, got [" +
+                           std::to_string(qmin) + ", " + std::to_string(qmax) +
+                           "]");
+  return x;
+}
+
 Result dropout(const TensorType &x, double p, std::string &error) {
   if (!requireFloat(x, "dropout input", error))
     return std::nullopt;

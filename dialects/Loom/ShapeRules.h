@@ -103,6 +103,13 @@ Result cast(const TensorType &x, DType to, std::string &error);
 // Regularisation.
 Result dropout(const TensorType &x, double p, std::string &error);
 
+// Quantization. fake_quant(x, scale, zero_point): per tensor (scale and
+// zero_point of rank 0) or per channel along `axis` (rank 1, one value per
+// channel; axis already normalised); qmin < qmax.
+Result fakeQuant(const TensorType &x, const TensorType &scale,
+                 const TensorType &zeroPoint, int64_t axis, int64_t qmin,
+                 int64_t qmax, std::string &error);
+
 // Attention. q: [B, H, Tq, d], k: [B, H, Tk, d], v: [B, H, Tk, dv].
 Result attention(const TensorType &q, const TensorType &k,
                  const TensorType &v, std::string &error);

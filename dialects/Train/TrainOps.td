@@ -232,6 +232,15 @@ def Train_ReluGradOp : Train_Op<"relu_grad", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
+def Train_FakeQuantGradOp : Train_Op<"fake_quant_grad", [Pure]> {
+  let summary = "dy where loom.fake_quant's q is inside [qmin, qmax], else 0";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$scale,
+                       Train_AnyTensor:$zero_point, Train_AnyTensor:$grad,
+                       I64Attr:$qmin, I64Attr:$qmax, I64Attr:$axis);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
 def Train_GeluGradOp : Train_Op<"gelu_grad", [Pure]> {
   let summary = "dy times the derivative of tanh-approximated gelu at x";
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$grad);
