@@ -249,11 +249,14 @@ struct GpuSession::Impl {
   /// A GEMM's span: its name says when cuBLASLt had no algorithm for the
   /// shape and the plain fallback kernel ran.
   std::set<std::string> fallbackGemms;
-  template <class F> void timedGemm(const std::string &name, F &&body) {
+  /// `nameOf()` is only called when profiling (no string work per call
+  /// otherwise).
+  template <class N, class F> void timedGemm(N &&nameOf, F &&body) {
     if (!profile) {
       body();
       return;
     }
+    const std::string name = nameOf();
     size_t before = gemmFallbackCount(ctx);
     bool known = fallbackGemms.count(name) != 0;
     timed(name, body);
@@ -667,11 +670,9 @@ void guarded(loom_ctx *ctx, const char *name, F &&body, bool timed = true) {
 }
 
 /// A GEMM's name in the profile: its shape ("loom_gemm_bf16 16384x768x3072
-/// NT"); just the function's when not profiling.
+/// NT").
 std::string gemmName(const char *fn, int64_t batch, int32_t ta, int32_t tb,
-                     int64_t M, int64_t N, int64_t K, bool profile) {
-  if (!profile)
-    return fn;
+                     int64_t M, int64_t N, int64_t K) {
   std::string name = std::string(fn) + " " + std::to_string(M) + "x" +
                      std::to_string(N) + "x" + std::to_string(K) + " " +
                      (ta ? "T" : "N") + (tb ? "T" : "N");
@@ -791,7 +792,7 @@ void loom_cuda_gemm(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
                     int64_t sA, const float *B, int64_t sB, float *C,
                     int64_t sC, float alpha, float beta) {
   guarded(c, "loom_gemm", [&](GpuSession::Impl &s) {
-    s.timedGemm(gemmName("loom_gemm", batch, ta, tb, M, N, K, s.profile),
+    s.timedGemm([&] { return gemmName("loom_gemm", batch, ta, tb, M, N, K); },
                 [&] { cu::gemm(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC, alpha, beta); });
   }, /*timed=*/false);
 }
@@ -800,7 +801,7 @@ void loom_cuda_gemm_bf16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
                          int64_t sA, const uint16_t *B, int64_t sB,
                          uint16_t *C, int64_t sC) {
   guarded(c, "loom_gemm_bf16", [&](GpuSession::Impl &s) {
-    s.timedGemm(gemmName("loom_gemm_bf16", batch, ta, tb, M, N, K, s.profile),
+    s.timedGemm([&] { return gemmName("loom_gemm_bf16", batch, ta, tb, M, N, K); },
                 [&] { cu::gemmBf16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC); });
   }, /*timed=*/false);
 }
@@ -809,7 +810,7 @@ void loom_cuda_gemm_f16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
                         int64_t sA, const uint16_t *B, int64_t sB, uint16_t *C,
                         int64_t sC) {
   guarded(c, "loom_gemm_f16", [&](GpuSession::Impl &s) {
-    s.timedGemm(gemmName("loom_gemm_f16", batch, ta, tb, M, N, K, s.profile),
+    s.timedGemm([&] { return gemmName("loom_gemm_f16", batch, ta, tb, M, N, K); },
                 [&] { cu::gemmF16(s.ctx, batch, ta, tb, M, N, K, A, sA, B, sB, C, sC); });
   }, /*timed=*/false);
 }
@@ -1224,7 +1225,8 @@ cu::NcclOp ncclOp(int32_t op) {
 
 /// Runs a CPU ABI function on host copies: `inputs` (device pointer, bytes)
 /// are copied into one pinned buffer, `run` gets their host copies and the
-/// outputs' host places, `outputs` are copied back. For the vocabulary-
+/// outputs' host places (the function writes them whole), `outputs` are
+/// copied back. For the vocabulary-
 /// parallel kernels, which have no GPU version.
 template <class F>
 void onHost(GpuSession::Impl &s, loom_ctx *c, const char *what,
@@ -1246,8 +1248,6 @@ void onHost(GpuSession::Impl &s, loom_ctx *c, const char *what,
     at += (n + 63) / 64 * 64;
   }
   for (auto &[p, n] : outputs) {
-    if (n)
-      s.check(cudaMemcpy(at, p, n, cudaMemcpyDeviceToHost), "cudaMemcpy", what);
     out.push_back(at);
     at += (n + 63) / 64 * 64;
   }
@@ -1257,6 +1257,18 @@ void onHost(GpuSession::Impl &s, loom_ctx *c, const char *what,
   size_t i = 0;
   for (auto &[p, n] : outputs)
     toDevice(s, p, out[i++], n, what);
+}
+
+/// A staged in-place collective: `data` to pinned host memory, `collective`
+/// (the CPU runtime's) on it, back unless it failed.
+template <class F>
+void stagedInPlace(GpuSession::Impl &s, loom_ctx *c, float *data, int64_t n,
+                   const char *what, F &&collective) {
+  float *h = s.hostStage(size_t(n) * 4, what);
+  toHost(s, h, data, size_t(n) * 4, what);
+  collective(h);
+  if (!c->failed)
+    toDevice(s, data, h, size_t(n) * 4, what);
 }
 
 } // namespace
@@ -1273,11 +1285,8 @@ void loom_cuda_all_reduce(loom_ctx *c, float *data, int64_t n, int32_t axis,
       return;
     }
 #endif
-    float *h = s.hostStage(size_t(n) * 4, "all_reduce");
-    toHost(s, h, data, size_t(n) * 4, "all_reduce");
-    loom_all_reduce(c, h, n, axis, op);
-    if (!c->failed)
-      toDevice(s, data, h, size_t(n) * 4, "all_reduce");
+    stagedInPlace(s, c, data, n, "all_reduce",
+                  [&](float *h) { loom_all_reduce(c, h, n, axis, op); });
   });
 }
 void loom_cuda_all_gather(loom_ctx *c, const float *in, int64_t n, float *out,
@@ -1326,11 +1335,8 @@ void loom_cuda_broadcast(loom_ctx *c, float *data, int64_t n, int32_t axis,
       return;
     }
 #endif
-    float *h = s.hostStage(size_t(n) * 4, "broadcast");
-    toHost(s, h, data, size_t(n) * 4, "broadcast");
-    loom_broadcast(c, h, n, axis, root);
-    if (!c->failed)
-      toDevice(s, data, h, size_t(n) * 4, "broadcast");
+    stagedInPlace(s, c, data, n, "broadcast",
+                  [&](float *h) { loom_broadcast(c, h, n, axis, root); });
   });
 }
 int64_t loom_cuda_all_reduce_start(loom_ctx *c, float *data, int64_t n,
@@ -1361,12 +1367,10 @@ int64_t loom_cuda_all_reduce_start(loom_ctx *c, float *data, int64_t n,
     }
 #endif
     // Staged: the reduction is done when this returns.
-    float *h = s.hostStage(size_t(n) * 4, "all_reduce_start");
-    toHost(s, h, data, size_t(n) * 4, "all_reduce_start");
-    loom_all_reduce(c, h, n, axis, op);
+    stagedInPlace(s, c, data, n, "all_reduce_start",
+                  [&](float *h) { loom_all_reduce(c, h, n, axis, op); });
     if (c->failed)
       return;
-    toDevice(s, data, h, size_t(n) * 4, "all_reduce_start");
     handle = s.nextHandle++;
     s.reductions[handle] = nullptr;
   });

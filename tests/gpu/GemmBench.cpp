@@ -15,13 +15,13 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/Support.h"
+#include "runtime/kernels/HalfFloat.h"
 #include "runtime/cuda/CudaContext.h"
 #include "runtime/cuda/CudaKernels.h"
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -40,12 +40,6 @@ int64_t parse(const char *text, const char *what) {
     std::exit(2);
   }
   return v;
-}
-
-uint16_t toBf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  return static_cast<uint16_t>((bits + 0x7fff + ((bits >> 16) & 1)) >> 16);
 }
 
 } // namespace
@@ -75,7 +69,7 @@ int main(int argc, char **argv) {
       std::mt19937 gen(static_cast<uint32_t>(n));
       std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
       for (auto &v : host)
-        v = toBf16(dist(gen));
+        v = loom::kernels::toBF16(dist(gen));
       uint16_t *base = nullptr;
       LOOM_CUDA_CHECK(ctx, cudaMalloc(reinterpret_cast<void **>(&base),
                                       size_t(n) * 2 + 256),

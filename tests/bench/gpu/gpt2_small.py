@@ -102,7 +102,6 @@ import random
 import re
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -115,6 +114,8 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.join(ROOT, "samples"))
+import prepare_data  # noqa: E402  (the .bin encoder)
 
 # ---------------------------------------------------------------------------
 # Command line
@@ -216,29 +217,16 @@ def flops_per_token(a, n_params):
 # Loom
 # ---------------------------------------------------------------------------
 
-# runtime/README.md "Datasets"; samples/prepare_data.py writes the same.
-DATA_MAGIC, DATA_VERSION, KIND_TOKENS = b"LOOMDATA", 1, 2
-DTYPE_I32, DTYPE_U16 = 3, 6
-HEADER_BYTES, FIELD_BYTES, DATA_ALIGN = 32, 80, 64
-
-
 def write_token_stream(path, count, vocab, seed):
-    """A token stream of `count` uniform random tokens < vocab: the header,
-    one field descriptor `tokens` (rank 0), then the tokens at the first
-    64-byte-aligned offset after the descriptor."""
-    typecode, dtype = ("H", DTYPE_U16) if vocab <= 1 << 16 else ("i", DTYPE_I32)
+    """A token stream of `count` uniform random tokens < vocab, in Loom's
+    .bin format (written by samples/prepare_data.py's encoder)."""
+    typecode, dtype = ("H", "u16") if vocab <= 1 << 16 else ("i", "i32")
     tokens = array.array(typecode, random.Random(seed).choices(range(vocab), k=count))
     if sys.byteorder == "big":
         tokens.byteswap()  # the format is little-endian
-    offset = (HEADER_BYTES + FIELD_BYTES + DATA_ALIGN - 1) // DATA_ALIGN * DATA_ALIGN
-    head = bytearray(offset)
-    struct.pack_into("<8sIIQII", head, 0, DATA_MAGIC, DATA_VERSION, KIND_TOKENS,
-                     count, 1, vocab)
-    struct.pack_into("<32sII4QQ", head, HEADER_BYTES, b"tokens", dtype, 0,
-                     0, 0, 0, 0, offset)
     with open(path, "wb") as f:
-        f.write(head)
-        f.write(tokens.tobytes())
+        f.write(prepare_data.encode(prepare_data.KIND_TOKENS, count,
+                                    [("tokens", dtype, [], tokens.tobytes())], vocab))
 
 
 def tail(text, chars=3000):
