@@ -442,17 +442,29 @@ Value convert(OpBuilder &b, Operation *op) {
 /// write bf16 themselves (loom_cross_entropy_{fwd,bwd}_bf16: the same values
 /// bit for bit) and the casts go.
 void foldCrossEntropyCasts(dist::ProgramOp program) {
-  SmallVector<Operation *> widenings;
-  for (Operation &op : program.getBody().front())
-    if (op.getName().getStringRef() == "loom.cast")
-      widenings.push_back(&op);
-  auto elementType = [](Value v) {
-    return cast<RankedTensorType>(v.getType()).getElementType();
+  // Scalar casts (a loss, a gradient scale) are not tensors.
+  auto elementType = [](Value v) -> Type {
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    return t ? t.getElementType() : Type();
   };
+  auto isCastTo = [&](Operation &op, auto pred) {
+    if (op.getName().getStringRef() != "loom.cast")
+      return false;
+    Type to = elementType(op.getResult(0));
+    return to && pred(to);
+  };
+  // Only the widenings are collected: the roundings this erases are casts
+  // too, and must not be visited after they are gone.
+  SmallVector<Operation *> widenings;
+  for (Operation &op : program.getBody().front()) {
+    Type from = op.getNumOperands() ? elementType(op.getOperand(0)) : Type();
+    if (from && from.isBF16() &&
+        isCastTo(op, [](Type t) { return t.isF32(); }))
+      widenings.push_back(&op);
+  }
   for (Operation *widen : widenings) {
     Value narrow = widen->getOperand(0), wide = widen->getResult(0);
-    if (!elementType(narrow).isBF16() || !elementType(wide).isF32() ||
-        wide.use_empty())
+    if (wide.use_empty())
       continue;
     SmallVector<Operation *> losses, grads, roundings;
     bool ok = true;
@@ -468,8 +480,7 @@ void foldCrossEntropyCasts(dist::ProgramOp program) {
     }
     for (Operation *grad : grads)
       for (Operation *user : grad->getResult(0).getUsers()) {
-        ok &= user->getName().getStringRef() == "loom.cast" &&
-              elementType(user->getResult(0)).isBF16();
+        ok &= isCastTo(*user, [](Type t) { return t.isBF16(); });
         roundings.push_back(user);
       }
     if (!ok)

@@ -9,7 +9,7 @@
 # when DIR travels with the tree: the MLP sample, a 2-layer GPT in fp32
 # and in bf16, and a 1-layer GPT with 2048 tokens a batch (its bias
 # gradients take the GPU's sliced column sums); then the MLP and the 2-layer
-# GPT on meshes of two ranks (dp, tp, pp), which train_check runs under
+# GPT on meshes of two ranks (dp, tp, pp; dp in bf16 too), which train_check runs under
 # mpirun.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -27,6 +27,8 @@ for target in cpu cuda; do
   "$loomc" "$root/samples/mlp.loom" --mesh=dp=2 --target=$target -o "$dir/mlpdp2.$target.loomx"
   "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=dp=2 --target=$target \
     -o "$dir/gptdp2.$target.loomx"
+  "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=dp=2 --precision=bf16 \
+    --target=$target -o "$dir/gptbfdp2.$target.loomx"
   "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=tp=2 --target=$target \
     -o "$dir/gpttp2.$target.loomx"
   "$loomc" "$root/samples/gpt.loom" "${gpt[@]}" --mesh=pp=2 --microbatches=2 \
