@@ -61,6 +61,11 @@ mlir::LogicalResult writeArtifact(mlir::Location loc, const std::string &path,
                                   const std::string &sharedObject,
                                   const std::string &manifest);
 
+/// The runtime exports loom_cuda_launch1 .. loom_cuda_launch16
+/// (runtime/cuda/GpuAbi.cpp); a kernel over more buffers takes the arena's
+/// base pointer instead and views it at the buffers' offsets.
+constexpr size_t kMaxCudaKernelArgs = 16;
+
 /// One generated GPU kernel (CudaCodegen.cpp): the exec program's loop op it
 /// replaces, its launch shape (1-D: grid x block threads) and its arguments
 /// (the op's buffers, then scalars), values of the exec program.

@@ -138,6 +138,33 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     capturedParams.push_back(v);
   }
 
+  // Over kMaxCudaKernelArgs buffers, all of them views of the arena: the
+  // kernel takes the arena and views it at their offsets.
+  DenseMap<Value, int64_t> arenaOffset;
+  if (args.size() > kMaxCudaKernelArgs) {
+    auto programOp = op->getParentOfType<exec::ProgramOp>();
+    auto bytes = programOp ? programOp->getAttrOfType<IntegerAttr>("arena_bytes")
+                           : IntegerAttr();
+    bool allViews = true;
+    for (Value v : args) {
+      auto view = v.getDefiningOp<exec::ViewOp>();
+      auto type = dyn_cast<MemRefType>(v.getType());
+      allViews &= view && type && type.getLayout().isIdentity();
+      if (view)
+        arenaOffset[v] = static_cast<int64_t>(view.getOffset());
+    }
+    if (!bytes || !allViews)
+      return op->emitOpError("GPU kernel takes ")
+             << args.size() << " buffers, over the "
+             << kMaxCudaKernelArgs
+             << " the runtime launches, and not all are arena buffers";
+    OpBuilder h(op);
+    Value arena = h.create<exec::ViewOp>(
+        loc, MemRefType::get({bytes.getInt()}, h.getI8Type()), int64_t(0));
+    params = {arena.getType()};
+    args = {arena};
+  }
+
   std::string name = (program + "_k" + Twine(index)).str();
   OpBuilder b(kernels_.getBody()->getTerminator());
   auto func = b.create<gpu::GPUFuncOp>(loc, name, b.getFunctionType(params, {}));
@@ -149,10 +176,17 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
   // Each operand's value inside the kernel: its parameter, or the constant.
   SmallVector<Value> operandValue;
   unsigned nextParam = 0;
-  for (Value v : operands)
-    operandValue.push_back(isConstantScalar(v)
-                               ? Value(b.clone(*v.getDefiningOp())->getResult(0))
-                               : Value(entry.getArgument(nextParam++)));
+  for (Value v : operands) {
+    if (isConstantScalar(v))
+      operandValue.push_back(b.clone(*v.getDefiningOp())->getResult(0));
+    else if (!arenaOffset.empty())
+      operandValue.push_back(b.create<memref::ViewOp>(
+          loc, v.getType(), entry.getArgument(0),
+          b.create<arith::ConstantIndexOp>(loc, arenaOffset.lookup(v)),
+          ValueRange{}));
+    else
+      operandValue.push_back(entry.getArgument(nextParam++));
+  }
   for (auto [i, v] : llvm::enumerate(capturedParams))
     mapping.map(v, entry.getArgument(nextParam + i));
   for (Value v : captured)
@@ -407,19 +441,22 @@ struct AbsFAsBits : OpRewritePattern<math::AbsFOp> {
   }
 };
 
-/// Double-precision sqrt as PTX's sqrt.rn.f64 (correctly rounded, as on the
+/// sqrt as PTX's sqrt.rn.f32 / sqrt.rn.f64 (correctly rounded, as on the
 /// CPU), not a libdevice call (the NVVM conversion turns the LLVM intrinsic
-/// into one).
-struct SqrtF64AsIntrinsic : OpRewritePattern<math::SqrtOp> {
+/// into one, which only links where a CUDA toolkit is found).
+struct SqrtAsPtx : OpRewritePattern<math::SqrtOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(math::SqrtOp op,
                                 PatternRewriter &rewriter) const override {
-    if (!op.getType().isF64())
+    Type t = op.getType();
+    if (!t.isF64() && !t.isF32())
       return failure();
+    bool f64 = t.isF64();
     rewriter.replaceOpWithNewOp<LLVM::InlineAsmOp>(
-        op, op.getType(), ValueRange{op.getOperand()}, "sqrt.rn.f64 $0, $1;",
-        "=d,d", /*has_side_effects=*/false, /*is_align_stack=*/false,
-        LLVM::AsmDialectAttr(), ArrayAttr());
+        op, t, ValueRange{op.getOperand()},
+        f64 ? "sqrt.rn.f64 $0, $1;" : "sqrt.rn.f32 $0, $1;",
+        f64 ? "=d,d" : "=f,f", /*has_side_effects=*/false,
+        /*is_align_stack=*/false, LLVM::AsmDialectAttr(), ArrayAttr());
     return success();
   }
 };
@@ -523,7 +560,7 @@ struct ApproximateMath
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
     RewritePatternSet direct(&getContext());
-    direct.add<AbsFAsBits, FmaAsIntrinsic, SqrtF64AsIntrinsic,
+    direct.add<AbsFAsBits, FmaAsIntrinsic, SqrtAsPtx,
                CosF64AsPolynomial, RoundEvenAsCvt>(&getContext());
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(direct))))
       signalPassFailure();
@@ -638,11 +675,17 @@ LogicalResult emitPtx(CudaKernels &kernels, std::string &ptx) {
     return module.emitError("CUDA code generation produced no PTX");
   // A math function without an expansion here would be a libdevice call
   // the driver cannot resolve: refuse at compile time, naming it.
-  if (size_t at = ptx.find(".extern .func"); at != std::string::npos)
+  if (size_t at = ptx.find(".extern .func"); at != std::string::npos) {
+    // ".extern .func (.param .b32 func_retval0) __nv_expf(": the name is
+    // the last word before the parameter list.
+    StringRef decl = StringRef(ptx).substr(at);
+    decl = decl.take_until([](char c) { return c == '\n'; });
+    StringRef name = decl.rtrim().rtrim('(').rtrim();
+    name = name.substr(name.find_last_of(" \t)") + 1);
     return module.emitError("CUDA code generation: a kernel calls an external "
                             "function (")
-           << StringRef(ptx).substr(at, ptx.find('(', at) - at).trim()
-           << "); this math operation has no GPU expansion yet";
+           << name << "); this math operation has no GPU expansion yet";
+  }
   return success();
 }
 
@@ -672,6 +715,10 @@ LogicalResult lowerHostProgramForCuda(ModuleOp module, CudaKernels &kernels) {
                                  "kernel; the CUDA target does not support "
                                  "that yet");
     }
+    if (k.args.size() > kMaxCudaKernelArgs)
+      return k.op->emitOpError("GPU kernel takes ")
+             << k.args.size() << " buffers; the CUDA runtime launches at most "
+             << kMaxCudaKernelArgs;
     SmallVector<Value> operands = {b.create<arith::ConstantIntOp>(
         k.op->getLoc(), static_cast<int64_t>(index), 64)};
     operands.append(k.args.begin(), k.args.end());

@@ -419,6 +419,15 @@ void GpuSession::pull(uint8_t *hostArena) {
 }
 
 void GpuSession::disableGraphs() { impl_->graphsEnabled = false; }
+void GpuSession::releaseGraphs() {
+  impl_->graphsEnabled = false;
+  cudaStreamSynchronize(impl_->ctx.stream);
+  for (auto &[fn, g] : impl_->graphs)
+    if (g.exec) {
+      cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+    }
+}
 void GpuSession::setBf16Attention(bool on) { impl_->bf16Attention = on; }
 
 void GpuSession::setCollectives(NcclMesh *nccl, double timeoutSeconds) {
@@ -729,32 +738,81 @@ namespace cu = loom::cuda;
 
 extern "C" {
 
-void loom_cuda_launch1(loom_ctx *c, int64_t k, void *a) { launch(c, k, {a}); }
-void loom_cuda_launch2(loom_ctx *c, int64_t k, void *a, void *b) {
-  launch(c, k, {a, b});
+// loom_cuda_launchN(ctx, kernel, N buffers): one per argument count, up to
+// kMaxKernelArgs (CudaCodegen.cpp refuses kernels with more).
+void loom_cuda_launch1(loom_ctx *c, int64_t k, void *a0) {
+  launch(c, k, {a0});
 }
-void loom_cuda_launch3(loom_ctx *c, int64_t k, void *a, void *b, void *d) {
-  launch(c, k, {a, b, d});
+void loom_cuda_launch2(loom_ctx *c, int64_t k, void *a0, void *a1) {
+  launch(c, k, {a0, a1});
 }
-void loom_cuda_launch4(loom_ctx *c, int64_t k, void *a, void *b, void *d,
-                       void *e) {
-  launch(c, k, {a, b, d, e});
+void loom_cuda_launch3(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2) {
+  launch(c, k, {a0, a1, a2});
 }
-void loom_cuda_launch5(loom_ctx *c, int64_t k, void *a, void *b, void *d,
-                       void *e, void *f) {
-  launch(c, k, {a, b, d, e, f});
+void loom_cuda_launch4(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                       void *a3) {
+  launch(c, k, {a0, a1, a2, a3});
 }
-void loom_cuda_launch6(loom_ctx *c, int64_t k, void *a, void *b, void *d,
-                       void *e, void *f, void *g) {
-  launch(c, k, {a, b, d, e, f, g});
+void loom_cuda_launch5(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                       void *a3, void *a4) {
+  launch(c, k, {a0, a1, a2, a3, a4});
 }
-void loom_cuda_launch7(loom_ctx *c, int64_t k, void *a, void *b, void *d,
-                       void *e, void *f, void *g, void *h) {
-  launch(c, k, {a, b, d, e, f, g, h});
+void loom_cuda_launch6(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                       void *a3, void *a4, void *a5) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5});
 }
-void loom_cuda_launch8(loom_ctx *c, int64_t k, void *a, void *b, void *d,
-                       void *e, void *f, void *g, void *h, void *i) {
-  launch(c, k, {a, b, d, e, f, g, h, i});
+void loom_cuda_launch7(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                       void *a3, void *a4, void *a5, void *a6) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6});
+}
+void loom_cuda_launch8(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                       void *a3, void *a4, void *a5, void *a6, void *a7) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7});
+}
+void loom_cuda_launch9(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                       void *a3, void *a4, void *a5, void *a6, void *a7,
+                       void *a8) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8});
+}
+void loom_cuda_launch10(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9});
+}
+void loom_cuda_launch11(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9, void *a10) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10});
+}
+void loom_cuda_launch12(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9, void *a10, void *a11) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11});
+}
+void loom_cuda_launch13(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9, void *a10, void *a11, void *a12) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12});
+}
+void loom_cuda_launch14(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9, void *a10, void *a11, void *a12,
+                        void *a13) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13});
+}
+void loom_cuda_launch15(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9, void *a10, void *a11, void *a12,
+                        void *a13, void *a14) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
+                a14});
+}
+void loom_cuda_launch16(loom_ctx *c, int64_t k, void *a0, void *a1, void *a2,
+                        void *a3, void *a4, void *a5, void *a6, void *a7,
+                        void *a8, void *a9, void *a10, void *a11, void *a12,
+                        void *a13, void *a14, void *a15) {
+  launch(c, k, {a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14,
+                a15});
 }
 
 float loom_cuda_load_f32(loom_ctx *c, const void *p) {

@@ -92,6 +92,10 @@ public:
   static int deviceCount();
   /// No graph capture (--debug-poison-grads, or LOOM_CUDA_GRAPHS=0).
   void disableGraphs();
+  /// Waits for the stream, destroys the captured graphs and captures no
+  /// more. A graph holding NCCL operations keeps its communicator alive:
+  /// ncclCommDestroy waits until such graphs are gone, so this comes first.
+  void releaseGraphs();
   /// precision bf16 (SEMANTICS.md: matmul operands in the low type): the
   /// attention calls round q, k, v (and, backward, the saved attention and
   /// dout) to bf16 and run the tensor-core kernels, softmax and lse in fp32,

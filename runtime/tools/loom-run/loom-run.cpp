@@ -489,6 +489,14 @@ class Trainer {
 public:
   Trainer(const World &world, const Options &opts)
       : world_(world), opts_(opts) {}
+#if LOOM_HAVE_NCCL
+  ~Trainer() {
+    // Graphs that captured NCCL operations hold their communicators:
+    // ncclCommDestroy (nccl_, freed before gpu_) would wait for them forever.
+    if (gpu_)
+      gpu_->releaseGraphs();
+  }
+#endif
   int run();
 
 private:
