@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace loom::cuda {
@@ -127,6 +128,27 @@ void crossEntropyBwdBf16(CudaContext &ctx, int64_t rows, int64_t classes,
                          int64_t ignoreIndex, const float *lse,
                          const float *dloss, uint16_t *dlogits,
                          int32_t op = -1);
+/// Vocabulary-parallel cross-entropy (loom_cross_entropy_fwd_sharded): this
+/// rank's logits are the classes [start, start + classesLocal) of classes.
+/// `reduce(data, count, max)` all-reduces over the group, in place and in
+/// stream order: int64 keys by maximum (max = true), then doubles by sum;
+/// every member calls it twice, in that order. Loss, lse and stats as
+/// crossEntropyFwd's on the gathered logits, up to the order of the sum of
+/// exponentials. Uses ctx scratch.
+void crossEntropyFwdSharded(
+    CudaContext &ctx, int64_t rows, int64_t classesLocal, int64_t classes,
+    int64_t start, const float *logits, const int32_t *target,
+    int64_t ignoreIndex, float *loss, float *lse, float *stats,
+    const std::function<void(void *data, size_t count, bool max)> &reduce,
+    int32_t op = -1);
+/// Its backward: crossEntropyBwd's columns [start, start + classesLocal),
+/// bit for bit; no communication.
+void crossEntropyBwdSharded(CudaContext &ctx, int64_t rows,
+                            int64_t classesLocal, int64_t classes,
+                            int64_t start, const float *logits,
+                            const int32_t *target, int64_t ignoreIndex,
+                            const float *lse, const float *dloss,
+                            float *dlogits, int32_t op = -1);
 /// out[i, :] = table[ids[i], :]; a bad id sets the error word
 /// (kEmbeddingIdOutOfRange) and leaves its row unwritten.
 void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
@@ -140,6 +162,18 @@ void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
 void embeddingBwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
                   const int32_t *ids, const float *dout, float *dtable,
                   int32_t op = -1);
+/// Vocabulary-parallel (loom_embedding_{fwd,bwd}_sharded): this rank's
+/// table holds rows [start, start + vocabLocal) of vocab. Forward: other
+/// ids give zero rows; backward: embeddingBwd on this rank's rows. An id
+/// outside [0, vocab) sets the error word.
+void embeddingFwdSharded(CudaContext &ctx, int64_t n, int64_t vocabLocal,
+                         int64_t vocab, int64_t start, int64_t dim,
+                         const int32_t *ids, const float *table, float *out,
+                         int32_t op = -1);
+void embeddingBwdSharded(CudaContext &ctx, int64_t n, int64_t vocabLocal,
+                         int64_t vocab, int64_t start, int64_t dim,
+                         const int32_t *ids, const float *dout, float *dtable,
+                         int32_t op = -1);
 
 //===----------------------------------------------------------------------===//
 // Dropout

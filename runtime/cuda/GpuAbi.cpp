@@ -1505,13 +1505,38 @@ void loom_cuda_recv(loom_ctx *c, float *data, int64_t n, int32_t axis,
   });
 }
 
-// The vocabulary-parallel embedding and cross-entropy run the CPU kernels
-// on host copies (their reductions are the CPU runtime's MPI ones).
+// The vocabulary-parallel embedding and cross-entropy: with a GPU per rank
+// (NCCL), GPU kernels whose two reductions are NCCL all-reduces on the
+// stream; axis -1, the unsharded GPU kernels; where ranks share a GPU, the
+// CPU kernels on host copies (their reductions the CPU runtime's MPI ones).
+namespace {
+/// This rank's place on `axis` over NCCL: false when the collectives are
+/// staged (or the axis is none).
+bool ncclShard(GpuSession::Impl &s, int32_t axis, int64_t local,
+               int64_t &global, int64_t &start) {
+#if LOOM_HAVE_NCCL
+  if (s.nccl && axis >= 0 && axis < 3) {
+    global = local * s.nccl->size(axis);
+    start = local * s.nccl->coord(axis);
+    return true;
+  }
+#endif
+  (void)s, (void)axis, (void)local, (void)global, (void)start;
+  return false;
+}
+} // namespace
+
 void loom_cuda_embedding_fwd_sharded(loom_ctx *c, int64_t n, int64_t vocabLocal,
                                      int64_t dim, int32_t axis,
                                      const int32_t *ids, const float *table,
                                      float *out) {
   guarded(c, "loom_embedding_fwd_sharded", [&](GpuSession::Impl &s) {
+    int64_t vocab = 0, start = 0;
+    if (axis == -1)
+      return cu::embeddingFwd(s.ctx, n, vocabLocal, dim, ids, table, out);
+    if (ncclShard(s, axis, vocabLocal, vocab, start))
+      return cu::embeddingFwdSharded(s.ctx, n, vocabLocal, vocab, start, dim,
+                                     ids, table, out);
     onHost(s, c, "embedding_fwd_sharded",
            {{ids, size_t(n) * 4}, {table, size_t(vocabLocal * dim) * 4}},
            {{out, size_t(n * dim) * 4}}, [&](auto &in, auto &out_) {
@@ -1526,6 +1551,12 @@ void loom_cuda_embedding_bwd_sharded(loom_ctx *c, int64_t n, int64_t vocabLocal,
                                      const int32_t *ids, const float *dout,
                                      float *dtable) {
   guarded(c, "loom_embedding_bwd_sharded", [&](GpuSession::Impl &s) {
+    int64_t vocab = 0, start = 0;
+    if (axis == -1)
+      return cu::embeddingBwd(s.ctx, n, vocabLocal, dim, ids, dout, dtable);
+    if (ncclShard(s, axis, vocabLocal, vocab, start))
+      return cu::embeddingBwdSharded(s.ctx, n, vocabLocal, vocab, start, dim,
+                                     ids, dout, dtable);
     onHost(s, c, "embedding_bwd_sharded",
            {{ids, size_t(n) * 4}, {dout, size_t(n * dim) * 4}},
            {{dtable, size_t(vocabLocal * dim) * 4}}, [&](auto &in, auto &out_) {
@@ -1541,6 +1572,21 @@ void loom_cuda_cross_entropy_fwd_sharded(loom_ctx *c, int64_t rows,
                                          const int32_t *target, int64_t ignore,
                                          float *loss, float *lse, float *stats) {
   guarded(c, "loom_cross_entropy_fwd_sharded", [&](GpuSession::Impl &s) {
+    int64_t classes = 0, start = 0;
+    if (axis == -1)
+      return cu::crossEntropyFwd(s.ctx, rows, classesLocal, logits, target,
+                                 ignore, loss, lse, stats);
+#if LOOM_HAVE_NCCL
+    if (ncclShard(s, axis, classesLocal, classes, start))
+      return cu::crossEntropyFwdSharded(
+          s.ctx, rows, classesLocal, classes, start, logits, target, ignore,
+          loss, lse, stats, [&](void *data, size_t count, bool max) {
+            s.nccl->allReduce(data, data, count,
+                              max ? cu::NcclType::I64 : cu::NcclType::F64,
+                              max ? cu::NcclOp::Max : cu::NcclOp::Sum, axis,
+                              s.ctx.stream);
+          });
+#endif
     onHost(s, c, "cross_entropy_fwd_sharded",
            {{logits, size_t(rows * classesLocal) * 4}, {target, size_t(rows) * 4}},
            {{loss, 4}, {lse, size_t(rows) * 4}, {stats, 8}},
@@ -1560,6 +1606,14 @@ void loom_cuda_cross_entropy_bwd_sharded(loom_ctx *c, int64_t rows,
                                          const float *lse, const float *dloss,
                                          float *dlogits) {
   guarded(c, "loom_cross_entropy_bwd_sharded", [&](GpuSession::Impl &s) {
+    int64_t classes = 0, start = 0;
+    if (axis == -1)
+      return cu::crossEntropyBwd(s.ctx, rows, classesLocal, logits, target,
+                                 ignore, lse, dloss, dlogits);
+    if (ncclShard(s, axis, classesLocal, classes, start))
+      return cu::crossEntropyBwdSharded(s.ctx, rows, classesLocal, classes,
+                                        start, logits, target, ignore, lse,
+                                        dloss, dlogits);
     onHost(s, c, "cross_entropy_bwd_sharded",
            {{logits, size_t(rows * classesLocal) * 4},
             {target, size_t(rows) * 4},

@@ -23,6 +23,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace loom::cuda {
@@ -542,18 +543,24 @@ __global__ void __launch_bounds__(kThreads)
                           const int32_t *target, int64_t ignoreIndex,
                           const float *lse, const float *dloss,
                           const long long *counted, D *dlogits,
-                          DeviceError *error, int32_t op) {
+                          DeviceError *error, int32_t op, int64_t start = 0,
+                          int64_t classesGlobal = -1) {
+  // Vocabulary-parallel: this rank's columns are the global classes
+  // [start, start + classes) of classesGlobal.
+  if (classesGlobal < 0)
+    classesGlobal = classes;
   const int64_t r = groupRow<G>();
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
-  const int64_t t = target[r];
+  const int64_t tg = target[r];
   D *dr = dlogits + r * classes;
-  const bool bad = t != ignoreIndex && (t < 0 || t >= classes);
+  const bool bad = tg != ignoreIndex && (tg < 0 || tg >= classesGlobal);
   if (bad && lane == 0)
     reportError(error, kTargetOutOfRange, op,
-                (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
-  if (t == ignoreIndex || bad) {
+                (ull(r) << 32) | ull(uint32_t(int32_t(tg))), classesGlobal);
+  const int64_t t = tg == ignoreIndex ? tg : tg - start;
+  if (tg == ignoreIndex || bad) {
     for (int64_t c = lane; c < classes; c += G)
       storeGrad(dr + c, 0.0f);
     return;
@@ -565,6 +572,113 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = lane; c < classes; c += G)
     storeGrad(dr + c, float(scale * (exp(logitValue(xr[c]) - l) -
                                      (c == t ? 1.0 : 0.0))));
+}
+
+/// Vocabulary-parallel cross-entropy. A row's first maximum travels as an
+/// int64 key whose signed order is (value, then the lower global index): an
+/// all-reduce MAX over the group gives the global first maximum, as the CPU
+/// kernel's MPI_MAXLOC does.
+__device__ inline int64_t maxKey(float v, int64_t globalIndex) {
+  const uint32_t bits = __float_as_uint(v);
+  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  const uint64_t key = (uint64_t(ordered) << 32) |
+                       uint64_t(0xFFFFFFFFu - uint32_t(globalIndex));
+  return int64_t(key ^ (uint64_t(1) << 63));
+}
+__device__ inline float maxKeyValue(int64_t key) {
+  const uint32_t ordered =
+      uint32_t((uint64_t(key) ^ (uint64_t(1) << 63)) >> 32);
+  return __uint_as_float((ordered & 0x80000000u) ? (ordered & 0x7FFFFFFFu)
+                                                 : ~ordered);
+}
+__device__ inline int64_t maxKeyIndex(int64_t key) {
+  return int64_t(0xFFFFFFFFu - uint32_t(uint64_t(key)));
+}
+
+/// Step 1: this rank's first maximum of each row, as a key.
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    crossEntropyShardedMaxKernel(int64_t rows, int64_t classesLocal,
+                                 int64_t start, const float *logits,
+                                 int64_t *keys) {
+  __shared__ float shmV[32];
+  __shared__ int64_t shmI[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *xr = logits + r * classesLocal;
+  float best = -INFINITY;
+  int64_t bestIndex = INT64_MAX;
+  for (int64_t c = lane; c < classesLocal; c += G) {
+    const float v = xr[c];
+    if (bestIndex == INT64_MAX || v > best) {
+      best = v;
+      bestIndex = c;
+    }
+  }
+  groupArgmax<G>(best, bestIndex, shmV, shmI);
+  if (lane == 0)
+    keys[r] = maxKey(best, start + bestIndex);
+}
+
+/// Step 2 (after the keys' all-reduce): sums[2r] = this rank's sum of
+/// exp(x - max) in double, sums[2r + 1] = the target's logit if this rank
+/// holds it, else 0 (then summed over the group).
+template <int G>
+__global__ void __launch_bounds__(kThreads)
+    crossEntropyShardedSumKernel(int64_t rows, int64_t classesLocal,
+                                 int64_t start, int64_t classes,
+                                 const float *logits, const int32_t *target,
+                                 int64_t ignoreIndex, const int64_t *keys,
+                                 double *sums) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const float *xr = logits + r * classesLocal;
+  const double m = maxKeyValue(keys[r]);
+  double sum = 0;
+  for (int64_t c = lane; c < classesLocal; c += G)
+    sum += exp(xr[c] - m);
+  sum = groupSum<G>(sum, shm);
+  if (lane != 0)
+    return;
+  sums[2 * r] = sum;
+  const int64_t t = target[r];
+  const int64_t local = t - start;
+  const bool mine = t != ignoreIndex && t >= 0 && t < classes && local >= 0 &&
+                    local < classesLocal;
+  sums[2 * r + 1] = mine ? double(xr[local]) : 0.0;
+}
+
+/// Step 3 (after the sums' all-reduce): lse, and each row's loss and flags
+/// for crossEntropyReduceKernel; a target outside [0, classes) is reported.
+__global__ void crossEntropyShardedRowsKernel(
+    int64_t rows, int64_t classes, const int32_t *target, int64_t ignoreIndex,
+    const int64_t *keys, const double *sums, float *lse, double *rowLoss,
+    uint8_t *rowFlags, DeviceError *error, int32_t op) {
+  for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    const double l = double(maxKeyValue(keys[r])) + log(sums[2 * r]);
+    if (lse)
+      lse[r] = float(l);
+    const int64_t t = target[r];
+    uint8_t flags = 0;
+    double loss = 0;
+    if (t != ignoreIndex) {
+      if (t < 0 || t >= classes) {
+        reportError(error, kTargetOutOfRange, op,
+                    (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
+      } else {
+        loss = l - sums[2 * r + 1];
+        flags = uint8_t(1 | (maxKeyIndex(keys[r]) == t ? 2 : 0));
+      }
+    }
+    rowLoss[r] = loss;
+    rowFlags[r] = flags;
+  }
 }
 
 //===----------------------------------------------------------------------===//
@@ -588,9 +702,37 @@ __global__ void embeddingFwdKernel(int64_t n, int64_t vocab, int64_t dim,
     dst[c] = src[c];
 }
 
-/// keys[i] = ids[i] (vocab for a bad id, which sorts last and is skipped),
-/// positions[i] = i.
-__global__ void embeddingKeysKernel(int64_t n, int64_t vocab,
+/// Vocabulary-parallel: this rank's rows are ids [start, start +
+/// vocabLocal) of vocab; other ids give a zero row.
+__global__ void embeddingFwdShardedKernel(int64_t n, int64_t vocabLocal,
+                                          int64_t vocab, int64_t start,
+                                          int64_t dim, const int32_t *ids,
+                                          const float *table, float *out,
+                                          DeviceError *error, int32_t op) {
+  const int64_t i = blockIdx.x;
+  const int32_t id = ids[i];
+  if (id < 0 || id >= vocab) {
+    if (threadIdx.x == 0)
+      reportError(error, kEmbeddingIdOutOfRange, op,
+                  (ull(i) << 32) | ull(uint32_t(id)), vocab);
+    return;
+  }
+  const int64_t local = int64_t(id) - start;
+  float *dst = out + i * dim;
+  if (local >= 0 && local < vocabLocal) {
+    const float *src = table + local * dim;
+    for (int64_t c = threadIdx.x; c < dim; c += blockDim.x)
+      dst[c] = src[c];
+  } else {
+    for (int64_t c = threadIdx.x; c < dim; c += blockDim.x)
+      dst[c] = 0.0f;
+  }
+}
+
+/// keys[i] = ids[i] - start for this rank's ids (vocabLocal for the others
+/// and for a bad id, which sort last and are skipped), positions[i] = i.
+__global__ void embeddingKeysKernel(int64_t n, int64_t vocabLocal,
+                                    int64_t vocab, int64_t start,
                                     const int32_t *ids, uint32_t *keys,
                                     uint32_t *positions, DeviceError *error,
                                     int32_t op) {
@@ -601,7 +743,9 @@ __global__ void embeddingKeysKernel(int64_t n, int64_t vocab,
     if (bad)
       reportError(error, kEmbeddingIdOutOfRange, op,
                   (ull(i) << 32) | ull(uint32_t(id)), vocab);
-    keys[i] = bad ? uint32_t(vocab) : uint32_t(id);
+    const int64_t local = int64_t(id) - start;
+    const bool mine = !bad && local >= 0 && local < vocabLocal;
+    keys[i] = mine ? uint32_t(local) : uint32_t(vocabLocal);
     positions[i] = uint32_t(i);
   }
 }
@@ -1174,7 +1318,8 @@ template <class L, class D>
 void crossEntropyBwdAny(CudaContext &ctx, const char *name, int64_t rows,
                         int64_t classes, const L *logits, const int32_t *target,
                         int64_t ignoreIndex, const float *lse,
-                        const float *dloss, D *dlogits, int32_t op) {
+                        const float *dloss, D *dlogits, int32_t op,
+                        int64_t start = 0, int64_t classesGlobal = -1) {
   if (rows <= 0 || classes <= 0)
     return;
   long long *counted =
@@ -1185,7 +1330,17 @@ void crossEntropyBwdAny(CudaContext &ctx, const char *name, int64_t rows,
   launchRows(ctx, name, rows, classes, crossEntropyBwdKernel<32, L, D>,
              crossEntropyBwdKernel<256, L, D>, rows, classes, logits, target,
              ignoreIndex, lse, dloss, static_cast<const long long *>(counted),
-             dlogits, ctx.error, op);
+             dlogits, ctx.error, op, start,
+             classesGlobal < 0 ? classes : classesGlobal);
+}
+
+void checkShard(CudaContext &ctx, const char *name, int64_t local,
+                int64_t global, int64_t start) {
+  if (local < 1 || global < local || start < 0 || start + local > global)
+    throw runtime::Error(rankPrefix(ctx, name) + "shard [" +
+                         std::to_string(start) + ", " +
+                         std::to_string(start + local) + ") of " +
+                         std::to_string(global) + " is not a valid split");
 }
 } // namespace
 
@@ -1218,6 +1373,63 @@ void crossEntropyBwdBf16(CudaContext &ctx, int64_t rows, int64_t classes,
                      target, ignoreIndex, lse, dloss, dlogits, op);
 }
 
+void crossEntropyFwdSharded(
+    CudaContext &ctx, int64_t rows, int64_t classesLocal, int64_t classes,
+    int64_t start, const float *logits, const int32_t *target,
+    int64_t ignoreIndex, float *loss, float *lse, float *stats,
+    const std::function<void(void *, size_t, bool)> &reduce, int32_t op) {
+  const char *name = "cross_entropy_fwd_sharded";
+  checkShard(ctx, name, classesLocal, classes, start);
+  int64_t *keys = nullptr;
+  double *sums = nullptr, *rowLoss = nullptr;
+  uint8_t *rowFlags = nullptr;
+  if (rows > 0) {
+    ScratchLayout layout;
+    const size_t keysAt = layout.add(sizeof(int64_t) * rows);
+    const size_t sumsAt = layout.add(sizeof(double) * 2 * rows);
+    const size_t lossAt = layout.add(sizeof(double) * rows);
+    const size_t flagsAt = layout.add(rows);
+    void *scratch = ctx.scratch(layout.bytes, name);
+    keys = at<int64_t>(scratch, keysAt);
+    sums = at<double>(scratch, sumsAt);
+    rowLoss = at<double>(scratch, lossAt);
+    rowFlags = at<uint8_t>(scratch, flagsAt);
+    launchRows(ctx, name, rows, classesLocal, crossEntropyShardedMaxKernel<32>,
+               crossEntropyShardedMaxKernel<256>, rows, classesLocal, start,
+               logits, keys);
+  }
+  // Every member joins both collectives, rows or not.
+  reduce(keys, size_t(rows), /*max=*/true);
+  if (rows > 0)
+    launchRows(ctx, name, rows, classesLocal, crossEntropyShardedSumKernel<32>,
+               crossEntropyShardedSumKernel<256>, rows, classesLocal, start,
+               classes, logits, target, ignoreIndex,
+               static_cast<const int64_t *>(keys), sums);
+  reduce(sums, size_t(2 * rows), /*max=*/false);
+  if (rows > 0) {
+    crossEntropyShardedRowsKernel<<<elementwiseGrid(ctx, rows), kThreads, 0,
+                                    ctx.stream>>>(
+        rows, classes, target, ignoreIndex, keys, sums, lse, rowLoss, rowFlags,
+        ctx.error, op);
+    checkLaunch(ctx, name);
+  }
+  crossEntropyReduceKernel<<<1, 1024, 0, ctx.stream>>>(rows, rowLoss, rowFlags,
+                                                       loss, stats);
+  checkLaunch(ctx, name);
+}
+
+void crossEntropyBwdSharded(CudaContext &ctx, int64_t rows,
+                            int64_t classesLocal, int64_t classes,
+                            int64_t start, const float *logits,
+                            const int32_t *target, int64_t ignoreIndex,
+                            const float *lse, const float *dloss,
+                            float *dlogits, int32_t op) {
+  const char *name = "cross_entropy_bwd_sharded";
+  checkShard(ctx, name, classesLocal, classes, start);
+  crossEntropyBwdAny(ctx, name, rows, classesLocal, logits, target,
+                     ignoreIndex, lse, dloss, dlogits, op, start, classes);
+}
+
 void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
                   const int32_t *ids, const float *table, float *out,
                   int32_t op) {
@@ -1233,23 +1445,27 @@ void embeddingFwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
   checkLaunch(ctx, name);
 }
 
-void embeddingBwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
-                  const int32_t *ids, const float *dout, float *dtable,
-                  int32_t op) {
-  const char *name = "embedding_bwd";
-  if (vocab <= 0 || dim <= 0)
+namespace {
+/// dtable (this rank's vocabLocal rows from start) = 0, then the sums of
+/// dout over each row's positions; vocabLocal == vocab, start 0: unsharded.
+void embeddingBwdAny(CudaContext &ctx, const char *name, int64_t n,
+                     int64_t vocabLocal, int64_t vocab, int64_t start,
+                     int64_t dim, const int32_t *ids, const float *dout,
+                     float *dtable, int32_t op) {
+  if (vocabLocal <= 0 || dim <= 0)
     return;
   if (n > int64_t(INT32_MAX) || vocab >= int64_t(UINT32_MAX))
     throw runtime::Error(rankPrefix(ctx, name) + "n = " + std::to_string(n) +
                          ", vocab = " + std::to_string(vocab) +
                          ": too large (2^31 - 1 at most)");
-  LOOM_CUDA_CHECK(
-      ctx, cudaMemsetAsync(dtable, 0, sizeof(float) * vocab * dim, ctx.stream),
-      name);
+  LOOM_CUDA_CHECK(ctx,
+                  cudaMemsetAsync(dtable, 0, sizeof(float) * vocabLocal * dim,
+                                  ctx.stream),
+                  name);
   if (n <= 0)
     return;
   int endBit = 1;
-  while (endBit < 32 && (uint64_t(1) << endBit) <= uint64_t(vocab))
+  while (endBit < 32 && (uint64_t(1) << endBit) <= uint64_t(vocabLocal))
     ++endBit;
   size_t sortBytes = 0;
   LOOM_CUDA_CHECK(
@@ -1272,7 +1488,7 @@ void embeddingBwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
   uint32_t *positions = at<uint32_t>(scratch, positionsAt);
   uint32_t *sortedPositions = at<uint32_t>(scratch, sortedPositionsAt);
   embeddingKeysKernel<<<elementwiseGrid(ctx, n), kThreads, 0, ctx.stream>>>(
-      n, vocab, ids, keys, positions, ctx.error, op);
+      n, vocabLocal, vocab, start, ids, keys, positions, ctx.error, op);
   checkLaunch(ctx, name);
   // Stable: equal ids keep their positions in increasing order.
   LOOM_CUDA_CHECK(ctx,
@@ -1284,8 +1500,43 @@ void embeddingBwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
                   name);
   const int threads = dim >= 256 ? 256 : dim >= 128 ? 128 : dim >= 64 ? 64 : 32;
   embeddingSegmentsKernel<<<unsigned(n), threads, 0, ctx.stream>>>(
-      n, vocab, dim, sortedKeys, sortedPositions, dout, dtable);
+      n, vocabLocal, dim, sortedKeys, sortedPositions, dout, dtable);
   checkLaunch(ctx, name);
+}
+} // namespace
+
+void embeddingBwd(CudaContext &ctx, int64_t n, int64_t vocab, int64_t dim,
+                  const int32_t *ids, const float *dout, float *dtable,
+                  int32_t op) {
+  embeddingBwdAny(ctx, "embedding_bwd", n, vocab, vocab, 0, dim, ids, dout,
+                  dtable, op);
+}
+
+void embeddingFwdSharded(CudaContext &ctx, int64_t n, int64_t vocabLocal,
+                         int64_t vocab, int64_t start, int64_t dim,
+                         const int32_t *ids, const float *table, float *out,
+                         int32_t op) {
+  const char *name = "embedding_fwd_sharded";
+  checkShard(ctx, name, vocabLocal, vocab, start);
+  if (n <= 0 || dim <= 0)
+    return;
+  if (n > int64_t(INT32_MAX))
+    throw runtime::Error(rankPrefix(ctx, name) + "n = " + std::to_string(n) +
+                         " exceeds 2^31 - 1");
+  const int threads = dim >= 256 ? 256 : dim >= 128 ? 128 : dim >= 64 ? 64 : 32;
+  embeddingFwdShardedKernel<<<unsigned(n), threads, 0, ctx.stream>>>(
+      n, vocabLocal, vocab, start, dim, ids, table, out, ctx.error, op);
+  checkLaunch(ctx, name);
+}
+
+void embeddingBwdSharded(CudaContext &ctx, int64_t n, int64_t vocabLocal,
+                         int64_t vocab, int64_t start, int64_t dim,
+                         const int32_t *ids, const float *dout, float *dtable,
+                         int32_t op) {
+  const char *name = "embedding_bwd_sharded";
+  checkShard(ctx, name, vocabLocal, vocab, start);
+  embeddingBwdAny(ctx, name, n, vocabLocal, vocab, start, dim, ids, dout,
+                  dtable, op);
 }
 
 namespace {

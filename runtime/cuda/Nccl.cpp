@@ -26,6 +26,8 @@ ncclDataType_t toNccl(NcclType t) {
   switch (t) {
   case NcclType::F32:
     return ncclFloat32;
+  case NcclType::F64:
+    return ncclFloat64;
   case NcclType::BF16:
     return ncclBfloat16;
   case NcclType::F16:

@@ -29,7 +29,7 @@
 
 namespace loom::cuda {
 
-enum class NcclType { F32, BF16, F16, I32, I64 };
+enum class NcclType { F32, F64, BF16, F16, I32, I64 };
 enum class NcclOp { Sum, Max };
 
 class NcclMesh {

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -31,9 +32,11 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kn = loom::kernels;
@@ -520,6 +523,181 @@ void testCrossEntropy(lc::CudaContext &ctx, int64_t rows, int64_t classes) {
       dGradLow.get() == rounded,
       "bitwise the fp32 kernel's gradient rounded to bf16");
   noDeviceError(ctx, "cross_entropy");
+}
+
+/// Vocabulary-parallel cross-entropy and embedding over a group of `parts`
+/// shards, each a thread with its own context on this GPU. The group's two
+/// reductions run on the host between the threads, as NCCL runs them: the
+/// keys' maximum, then the doubles' sum in rank order. Against the CPU
+/// reference on the whole logits and table.
+void testVocabParallel(lc::CudaContext &ctx, int64_t rows, int64_t classesLocal,
+                       int parts) {
+  const int64_t ignore = -100, classes = classesLocal * parts;
+  auto logits = randomVec(size_t(rows * classes), 3.0f);
+  std::vector<int32_t> target(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    target[r] = r % 7 == 3 ? int32_t(ignore) : int32_t(rng() % classes);
+    if (r % 5 == 0 && target[r] != ignore)
+      logits[r * classes + target[r]] = 10.0f;
+  }
+  // A tie for the maximum across two shards: the lower global index wins.
+  logits[0 * classes + 1] = 10.0f;
+  logits[0 * classes + classesLocal + 1] = 10.0f;
+  target[0] = int32_t(classesLocal + 1);
+  float loss = 0, stats[2];
+  std::vector<float> lse(rows), grad(size_t(rows * classes));
+  const float dloss = 0.7f;
+  kn::crossEntropyForward<float>(rows, classes, logits.data(), target.data(),
+                                 ignore, &loss, lse.data(), stats);
+  kn::crossEntropyBackward<float>(rows, classes, logits.data(), target.data(),
+                                  ignore, lse.data(), &dloss, grad.data());
+  const int64_t n = 3000, dim = 40;
+  const int64_t vocabLocal = classesLocal, vocab = classes;
+  auto table = randomVec(size_t(vocab * dim));
+  auto dout = randomVec(size_t(n * dim));
+  std::vector<int32_t> ids(n);
+  for (auto &id : ids)
+    id = int32_t(rng() % uint64_t(vocab));
+  std::vector<float> gathered(size_t(n * dim)), dtable(size_t(vocab * dim));
+  kn::embeddingForward<float>(n, vocab, dim, ids.data(), table.data(),
+                              gathered.data());
+  kn::embeddingBackward<float>(n, vocab, dim, ids.data(), dout.data(),
+                               dtable.data());
+
+  // The host side of the group's all-reduces.
+  std::mutex m;
+  std::condition_variable cv;
+  int arrived = 0, generation = 0;
+  auto barrier = [&] {
+    std::unique_lock<std::mutex> lock(m);
+    const int g = generation;
+    if (++arrived == parts) {
+      arrived = 0;
+      ++generation;
+      cv.notify_all();
+    } else {
+      cv.wait(lock, [&] { return generation != g; });
+    }
+  };
+  auto staged = std::vector<std::vector<char>>(size_t(parts));
+  struct Result {
+    std::vector<float> loss, lse, stats, grad, out, dtable;
+    std::string error;
+  };
+  auto results = std::vector<Result>(size_t(parts));
+  auto shard = [&](int p) {
+    Result &res = results[size_t(p)];
+    try {
+      lc::CudaContext c(ctx.device, p);
+      const int64_t start = p * classesLocal;
+      std::vector<float> mine(size_t(rows * classesLocal));
+      for (int64_t r = 0; r < rows; ++r)
+        std::copy(logits.begin() + r * classes + start,
+                  logits.begin() + r * classes + start + classesLocal,
+                  mine.begin() + r * classesLocal);
+      Dev<float> dL(mine), dLoss(1), dLse(rows), dStats(2),
+          dD(size_t(rows * classesLocal)), dDloss(std::vector<float>{dloss});
+      Dev<int32_t> dT(target);
+      dLoss.poison(), dLse.poison(), dStats.poison(), dD.poison();
+      auto reduce = [&](void *data, size_t count, bool max) {
+        const size_t bytes = count * 8;
+        check(cudaStreamSynchronize(c.stream), "stream");
+        staged[size_t(p)].resize(bytes);
+        check(cudaMemcpy(staged[size_t(p)].data(), data, bytes,
+                         cudaMemcpyDeviceToHost),
+              "download");
+        barrier();
+        std::vector<char> out(staged[0]);
+        for (int q = 1; q < parts; ++q)
+          for (size_t i = 0; i < count; ++i) {
+            if (max) {
+              int64_t a, b;
+              std::memcpy(&a, out.data() + 8 * i, 8);
+              std::memcpy(&b, staged[size_t(q)].data() + 8 * i, 8);
+              a = std::max(a, b);
+              std::memcpy(out.data() + 8 * i, &a, 8);
+            } else {
+              double a, b;
+              std::memcpy(&a, out.data() + 8 * i, 8);
+              std::memcpy(&b, staged[size_t(q)].data() + 8 * i, 8);
+              a += b;
+              std::memcpy(out.data() + 8 * i, &a, 8);
+            }
+          }
+        barrier();
+        check(cudaMemcpy(data, out.data(), bytes, cudaMemcpyHostToDevice),
+              "upload");
+      };
+      lc::crossEntropyFwdSharded(c, rows, classesLocal, classes, start, dL, dT,
+                                 ignore, dLoss, dLse, dStats, reduce, 6);
+      lc::crossEntropyBwdSharded(c, rows, classesLocal, classes, start, dL, dT,
+                                 ignore, dLse, dDloss, dD, 6);
+      res.loss = dLoss.get(), res.lse = dLse.get(), res.stats = dStats.get(),
+      res.grad = dD.get();
+      Dev<float> dTable(std::vector<float>(
+          table.begin() + start * dim, table.begin() + (start + vocabLocal) * dim));
+      Dev<float> dOut(size_t(n * dim)), dDout(dout),
+          dDtable(size_t(vocabLocal * dim));
+      Dev<int32_t> dIds(ids);
+      dOut.poison(), dDtable.poison();
+      lc::embeddingFwdSharded(c, n, vocabLocal, vocab, start, dim, dIds, dTable,
+                              dOut, 7);
+      lc::embeddingBwdSharded(c, n, vocabLocal, vocab, start, dim, dIds, dDout,
+                              dDtable, 7);
+      res.out = dOut.get(), res.dtable = dDtable.get();
+      if (!noDeviceError(c, "vocab-parallel shard " + std::to_string(p)))
+        res.error = "device error";
+    } catch (const std::exception &e) {
+      res.error = e.what();
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int p = 0; p < parts; ++p)
+    threads.emplace_back(shard, p);
+  for (auto &t : threads)
+    t.join();
+
+  std::string error;
+  double eLoss = 0, eGrad = 0;
+  bool same = true, statsOk = true, embOk = true;
+  std::vector<float> summed(size_t(n * dim), 0.0f);
+  for (int p = 0; p < parts; ++p) {
+    const Result &res = results[size_t(p)];
+    if (!res.error.empty()) {
+      error = res.error;
+      break;
+    }
+    same &= bitwiseEqual(res.loss, results[0].loss) &&
+            bitwiseEqual(res.lse, results[0].lse);
+    statsOk &= res.stats[0] == stats[0] && res.stats[1] == stats[1];
+    eLoss = std::max({eLoss, relErrF(res.loss, {loss}), relErrF(res.lse, lse)});
+    std::vector<float> cols(size_t(rows * classesLocal));
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(grad.begin() + r * classes + p * classesLocal,
+                grad.begin() + r * classes + (p + 1) * classesLocal,
+                cols.begin() + r * classesLocal);
+    eGrad = std::max(eGrad, relErrF(res.grad, cols));
+    for (size_t i = 0; i < summed.size(); ++i)
+      summed[i] += res.out[i];
+    embOk &= bitwiseEqual(
+        res.dtable,
+        std::vector<float>(dtable.begin() + p * vocabLocal * dim,
+                           dtable.begin() + (p + 1) * vocabLocal * dim));
+  }
+  const std::string shape =
+      dims({rows, classes}) + " over " + std::to_string(parts);
+  if (!error.empty()) {
+    row("vocab-parallel", shape, NAN, 0, false, error);
+    return;
+  }
+  row("cross_entropy_fwd_sharded", shape, eLoss, 1e-5,
+      eLoss <= 1e-5 && same && statsOk,
+      std::string(same ? "members agree" : "members differ") +
+          (statsOk ? ", stats exact" : ", stats differ"));
+  row("cross_entropy_bwd_sharded", shape, eGrad, 1e-5, eGrad <= 1e-5);
+  embOk &= bitwiseEqual(summed, gathered);
+  row("embedding_{fwd,bwd}_sharded", dims({n, vocab, dim}), NAN, 0, embOk,
+      "bitwise the unsharded rows");
 }
 
 void testCrossEntropyErrors(lc::CudaContext &ctx) {
@@ -1101,6 +1279,8 @@ int main() {
       testCrossEntropy(ctx, 300, 10);
       testCrossEntropy(ctx, 4099, 1000);
       testCrossEntropyErrors(ctx);
+      testVocabParallel(ctx, 300, 40, 2);
+      testVocabParallel(ctx, 1024, 12576, 4);
     });
     guarded("embedding", [&] {
       testEmbedding(ctx, 8192, 5000, 768);
