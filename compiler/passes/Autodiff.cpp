@@ -454,9 +454,13 @@ struct AutodiffPass : impl::AutodiffBase<AutodiffPass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     SmallVector<ModelOp> models(module.getOps<ModelOp>());
+    // loomc --mode=infer: the evaluation step alone.
+    auto mode = module->getAttrOfType<StringAttr>("loom.mode");
+    bool infer = mode && mode.getValue() == "infer";
     for (ModelOp model : models) {
       OpBuilder b(model);
-      if (failed(buildTrainStep(b, model)) || failed(buildEvalStep(b, model)))
+      if ((!infer && failed(buildTrainStep(b, model))) ||
+          failed(buildEvalStep(b, model)))
         return signalPassFailure();
       model.erase();
     }

@@ -431,10 +431,6 @@ int main(int argc, char **argv) {
                        value->getValue() + "'");
   }
 
-  if (mode == "infer")
-    return userError("--mode=infer: inference artifacts are not built yet; "
-                     "this build compiles training steps");
-
   std::string text;
   if (!readSource(text))
     return 1;
@@ -480,6 +476,10 @@ int main(int argc, char **argv) {
   auto ir = fe::buildLoomModule(context, *graph);
   if (!ir)
     return 1;
+  // An inference artifact: the forward step alone (Autodiff builds no
+  // training step, so no gradients, optimizer state or saved activations).
+  if (mode == "infer")
+    (*ir)->setAttr("loom.mode", mlir::StringAttr::get(&context, "infer"));
 
   auto print = [&]() {
     return writeOutput([&](raw_ostream &os) { ir->print(os); }) ? 0 : 1;

@@ -119,6 +119,13 @@ options (--flag=value and --flag value are both accepted):
                      on rank 0, as one Chrome/Perfetto trace JSON
   --trace-steps=N    steps to trace (default 3): steps 1..N, or the first N
                      after --resume
+  --infer            run an inference artifact (loomc --mode=infer): --steps
+                     batches (default: the held-out split once, the training
+                     split where that is less than a batch) after one warm-up
+                     call; prints throughput, p50/p99 latency per call, loss
+                     and accuracy (and writes them to --metrics)
+  --batch=N          with --infer: the batch the artifact was compiled for
+                     (shapes are static: compile with loomc -Dbatch=N)
   --describe         print the artifact's manifest and exit
   --version          print the runtime's version and build features
   --help             this text
@@ -137,7 +144,7 @@ exit status: 0 success, 1 a run-time error, 2 a usage error
 
 /// Flags in DESIGN.md whose features have not landed: named so that using
 /// one says so instead of "unknown option".
-const char *const kNotYet[] = {"infer", "batch", "calibrate"};
+const char *const kNotYet[] = {"calibrate"};
 
 /// The watchdog's limit when --timeout is not given (several ranks).
 constexpr double kDefaultTimeout = 300;
@@ -170,6 +177,8 @@ struct Options {
   int64_t threads = 0;
   int64_t evalEvery = 0;
   int64_t evalBatches = -1;
+  bool infer = false;
+  std::optional<int64_t> batch;
   int64_t logEvery = 0;
   std::string metrics;
   std::string initFrom, save, ckptDir;
@@ -315,6 +324,10 @@ Options parseArgs(int argc, char **argv) {
       o.ckptKeepGiven = true;
     } else if (flag("resume"))
       boolean(o.resume);
+    else if (flag("infer"))
+      boolean(o.infer);
+    else if (flag("batch"))
+      o.batch = parseCount(name, takeValue(), 1);
     else {
       for (const char *n : kNotYet)
         if (name == n)
@@ -328,6 +341,12 @@ Options parseArgs(int argc, char **argv) {
     return o;
   if (o.traceStepsGiven && o.trace.empty())
     throw UsageError{"--trace-steps needs --trace=FILE.json"};
+  if (o.batch && !o.infer)
+    throw UsageError{"--batch=N goes with --infer"};
+  if (o.infer && (o.resume || !o.ckptDir.empty() || !o.save.empty() ||
+                  o.evalEvery > 0))
+    throw UsageError{"--infer runs the forward step only: no --resume, "
+                     "--ckpt-dir, --save or --eval-every"};
   if (o.ckptDir.empty()) {
     if (o.resume)
       throw UsageError{"--resume needs --ckpt-dir=DIR (where the checkpoints "
@@ -540,6 +559,8 @@ private:
   void evalBatch(int64_t i);
   float readOutput(const std::string &name) const;
   EvalResult evaluate();
+  /// --infer: `batches` forward calls (0: the held-out split once), timed.
+  int infer(int64_t batches);
   void progress(int64_t step, int64_t steps, double loss, double stepTokens,
                 double stepSeconds, double lr, double eta, bool final);
   /// A line of its own between progress updates (rank 0).
@@ -807,6 +828,114 @@ float Trainer::readOutput(const std::string &name) const {
   return v;
 }
 
+int Trainer::infer(int64_t batches) {
+  const Manifest &m = artifact_->manifest();
+  loom_program_fn eval = artifact_->program("eval_step", stage_);
+  const int64_t batch = loader_->batchSize();
+  if (opts_.batch && *opts_.batch != batch)
+    failEverywhere(opts_.artifact + ": --batch=" +
+                   std::to_string(*opts_.batch) +
+                   ", but the artifact was compiled for batch " +
+                   std::to_string(batch) + " (shapes are static: compile with "
+                   "loomc -Dbatch=" + std::to_string(*opts_.batch) + ")");
+  // The held-out split's batches in order (repeated for more), or the
+  // training split's where the held-out one is less than a batch.
+  const int64_t heldOut = loader_->evalBatches();
+  if (batches == 0)
+    batches = heldOut > 0 ? heldOut : 1;
+  auto load = [&](int64_t i) {
+    if (heldOut > 0)
+      evalBatch(i % heldOut);
+    else
+      nextTrainBatch();
+  };
+  if (world_.rank == 0 && !tty_)
+    std::printf("loom-run: %s (%s), inference, %s, %lld batches of %lld from "
+                "the %s split, %d threads%s\n",
+                m.model.c_str(), opts_.artifact.c_str(),
+                data_->summary().c_str(), static_cast<long long>(batches),
+                static_cast<long long>(batch),
+                heldOut > 0 ? "held-out" : "training", threads_,
+                world_.size > 1 ? (" per rank, " + std::to_string(world_.size) +
+                                   " ranks (" + formatMesh(m.mesh) + ")")
+                                      .c_str()
+                                : "");
+  // One warm-up call (first-touch of the arena, CUDA graph capture), not
+  // timed.
+  load(0);
+  callProgram(eval, "eval_step", 0);
+  const bool counted = m.output("eval_count").has_value();
+  const bool hasAccuracy = m.output("eval_correct").has_value();
+  std::vector<double> latency;
+  latency.reserve(size_t(batches));
+  double lossSum = 0, correct = 0, count = 0, busy = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    load(i);
+    double t0 = nowSeconds();
+    callProgram(eval, "eval_step", i);
+    double t = nowSeconds() - t0;
+    // Several ranks: the slowest rank's call.
+    if (world_.size > 1) {
+      try {
+        mesh_->allReduceMax(&t, 1, "--infer latency");
+      } catch (const Error &e) {
+        fail("rank " + std::to_string(world_.rank) + ", --infer batch " +
+             std::to_string(i + 1) + ": " + e.what());
+      }
+    }
+    latency.push_back(t);
+    busy += t;
+    double c = counted ? readOutput("eval_count") : 1.0;
+    lossSum += double(readOutput("eval_loss")) * c;
+    if (hasAccuracy)
+      correct += readOutput("eval_correct");
+    count += c;
+  }
+  if (latency.empty())
+    fail("--infer: stopped before the first batch");
+  std::vector<double> sorted = latency;
+  std::sort(sorted.begin(), sorted.end());
+  // Nearest-rank percentiles.
+  auto percentile = [&](double p) {
+    size_t k = size_t(std::ceil(p / 100.0 * double(sorted.size())));
+    return sorted[std::min(sorted.size() - 1, k ? k - 1 : 0)];
+  };
+  const double p50 = percentile(50) * 1e3, p99 = percentile(99) * 1e3;
+  const double samplesPerSecond =
+      double(batch) * double(latency.size()) / busy;
+  const double loss = count > 0 ? lossSum / count : NAN;
+  const double accuracy = hasAccuracy && count > 0 ? correct / count : NAN;
+  if (world_.rank == 0) {
+    std::printf("loom-run: inference: %zu batches of %lld, %.1f samples/s, "
+                "latency p50 %.3f ms, p99 %.3f ms; loss %.4f",
+                latency.size(), static_cast<long long>(batch),
+                samplesPerSecond, p50, p99, loss);
+    if (hasAccuracy)
+      std::printf(", accuracy %.4f", accuracy);
+    std::printf("\n");
+    std::fflush(stdout);
+    if (!opts_.metrics.empty()) {
+      std::ofstream out(opts_.metrics, std::ios::out | std::ios::trunc);
+      if (!out)
+        fail("cannot write the metrics file " + opts_.metrics + ": " +
+             std::strerror(errno));
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "{\"mode\": \"infer\", \"batches\": %zu, \"batch\": "
+                    "%lld, \"samples_per_s\": %.3f, \"latency_p50_ms\": "
+                    "%.6f, \"latency_p99_ms\": %.6f, \"eval_loss\": %s, "
+                    "\"eval_accuracy\": %s}\n",
+                    latency.size(), static_cast<long long>(batch),
+                    samplesPerSecond, p50, p99,
+                    std::isfinite(loss) ? std::to_string(loss).c_str() : "null",
+                    std::isfinite(accuracy) ? std::to_string(accuracy).c_str()
+                                            : "null");
+      out << line;
+    }
+  }
+  return 0;
+}
+
 EvalResult Trainer::evaluate() {
   EvalResult r;
   loom_program_fn eval = artifact_->program("eval_step", stage_);
@@ -940,8 +1069,18 @@ int Trainer::run() {
                    ": this loom-run was built without CUDA and executes CPU "
                    "artifacts only (rebuild the runtime where the CUDA "
                    "toolkit is, or recompile with --target=cpu)");
-  if (!manifest.program("train_step"))
-    failEverywhere(path + ": no train_step program (an inference artifact?)");
+  // An inference artifact (loomc --mode=infer) has the evaluation step
+  // alone.
+  const bool inferenceArtifact = !manifest.program("train_step");
+  if (inferenceArtifact && !manifest.program("eval_step"))
+    failEverywhere(path + ": neither a train_step nor an eval_step program: "
+                          "nothing to run");
+  if (inferenceArtifact && !opts_.infer)
+    failEverywhere(path + ": an inference artifact (no train_step program): "
+                          "run it with --infer");
+  if (!inferenceArtifact && opts_.infer)
+    failEverywhere(path + ": --infer needs an inference artifact (compile the "
+                          "model with loomc --mode=infer)");
   uint64_t physical = physicalMemoryBytes();
   if (physical && uint64_t(manifest.arenaBytes) > physical)
     failEverywhere(
@@ -955,9 +1094,11 @@ int Trainer::run() {
                    ": --eval-every given but the artifact has no eval_step "
                    "program");
 
-  int64_t steps;
+  int64_t steps = 0;
   if (opts_.steps)
     steps = *opts_.steps;
+  else if (opts_.infer)
+    steps = 0; // one pass over the held-out split (Trainer::infer)
   else if (manifest.trainSteps())
     steps = *manifest.trainSteps();
   else
@@ -1204,6 +1345,9 @@ int Trainer::run() {
   } catch (const Error &e) {
     fail(e.what());
   }
+
+  if (opts_.infer)
+    return infer(steps);
 
   std::ofstream metrics;
   if (!opts_.metrics.empty() && world_.rank == 0) {
