@@ -134,30 +134,6 @@ def torch_step_times(model, weights, batches, warm, n, items):
     return times
 
 
-def surrogate_init(model):
-    """Weights for the twin with the right distributions, from torch's
-    generator (the values do not change the work of a step; the Python
-    Philox init in tests/parity/philox.py is too slow for 100M+ elements)."""
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for name, shape, init, args in model.params:
-        if init == "zeros":
-            out[name] = torch.zeros(shape)
-        elif init == "ones":
-            out[name] = torch.ones(shape)
-        elif init == "normal":
-            out[name] = torch.randn(shape, generator=g) * args[0]
-        else:
-            if init == "glorot":
-                fi, fo = philox.glorot_fans(shape)
-                a = (6.0 / (fi + fo)) ** 0.5
-                lo, hi = -a, a
-            else:
-                lo, hi = args
-            out[name] = lo + (hi - lo) * torch.rand(shape, generator=g)
-    return out
-
-
 def blas_info():
     cfg = torch.__config__.show()
     blas = next((l.split("BLAS_INFO=")[1].split(",")[0] for l in cfg.splitlines()
@@ -210,7 +186,7 @@ def main():
             compile_s = time.perf_counter() - t0
             model = artifact.load_model(loomx)
             items = items_per_step(model)
-            weights = surrogate_init(model)
+            weights = twins.random_weights(model)
             loader = data.Loader(data.Dataset(datap), model.inputs)
             batches = loader.batches(warm + n)
             unit = "tokens/s" if model.name == "Gpt" else "samples/s"

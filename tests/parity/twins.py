@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+import philox
+
 
 def _by_name(model):
     return {n: (shape, init, args) for n, shape, init, args in model.params}
@@ -189,3 +191,27 @@ class Trainer:
         self.sched.step()
         return {"step": self.s, "loss": float(loss.detach()), "lr": lr,
                 "grad_norm": float(norm)}
+
+
+def random_weights(model):
+    """Weights for the twin with the right distributions, from torch's
+    generator (the values do not change the work of a step; the Python
+    Philox init in tests/parity/philox.py is too slow for 100M+ elements)."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, shape, init, args in model.params:
+        if init == "zeros":
+            out[name] = torch.zeros(shape)
+        elif init == "ones":
+            out[name] = torch.ones(shape)
+        elif init == "normal":
+            out[name] = torch.randn(shape, generator=g) * args[0]
+        else:
+            if init == "glorot":
+                fi, fo = philox.glorot_fans(shape)
+                a = (6.0 / (fi + fo)) ** 0.5
+                lo, hi = -a, a
+            else:
+                lo, hi = args
+            out[name] = lo + (hi - lo) * torch.rand(shape, generator=g)
+    return out
