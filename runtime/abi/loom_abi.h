@@ -65,6 +65,25 @@ void loom_gemm_f16(loom_ctx *ctx, int64_t batch, int32_t transA,
                    const uint16_t *A, int64_t strideA, const uint16_t *B,
                    int64_t strideB, uint16_t *C, int64_t strideC);
 
+/* --- INT8 inference (additions within ABI 3) ----------------------------- */
+/** Per-output-channel symmetric INT8 weights (SEMANTICS.md, quantization):
+ *  for w [K, N] (y = x @ w), scale[n] = max(max_k |w[k, n]| / 127, 2^-23)
+ *  and wq[k, n] = clamp(round_half_even(w[k, n] * (1 / scale[n])), -127,
+ *  127). A non-finite weight is an error. */
+void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
+                             const float *w, int8_t *wq, float *scale);
+/** y [M, N] = the INT8 product of x [M, K] and wq [K, N], dequantized: x is
+ *  quantized per tensor to UINT8 from range = {min, max} (widened to include
+ *  0; scale s = max((max - min) / 255, 2^-23), zero point z =
+ *  clamp(round_half_even(-min / s), 0, 255), q = clamp(round_half_even(x *
+ *  (1 / s)) + z, 0, 255)), products accumulate exactly in INT32, and
+ *  y[m, n] = float(acc[m, n]) * (s * wscale[n]) -- the fake-quantized
+ *  product up to that one rounding. oneDNN's u8s8s32 GEMM where the CPU
+ *  has VNNI (exact there), else a plain loop. */
+void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
+                     const float *x, const float *range, const int8_t *wq,
+                     const float *wscale, float *y);
+
 /* --- Normalisation and softmax (over the last dimension, `cols`) --------- */
 void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
                          const float *x, const float *gain, const float *bias,

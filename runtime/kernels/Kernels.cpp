@@ -12,9 +12,12 @@
 #include "runtime/Context.h"
 #include "runtime/abi/loom_abi.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #if LOOM_HAVE_DNNL
 #include <dnnl.h>
@@ -212,6 +215,120 @@ void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
 #endif
   kn::gemm<float>(batch, transA != 0, transB != 0, M, N, K, A, strideA, B,
                   strideB, C, strideC, alpha, beta);
+}
+
+//===----------------------------------------------------------------------===//
+// INT8 inference
+//===----------------------------------------------------------------------===//
+
+void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
+                             const float *w, int8_t *wq, float *scale) {
+  useContextThreads(ctx);
+  if (K < 0 || N < 0) {
+    loom_error(ctx, "quantize_weight_s8", "negative size");
+    return;
+  }
+  const float eps = std::numeric_limits<float>::epsilon();
+  int64_t bad = -1;
+#pragma omp parallel for schedule(static) if (K * N >= kn::kParallelWork)
+  for (int64_t n = 0; n < N; ++n) {
+    float top = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = w[k * N + n];
+      if (!std::isfinite(v)) {
+#pragma omp critical(loom_quantize_weight_bad)
+        if (bad < 0 || k * N + n < bad)
+          bad = k * N + n;
+      }
+      top = std::max(top, std::fabs(v));
+    }
+    const float s = std::max(top / 127.0f, eps);
+    scale[n] = s;
+    const float inv = 1.0f / s;
+    for (int64_t k = 0; k < K; ++k) {
+      const float q = std::nearbyint(w[k * N + n] * inv);
+      wq[k * N + n] = int8_t(std::min(127.0f, std::max(-127.0f, q)));
+    }
+  }
+  if (bad >= 0)
+    loom_error(ctx, "quantize_weight_s8",
+               ("weight element " + std::to_string(bad) + " is not finite")
+                   .c_str());
+}
+
+void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
+                     const float *x, const float *range, const int8_t *wq,
+                     const float *wscale, float *y) {
+  useContextThreads(ctx);
+  if (M < 0 || N < 0 || K < 0) {
+    loom_error(ctx, "qgemm_u8s8", "negative size");
+    return;
+  }
+  // The activation's quantization (SEMANTICS.md: per-tensor affine UINT8).
+  const float eps = std::numeric_limits<float>::epsilon();
+  const float lo = std::min(range[0], 0.0f), hi = std::max(range[1], 0.0f);
+  if (!std::isfinite(lo) || !std::isfinite(hi)) {
+    loom_error(ctx, "qgemm_u8s8",
+               "the activation range is not finite (not calibrated?)");
+    return;
+  }
+  const float s = std::max((hi - lo) / 255.0f, eps);
+  const float z = std::min(255.0f, std::max(0.0f, std::nearbyint(-lo / s)));
+  const float inv = 1.0f / s;
+  // Scratch of the calling thread (its pointers go to the OpenMP workers).
+  thread_local std::vector<uint8_t> xqBuffer;
+  thread_local std::vector<int32_t> accBuffer;
+  xqBuffer.resize(size_t(M * K));
+  accBuffer.resize(size_t(M * N));
+  uint8_t *xq = xqBuffer.data();
+  int32_t *acc = accBuffer.data();
+  // round_half_even(v) as (v + 1.5 * 2^23) - 1.5 * 2^23, which vectorizes
+  // (exact for |v| < 2^22; larger values stay beyond the clamp either way).
+  const float magic = 12582912.0f;
+#pragma omp parallel for simd schedule(static) if (M * K >= kn::kParallelWork)
+  for (int64_t i = 0; i < M * K; ++i) {
+    const float q = ((x[i] * inv + magic) - magic) + z;
+    xq[i] = uint8_t(std::min(255.0f, std::max(0.0f, q)));
+  }
+  const uint8_t zp = uint8_t(z);
+  bool done = false;
+#if LOOM_HAVE_DNNL
+  // Without VNNI, oneDNN's u8s8s32 kernels sum pairs of products in 16 bits
+  // and may saturate: exact INT32 accumulation needs VNNI (or AMX's CPUs,
+  // which have it), else the loop below.
+  static const bool vnni = __builtin_cpu_supports("avx512vnni") ||
+                           __builtin_cpu_supports("avxvnni");
+  if (vnni && M > 0 && N > 0 && K > 0) {
+    const int32_t co = 0;
+    // C = (A - ao)(B - bo): oneDNN subtracts the offsets it is given.
+    dnnl_status_t status =
+        dnnl_gemm_u8s8s32('N', 'N', 'F', M, N, K, 1.0f, xq, K, zp, wq, N, 0,
+                          0.0f, acc, N, &co);
+    if (status != dnnl_success) {
+      loom_error(ctx, "qgemm_u8s8",
+                 ("oneDNN gemm_u8s8s32 failed with status " +
+                  std::to_string(int(status)))
+                     .c_str());
+      return;
+    }
+    done = true;
+  }
+#endif
+  if (!done) {
+#pragma omp parallel for schedule(static) if (M * N * K >= kn::kParallelWork)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        int32_t a = 0;
+        for (int64_t k = 0; k < K; ++k)
+          a += (int32_t(xq[m * K + k]) - int32_t(zp)) *
+               int32_t(wq[k * N + n]);
+        acc[m * N + n] = a;
+      }
+  }
+#pragma omp parallel for schedule(static) if (M * N >= kn::kParallelWork)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      y[m * N + n] = float(acc[m * N + n]) * (s * wscale[n]);
 }
 
 //===----------------------------------------------------------------------===//

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -246,6 +247,107 @@ TEST(Gemm, BetaZeroOverwritesWithoutReadingC) {
   loom_gemm(&ctx, 1, 0, 0, M, N, K, Af.data(), 0, Bf.data(), 0, Cf.data(), 0,
             1.0f, 0.0f);
   expectAgrees(Cf, expected, "loom_gemm");
+}
+
+// INT8 inference: per-channel symmetric weights, per-tensor affine UINT8
+// activations, exact INT32 accumulation (SEMANTICS.md, quantization).
+TEST(Int8, WeightQuantizationIsPerChannelSymmetric) {
+  const int64_t K = 3, N = 4;
+  // Column 0: max 1.27 -> scale 0.01; column 1: all zero (scale eps);
+  // column 2: -2.54 largest; column 3: halves round to even.
+  const FVec w = {1.27f, 0.0f, -2.54f, 0.025f,  //
+                  -0.5f, 0.0f, 1.0f,   0.035f,  //
+                  0.004f, 0.0f, 0.01f, 0.127f};
+  std::vector<int8_t> wq(size_t(K * N));
+  auto scale = FVec(size_t(N));
+  TestContext ctx;
+  loom_quantize_weight_s8(&ctx, K, N, w.data(), wq.data(), scale.data());
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  EXPECT_FLOAT_EQ(scale[0], 1.27f / 127.0f);
+  EXPECT_EQ(scale[1], std::numeric_limits<float>::epsilon());
+  EXPECT_FLOAT_EQ(scale[2], 2.54f / 127.0f);
+  EXPECT_FLOAT_EQ(scale[3], 0.127f / 127.0f);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      const float q = std::nearbyint(w[size_t(k * N + n)] * (1.0f / scale[size_t(n)]));
+      EXPECT_EQ(int(wq[size_t(k * N + n)]), int(std::clamp(q, -127.0f, 127.0f)))
+          << "k " << k << " n " << n;
+    }
+  EXPECT_EQ(wq[0], 127);
+  EXPECT_EQ(wq[2], -127);
+  EXPECT_EQ(wq[1], 0);
+
+  FVec bad = w;
+  bad[5] = std::numeric_limits<float>::quiet_NaN();
+  TestContext badCtx;
+  loom_quantize_weight_s8(&badCtx, K, N, bad.data(), wq.data(), scale.data());
+  EXPECT_TRUE(badCtx.failed);
+  EXPECT_NE(badCtx.errorMessage.find("weight element 5 is not finite"),
+            std::string::npos)
+      << badCtx.errorMessage;
+}
+
+TEST(Int8, ProductIsTheFakeQuantizedProductExactly) {
+  std::mt19937_64 rng(9);
+  struct Case {
+    int64_t M, N, K;
+    float lo, hi;
+  };
+  // Ranges that include 0, that do not (widened), and a ReLU output's.
+  for (const Case &c : {Case{1, 1, 1, -1.0f, 1.0f}, Case{37, 129, 64, -2.0f, 3.0f},
+                        Case{256, 1024, 64, 0.5f, 4.0f},
+                        Case{64, 10, 1024, -3.0f, -0.5f}}) {
+    SCOPED_TRACE(testing::Message() << "M " << c.M << " N " << c.N << " K "
+                                    << c.K << " range " << c.lo << " " << c.hi);
+    FVec x = toFloat(randomVec(rng, size_t(c.M * c.K), c.lo - 0.2, c.hi + 0.2));
+    FVec w = toFloat(randomVec(rng, size_t(c.K * c.N)));
+    std::vector<int8_t> wq(size_t(c.K * c.N));
+    auto wscale = FVec(size_t(c.N)), y = FVec(size_t(c.M * c.N));
+    const FVec range = {c.lo, c.hi};
+    TestContext ctx;
+    loom_quantize_weight_s8(&ctx, c.K, c.N, w.data(), wq.data(), wscale.data());
+    loom_qgemm_u8s8(&ctx, c.M, c.N, c.K, x.data(), range.data(), wq.data(),
+                    wscale.data(), y.data());
+    ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+    // The reference: quantize as SEMANTICS.md says, accumulate in int64.
+    const float lo = std::min(c.lo, 0.0f), hi = std::max(c.hi, 0.0f);
+    const float s = std::max((hi - lo) / 255.0f,
+                             std::numeric_limits<float>::epsilon());
+    const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
+    double worst = 0, scaleOfY = 0;
+    for (int64_t m = 0; m < c.M; ++m)
+      for (int64_t n = 0; n < c.N; ++n) {
+        int64_t acc = 0;
+        double real = 0;
+        for (int64_t k = 0; k < c.K; ++k) {
+          const float q = std::clamp(
+              std::nearbyint(x[size_t(m * c.K + k)] * (1.0f / s)) + z, 0.0f,
+              255.0f);
+          acc += (int64_t(q) - int64_t(z)) * int64_t(wq[size_t(k * c.N + n)]);
+          real += double(x[size_t(m * c.K + k)]) * w[size_t(k * c.N + n)];
+        }
+        const float expected = float(acc) * (s * wscale[size_t(n)]);
+        ASSERT_EQ(y[size_t(m * c.N + n)], expected) << "m " << m << " n " << n;
+        worst = std::max(worst, std::fabs(double(expected) - real));
+        scaleOfY = std::max(scaleOfY, std::fabs(real));
+      }
+    // And close to the FP32 product: a few quantization steps of K terms.
+    EXPECT_LT(worst, 0.05 * std::max(1.0, scaleOfY)) << "worst " << worst;
+  }
+}
+
+TEST(Int8, UncalibratedRangeIsAnError) {
+  const FVec x = {1.0f}, range = {0.0f, std::numeric_limits<float>::infinity()};
+  const std::vector<int8_t> wq = {1};
+  const FVec wscale = {1.0f};
+  FVec y(1);
+  TestContext ctx;
+  loom_qgemm_u8s8(&ctx, 1, 1, 1, x.data(), range.data(), wq.data(),
+                  wscale.data(), y.data());
+  EXPECT_TRUE(ctx.failed);
+  EXPECT_NE(ctx.errorMessage.find("activation range is not finite"),
+            std::string::npos)
+      << ctx.errorMessage;
 }
 
 TEST(Gemm, EmptyInnerDimensionScalesC) {
