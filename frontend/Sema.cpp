@@ -433,10 +433,15 @@ std::optional<Graph> Elaborator::run() {
   if (diag_.hasErrors())
     return std::nullopt;
 
-  if (lossCount_ == 0 && opts_.training) {
-    diag_.error(model->loc, "model '" + model->name +
-                                "' has no loss; training needs 'loss EXPR'");
-    if (train)
+  if (lossCount_ == 0) {
+    // An inference artifact runs the evaluation step: its loss and accuracy
+    // are what loom-run --infer reports.
+    diag_.error(model->loc,
+                "model '" + model->name + "' has no loss; " +
+                    (opts_.training ? "training needs 'loss EXPR'"
+                                    : "an inference artifact (--mode=infer) "
+                                      "reports the loss: add 'loss EXPR'"));
+    if (train && opts_.training)
       diag_.note(train->loc, "it is trained here");
     return std::nullopt;
   }
