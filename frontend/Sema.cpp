@@ -433,7 +433,7 @@ std::optional<Graph> Elaborator::run() {
   if (diag_.hasErrors())
     return std::nullopt;
 
-  if (lossCount_ == 0) {
+  if (lossCount_ == 0 && (opts_.training || opts_.inference)) {
     // An inference artifact runs the evaluation step: its loss and accuracy
     // are what loom-run --infer reports.
     diag_.error(model->loc,

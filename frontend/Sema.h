@@ -38,8 +38,12 @@ struct CompileOptions {
   std::string model;
   /// Directory against which a relative `data` path resolves.
   std::string baseDir;
-  /// `--mode=train` needs a loss; `infer` does not.
+  /// `--mode=train` needs a loss (false: front-end tools and tests that
+  /// elaborate loss-free models).
   bool training = true;
+  /// loomc --mode=infer: the evaluation step, which reports the loss, so a
+  /// loss is required as for training.
+  bool inference = false;
 };
 
 /// Checks `module` and elaborates the model to compile. Returns nullopt when

@@ -348,9 +348,12 @@ TEST_F(LoomRun, UsageErrorsExitTwo) {
   r = loomRun("");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "no artifact given");
-  r = loomRun(*artifact_ + " --infer");
+  r = loomRun(*artifact_ + " --calibrate=4");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "not implemented in this runtime yet");
+  r = loomRun(*artifact_ + " --batch=4");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_HAS(r.err, "--batch=N goes with --infer");
   r = loomRun(*artifact_ + " --trace-steps=2");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "--trace-steps needs --trace=FILE.json");

@@ -460,6 +460,7 @@ int main(int argc, char **argv) {
     return 1;
   opts.model = modelName;
   opts.training = mode == "train";
+  opts.inference = mode == "infer";
   opts.baseDir = sys::path::parent_path(inputFile).str();
   if (opts.baseDir.empty())
     opts.baseDir = ".";
