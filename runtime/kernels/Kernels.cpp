@@ -32,6 +32,9 @@ namespace {
 
 /// Runs the kernels of this call on ctx->threads OpenMP threads (the rank's
 /// thread budget); a context without one keeps the OpenMP default.
+/// Multiply-adds below which a product runs on one thread (see loom_gemm).
+constexpr int64_t kSmallGemmWork = int64_t(1) << 20;
+
 void useContextThreads(loom_ctx *ctx) {
 #ifdef _OPENMP
   if (ctx && ctx->threads > 0 && omp_get_max_threads() != ctx->threads)
@@ -192,6 +195,25 @@ void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
                         B + b * strideB, ldb, beta, C + b * strideC, N);
     };
     dnnl_status_t status = dnnl_success;
+#ifdef _OPENMP
+    // A small product runs on this thread alone: waking the other OpenMP
+    // threads (futex waits under OMP_WAIT_POLICY=passive) costs more than
+    // the product (the MLP's eval step at batch 64: 0.2 ms on 2 threads,
+    // 0.02 ms on one).
+    if (const int threads = omp_get_max_threads();
+        batch * M * N * K < kSmallGemmWork && threads > 1) {
+      omp_set_num_threads(1);
+      for (int64_t b = 0; b < batch && status == dnnl_success; ++b)
+        status = one(b);
+      omp_set_num_threads(threads);
+      if (status != dnnl_success)
+        loom_error(ctx, "gemm",
+                   ("oneDNN sgemm failed with status " +
+                    std::to_string(int(status)))
+                       .c_str());
+      return;
+    }
+#endif
     // Many small products (attention-sized): one whole product per thread.
     // Otherwise one product at a time, each parallel inside oneDNN.
     if (batch > 1 && strideC != 0 && M * N * K <= (int64_t(1) << 18)) {
