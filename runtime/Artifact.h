@@ -93,6 +93,16 @@ struct Buffer {
   std::string describeType() const;
 };
 
+/// Post-training quantization's calibrated activation range of a weight's
+/// input (state "<weight>.act_range", f32[2]): saved and loaded with the
+/// weights.
+inline bool isActivationRange(const Buffer &b) {
+  const std::string suffix = ".act_range";
+  return b.name.size() > suffix.size() &&
+         b.name.compare(b.name.size() - suffix.size(), suffix.size(),
+                        suffix) == 0;
+}
+
 /// A trainable parameter: a buffer plus how to initialise and shard it.
 struct ParamSpec : Buffer {
   std::string init = "zeros"; ///< zeros | ones | normal | uniform | glorot

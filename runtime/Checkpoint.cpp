@@ -148,6 +148,12 @@ saveWeights(const std::string &path, const Manifest &m,
     for (const ParamSpec &p : m.params)
       tensors.push_back(
           {p.name, toSafetensors(p.dtype), p.global(), arena + p.offset});
+    // Post-training quantization's calibrated activation ranges go with the
+    // weights (DESIGN.md: --calibrate=N --save=Q.safetensors).
+    for (const Buffer &b : m.state)
+      if (isActivationRange(b))
+        tensors.push_back(
+            {b.name, toSafetensors(b.dtype), b.global(), arena + b.offset});
     return st::write(path, tensors, metadata);
   }
   // Gather: rank 0 assembles each full tensor from the slices of the ranks
@@ -226,6 +232,23 @@ void loadWeights(const std::string &path, const Manifest &m,
   std::set<std::string> names;
   for (const ParamSpec &p : m.params)
     names.insert(p.name);
+  // Calibrated activation ranges, where the model has them (optional here:
+  // an FP32 model's weights load into a post-training quantization
+  // artifact for its calibration).
+  std::vector<std::pair<const Buffer *, const st::TensorInfo *>> ranges;
+  for (const Buffer &b : m.state) {
+    if (!isActivationRange(b))
+      continue;
+    names.insert(b.name);
+    if (const st::TensorInfo *t = h.find(b.name)) {
+      if (t->dtype != toSafetensors(b.dtype) || t->shape != b.global())
+        fail("tensor '" + b.name + "' has dtype " + st::dtypeName(t->dtype) +
+             " and shape " + st::formatShape(t->shape) + ", the model needs " +
+             st::dtypeName(toSafetensors(b.dtype)) + " " +
+             st::formatShape(b.global()));
+      ranges.push_back({&b, t});
+    }
+  }
   std::vector<std::string> unknown;
   for (const st::TensorInfo &t : h.tensors)
     if (!names.count(t.name))
@@ -240,6 +263,9 @@ void loadWeights(const std::string &path, const Manifest &m,
                              : std::string()));
   }
   MeshCoord coord = coordOf(mesh);
+  for (auto [b, t] : ranges)
+    if (b->inStage(coord[2]))
+      file->read(*t, arena + b->offset, /*checkFinite=*/true);
   std::vector<unsigned char> whole;
   for (size_t i = 0; i < m.params.size(); ++i) {
     const ParamSpec &p = m.params[i];

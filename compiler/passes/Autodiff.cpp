@@ -15,6 +15,7 @@
 #include "dialects/Loom/LoomOps.h"
 #include "dialects/Train/TrainDialect.h"
 
+#include "llvm/ADT/StringSet.h"
 #include "mlir/IR/IRMapping.h"
 
 namespace loom {
@@ -450,15 +451,167 @@ LogicalResult buildEvalStep(OpBuilder &top, ModelOp model) {
   return success();
 }
 
+/// Post-training quantization: the matmuls of an activation [M, K] by a
+/// parameter [K, N] (both f32) in `block`, with their parameters.
+SmallVector<std::pair<Operation *, train::ParamOp>> ptqSites(Block *block) {
+  SmallVector<std::pair<Operation *, train::ParamOp>> sites;
+  for (Operation &op : *block) {
+    if (op.getName().getStringRef() != "loom.matmul")
+      continue;
+    auto x = dyn_cast<RankedTensorType>(op.getOperand(0).getType());
+    auto w = dyn_cast<RankedTensorType>(op.getOperand(1).getType());
+    auto param = op.getOperand(1).getDefiningOp<train::ParamOp>();
+    if (x && w && param && x.getRank() == 2 && w.getRank() == 2 &&
+        x.getElementType().isF32() && w.getElementType().isF32())
+      sites.push_back({&op, param});
+  }
+  return sites;
+}
+
+/// loomc --mode=infer --quantize=ptq-int8 (SEMANTICS.md, quantization): the
+/// matmuls of an activation by a weight run in INT8 (per-channel symmetric
+/// weights, per-tensor affine UINT8 activations). Three programs:
+/// - calibrate_step: the FP32 forward; a min/max observer on each such
+///   matmul's input updates the state "<weight>.act_range" ([min, max],
+///   from [0, 0]); loom-run --calibrate=N runs it and --save keeps the
+///   ranges with the weights;
+/// - prepare_step: quantizes each weight once into "<weight>.qweight" (i8)
+///   and "<weight>.qscale" (loom-run --infer runs it before the first call);
+/// - eval_step: the forward with train.qmatmul in place of those matmuls.
+LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model) {
+  auto stepNamed = [&](StringRef name) -> Block * {
+    for (auto step : model->getParentOfType<ModuleOp>().getOps<train::StepOp>())
+      if (step.getSymName() == name)
+        return &step.getBody().front();
+    return nullptr;
+  };
+  auto state = [](TensorBuilder &tb, OpBuilder &b, StringRef name, Type t) {
+    return tb.create1("train.state", {}, t, {tb.attr("name", b.getStringAttr(name))});
+  };
+  auto update = [](OpBuilder &b, Location loc, StringRef name, Value v) {
+    OperationState st(loc, "train.update");
+    st.addOperands(v);
+    st.addAttribute("name", b.getStringAttr(name));
+    b.create(st);
+  };
+  auto f32 = [&](ArrayRef<int64_t> shape) {
+    return RankedTensorType::get(shape, top.getF32Type());
+  };
+
+  // The INT8 evaluation step.
+  if (failed(buildEvalStep(top, model)))
+    return failure();
+  Block *eval = stepNamed("eval_step");
+  auto sites = ptqSites(eval);
+  if (sites.empty())
+    return model.emitOpError("--quantize=ptq-int8: no matmul of an "
+                             "activation by a 2-D f32 parameter to quantize");
+  for (auto [mm, param] : sites) {
+    OpBuilder b(mm);
+    TensorBuilder tb(b, mm->getLoc());
+    auto w = cast<RankedTensorType>(param.getType());
+    int64_t n = w.getDimSize(1);
+    std::string name = param.getName().str();
+    Value range = state(tb, b, name + ".act_range", f32({2}));
+    Value wq = state(tb, b, name + ".qweight",
+                     RankedTensorType::get(w.getShape(), b.getIntegerType(8)));
+    Value ws = state(tb, b, name + ".qscale", f32({n}));
+    Value y = tb.create1("train.qmatmul", {mm->getOperand(0), range, wq, ws},
+                         mm->getResult(0).getType());
+    mm->getResult(0).replaceAllUsesWith(y);
+    mm->erase();
+  }
+
+  // Calibration: the FP32 forward with observers.
+  ForwardResult fwd;
+  FailureOr<Block *> cal =
+      forwardStep(top, model, "calibrate_step", "eval", fwd);
+  if (failed(cal))
+    return failure();
+  {
+    OpBuilder end = OpBuilder::atBlockEnd(*cal);
+    TensorBuilder te(end, model.getLoc());
+    te.create("train.output", {fwd.loss}, {},
+              {te.attr("name", end.getStringAttr("eval_loss"))});
+    for (auto [mm, param] : ptqSites(*cal)) {
+      OpBuilder b(mm);
+      TensorBuilder tb(b, mm->getLoc());
+      std::string name = param.getName().str() + ".act_range";
+      Value range = state(tb, b, name, f32({2}));
+      Value seen = tb.create1("train.observe_range", {mm->getOperand(0), range},
+                              f32({2}));
+      update(end, mm->getLoc(), name, seen);
+    }
+  }
+
+  // Preparation: each weight quantized once (a forward clone whose other
+  // ops are dropped).
+  ForwardResult prep;
+  FailureOr<Block *> pre = forwardStep(top, model, "prepare_step", "eval", prep);
+  if (failed(pre))
+    return failure();
+  {
+    OpBuilder end = OpBuilder::atBlockEnd(*pre);
+    llvm::StringSet<> done;
+    for (auto [mm, param] : ptqSites(*pre)) {
+      std::string name = param.getName().str();
+      if (!done.insert(name).second)
+        continue;
+      TensorBuilder tb(end, mm->getLoc());
+      auto w = cast<RankedTensorType>(param.getType());
+      // The step reads what it updates (train.step's verifier).
+      state(tb, end, name + ".qweight",
+            RankedTensorType::get(w.getShape(), end.getIntegerType(8)));
+      state(tb, end, name + ".qscale", f32({w.getDimSize(1)}));
+      Operation *q = tb.create(
+          "train.quantize_weight", {param.getResult()},
+          {RankedTensorType::get(w.getShape(), end.getIntegerType(8)),
+           f32({w.getDimSize(1)})});
+      update(end, mm->getLoc(), name + ".qweight", q->getResult(0));
+      update(end, mm->getLoc(), name + ".qscale", q->getResult(1));
+    }
+    // Everything but the parameters and the quantization goes.
+    SmallVector<Operation *> ops;
+    for (Operation &op : **pre)
+      ops.push_back(&op);
+    for (Operation *op : llvm::reverse(ops)) {
+      StringRef n = op->getName().getStringRef();
+      if (n == "train.param" || n == "train.state" || n == "train.update" ||
+          n == "train.quantize_weight")
+        continue;
+      if (op->use_empty())
+        op->erase();
+    }
+  }
+  return success();
+}
+
 struct AutodiffPass : impl::AutodiffBase<AutodiffPass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     SmallVector<ModelOp> models(module.getOps<ModelOp>());
-    // loomc --mode=infer: the evaluation step alone.
+    // loomc --mode=infer: the evaluation step alone (with post-training
+    // quantization, its calibration and preparation steps too).
     auto mode = module->getAttrOfType<StringAttr>("loom.mode");
     bool infer = mode && mode.getValue() == "infer";
     for (ModelOp model : models) {
       OpBuilder b(model);
+      StringRef quantize = "none";
+      if (auto cfg = model.getConfigAttr())
+        if (auto q = cfg.getAs<StringAttr>("quantize"))
+          quantize = q.getValue();
+      if (infer && quantize == "qat") {
+        model.emitError("--mode=infer --quantize=qat-int8: inference "
+                        "artifacts of quantization-aware training are not "
+                        "built yet (--quantize=ptq-int8 is)");
+        return signalPassFailure();
+      }
+      if (infer && quantize == "ptq") {
+        if (failed(buildPtqSteps(b, model)))
+          return signalPassFailure();
+        model.erase();
+        continue;
+      }
       if ((!infer && failed(buildTrainStep(b, model))) ||
           failed(buildEvalStep(b, model)))
         return signalPassFailure();

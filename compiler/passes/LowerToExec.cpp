@@ -584,6 +584,28 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
       return a.getInt();
     return std::nullopt;
   };
+  // Post-training quantization (loom_abi.h, INT8 inference).
+  if (n == "train.observe_range") {
+    call(b, loc, "loom_observe_range",
+         {i64(b, cast<RankedTensorType>(op->getOperand(0).getType())
+                     .getNumElements()),
+          V(0), V(1), R(0)});
+    return success();
+  }
+  if (n == "train.quantize_weight") {
+    auto [k, nOut] = rowsCols(op->getOperand(0));
+    call(b, loc, "loom_quantize_weight_s8",
+         {i64(b, k), i64(b, nOut), V(0), R(0), R(1)});
+    return success();
+  }
+  if (n == "train.qmatmul") {
+    auto [m, k] = rowsCols(op->getOperand(0));
+    int64_t nOut = cast<RankedTensorType>(op->getOperand(2).getType())
+                       .getDimSize(1);
+    call(b, loc, "loom_qgemm_u8s8",
+         {i64(b, m), i64(b, nOut), i64(b, k), V(0), V(1), V(2), V(3), R(0)});
+    return success();
+  }
   if (n == "train.cross_entropy") {
     if (failed(requireI32(op->getOperand(1), "targets")))
       return failure();

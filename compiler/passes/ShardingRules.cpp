@@ -918,5 +918,8 @@ void loom::registerShardingRules(DialectRegistry &registry) {
     attach<scalarRule, t::OutputOp, t::ClipCoefOp, t::IncrementOp,
            t::NonFiniteOp, t::LossScaleValueOp, t::LossScaleUpdateOp,
            t::AdaptiveClipOp, t::LossWeightOp>(ctx);
+    // Post-training quantization (one rank: loomc refuses a mesh).
+    attach<scalarRule, t::ObserveRangeOp, t::QuantizeWeightOp, t::QMatmulOp>(
+        ctx);
   });
 }

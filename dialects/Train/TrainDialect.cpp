@@ -46,7 +46,10 @@ LogicalResult StepOp::verify() {
         return op.emitOpError("publishes '") << o.getName() << "' twice";
   }
   const char *needed = getKind() == "train" ? "loss" : "eval_loss";
-  if (!outputs.contains(needed))
+  // An evaluation-kind step that only writes state (post-training
+  // quantization's prepare_step) publishes nothing.
+  bool stateOnly = getKind() == "eval" && outputs.empty() && !writes.empty();
+  if (!outputs.contains(needed) && !stateOnly)
     return emitOpError("a ") << getKind() << " step must output '" << needed
                              << "'";
   return success();

@@ -232,6 +232,38 @@ def Train_ReluGradOp : Train_Op<"relu_grad", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
+def Train_ObserveRangeOp : Train_Op<"observe_range", [Pure]> {
+  let summary = "Post-training quantization: widens a [min, max] range to x";
+  let description = [{
+    result = [min(range[0], min(x)), max(range[1], max(x))]: the min/max
+    observer of an activation over the calibration batches (its state starts
+    at [0, 0], so the range always includes 0).
+  }];
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_QuantizeWeightOp : Train_Op<"quantize_weight", [Pure]> {
+  let summary = "Per-output-channel symmetric INT8 weights and their scales";
+  let arguments = (ins Train_AnyTensor:$weight);
+  let results = (outs Train_AnyTensor:$quantized, Train_AnyTensor:$scale);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_QMatmulOp : Train_Op<"qmatmul", [Pure]> {
+  let summary = "x @ w in INT8: x quantized from its calibrated range";
+  let description = [{
+    x [M, K] quantized per tensor to UINT8 from `range`, times the INT8
+    weight [K, N] with INT32 accumulation, dequantized with the range's
+    scale and the weight's per-channel `scale` (loom_qgemm_u8s8).
+  }];
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range,
+                       Train_AnyTensor:$weight, Train_AnyTensor:$scale);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
 def Train_FakeQuantGradOp : Train_Op<"fake_quant_grad", [Pure]> {
   let summary = "dy where loom.fake_quant's q is inside [qmin, qmax], else 0";
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$scale,

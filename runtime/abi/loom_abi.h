@@ -83,6 +83,11 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
 void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                      const float *x, const float *range, const int8_t *wq,
                      const float *wscale, float *y);
+/** The min/max observer of post-training quantization's calibration:
+ *  out = {min(range[0], min x), max(range[1], max x)} (out may be range). A
+ *  NaN in x is an error. */
+void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
+                        const float *range, float *out);
 
 /* --- Normalisation and softmax (over the last dimension, `cols`) --------- */
 void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,

@@ -278,6 +278,28 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
                    .c_str());
 }
 
+void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
+                        const float *range, float *out) {
+  float lo = range[0], hi = range[1];
+  int64_t nan = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i])) {
+      nan = i;
+      break;
+    }
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  if (nan >= 0) {
+    loom_error(ctx, "observe_range",
+               ("activation element " + std::to_string(nan) + " is NaN")
+                   .c_str());
+    return;
+  }
+  out[0] = lo;
+  out[1] = hi;
+}
+
 void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                      const float *x, const float *range, const int8_t *wq,
                      const float *wscale, float *y) {

@@ -350,7 +350,7 @@ TEST_F(LoomRun, UsageErrorsExitTwo) {
   EXPECT_HAS(r.err, "no artifact given");
   r = loomRun(*artifact_ + " --calibrate=4");
   EXPECT_EQ(r.status, 2);
-  EXPECT_HAS(r.err, "not implemented in this runtime yet");
+  EXPECT_HAS(r.err, "--calibrate=N needs --save=Q.safetensors");
   r = loomRun(*artifact_ + " --batch=4");
   EXPECT_EQ(r.status, 2);
   EXPECT_HAS(r.err, "--batch=N goes with --infer");

@@ -481,6 +481,20 @@ int main(int argc, char **argv) {
   // training step, so no gradients, optimizer state or saved activations).
   if (mode == "infer")
     (*ir)->setAttr("loom.mode", mlir::StringAttr::get(&context, "infer"));
+  // Post-training quantization: INT8 kernels exist on the CPU, for one rank.
+  for (auto model : ir->getOps<loom::ModelOp>()) {
+    auto cfg = model.getConfigAttr();
+    auto q = cfg ? cfg.getAs<mlir::StringAttr>("quantize") : nullptr;
+    if (!q || q.getValue() != "ptq" || mode != "infer")
+      continue;
+    auto meshAttr = cfg.getAs<mlir::DenseI64ArrayAttr>("mesh");
+    bool oneRank = !meshAttr || llvm::all_of(meshAttr.asArrayRef(),
+                                             [](int64_t n) { return n == 1; });
+    if (target == "cuda" || !oneRank)
+      return userError("--quantize=ptq-int8: INT8 inference runs on the CPU "
+                       "and on one rank in this build (no --target=cuda, no "
+                       "--mesh)");
+  }
 
   auto print = [&]() {
     return writeOutput([&](raw_ostream &os) { ir->print(os); }) ? 0 : 1;

@@ -28,6 +28,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -124,6 +125,11 @@ options (--flag=value and --flag value are both accepted):
                      split where that is less than a batch) after one warm-up
                      call; prints throughput, p50/p99 latency per call, loss
                      and accuracy (and writes them to --metrics)
+  --calibrate=N      post-training quantization (loomc --mode=infer
+                     --quantize=ptq-int8): run the FP32 model on N training
+                     batches, observing each quantized matmul's input range,
+                     and --save the weights with those ranges; --infer
+                     --init-from that file then runs the INT8 model
   --batch=N          with --infer: the batch the artifact was compiled for
                      (shapes are static: compile with loomc -Dbatch=N)
   --describe         print the artifact's manifest and exit
@@ -142,9 +148,6 @@ environment (artifacts compiled with --target=cuda):
 exit status: 0 success, 1 a run-time error, 2 a usage error
 )";
 
-/// Flags in DESIGN.md whose features have not landed: named so that using
-/// one says so instead of "unknown option".
-const char *const kNotYet[] = {"calibrate"};
 
 /// The watchdog's limit when --timeout is not given (several ranks).
 constexpr double kDefaultTimeout = 300;
@@ -179,6 +182,7 @@ struct Options {
   int64_t evalBatches = -1;
   bool infer = false;
   std::optional<int64_t> batch;
+  int64_t calibrate = 0;
   int64_t logEvery = 0;
   std::string metrics;
   std::string initFrom, save, ckptDir;
@@ -328,14 +332,10 @@ Options parseArgs(int argc, char **argv) {
       boolean(o.infer);
     else if (flag("batch"))
       o.batch = parseCount(name, takeValue(), 1);
-    else {
-      for (const char *n : kNotYet)
-        if (name == n)
-          throw UsageError{"--" + name +
-                           " is part of loom-run's contract but not "
-                           "implemented in this runtime yet"};
+    else if (flag("calibrate"))
+      o.calibrate = parseCount(name, takeValue(), 1);
+    else
       throw UsageError{"unknown option '--" + name + "' (see --help)"};
-    }
   }
   if (o.help || o.version)
     return o;
@@ -343,6 +343,11 @@ Options parseArgs(int argc, char **argv) {
     throw UsageError{"--trace-steps needs --trace=FILE.json"};
   if (o.batch && !o.infer)
     throw UsageError{"--batch=N goes with --infer"};
+  if (o.calibrate && (o.infer || o.resume || !o.ckptDir.empty() ||
+                      o.evalEvery > 0 || o.save.empty()))
+    throw UsageError{"--calibrate=N needs --save=Q.safetensors (the weights "
+                     "and the activation ranges), and no --infer, --resume, "
+                     "--ckpt-dir or --eval-every"};
   if (o.infer && (o.resume || !o.ckptDir.empty() || !o.save.empty() ||
                   o.evalEvery > 0))
     throw UsageError{"--infer runs the forward step only: no --resume, "
@@ -561,6 +566,10 @@ private:
   EvalResult evaluate();
   /// --infer: `batches` forward calls (0: the held-out split once), timed.
   int infer(int64_t batches);
+  /// --calibrate: `batches` calls of the calibration step, then --save.
+  int calibrate(int64_t batches);
+  /// The first two floats of a state buffer (an activation range).
+  std::array<float, 2> readFloats(const Buffer &b) const;
   void progress(int64_t step, int64_t steps, double loss, double stepTokens,
                 double stepSeconds, double lr, double eta, bool final);
   /// A line of its own between progress updates (rank 0).
@@ -828,6 +837,56 @@ float Trainer::readOutput(const std::string &name) const {
   return v;
 }
 
+std::array<float, 2> Trainer::readFloats(const Buffer &b) const {
+  std::array<float, 2> v{};
+  std::memcpy(v.data(), arena_ + b.offset, sizeof v);
+  return v;
+}
+
+int Trainer::calibrate(int64_t batches) {
+  const Manifest &m = artifact_->manifest();
+  loom_program_fn cal = artifact_->program("calibrate_step", stage_);
+  if (world_.rank == 0 && !tty_)
+    std::printf("loom-run: %s (%s), calibration, %s, %lld batches of %lld "
+                "from the training split, %d threads\n",
+                m.model.c_str(), opts_.artifact.c_str(),
+                data_->summary().c_str(), static_cast<long long>(batches),
+                static_cast<long long>(loader_->batchSize()), threads_);
+  double lossSum = 0;
+  for (int64_t i = 0; i < batches; ++i) {
+    nextTrainBatch();
+    callProgram(cal, "calibrate_step", i);
+    lossSum += readOutput("eval_loss");
+  }
+  std::string ranges;
+  for (const Buffer &b : m.state)
+    if (isActivationRange(b)) {
+      auto r = readFloats(b);
+      char text[160];
+      std::snprintf(text, sizeof text, "%s%s [%.4g, %.4g]",
+                    ranges.empty() ? "" : ", ", b.name.c_str(), r[0], r[1]);
+      ranges += text;
+    }
+  pullArena();
+  try {
+    saveWeights(opts_.save, m, arena_,
+                {{"format", "pt"},
+                 {"model", m.model},
+                 {"calibration_batches", std::to_string(batches)},
+                 {"seed", std::to_string(seed_)}},
+                mesh_.get());
+  } catch (const Error &e) {
+    fail(e.what());
+  }
+  if (world_.rank == 0)
+    std::printf("loom-run: calibrated on %lld batches (FP32 loss %.4f): %s; "
+                "weights and ranges saved to %s\n",
+                static_cast<long long>(batches),
+                lossSum / double(std::max<int64_t>(1, batches)),
+                ranges.c_str(), opts_.save.c_str());
+  return 0;
+}
+
 int Trainer::infer(int64_t batches) {
   const Manifest &m = artifact_->manifest();
   loom_program_fn eval = artifact_->program("eval_step", stage_);
@@ -860,6 +919,17 @@ int Trainer::infer(int64_t batches) {
                                    " ranks (" + formatMesh(m.mesh) + ")")
                                       .c_str()
                                 : "");
+  // Post-training quantization: calibrated ranges, then the weights
+  // quantized once.
+  if (m.program("prepare_step")) {
+    for (const Buffer &b : m.state)
+      if (isActivationRange(b) && readFloats(b)[0] == 0 && readFloats(b)[1] == 0)
+        failEverywhere(opts_.artifact + ": activation range '" + b.name +
+                       "' is not calibrated: run loom-run ART --init-from=W "
+                       "--calibrate=N --save=Q.safetensors, then --infer "
+                       "--init-from=Q.safetensors");
+    callProgram(artifact_->program("prepare_step", stage_), "prepare_step");
+  }
   // One warm-up call (first-touch of the arena, CUDA graph capture), not
   // timed.
   load(0);
@@ -1075,9 +1145,14 @@ int Trainer::run() {
   if (inferenceArtifact && !manifest.program("eval_step"))
     failEverywhere(path + ": neither a train_step nor an eval_step program: "
                           "nothing to run");
-  if (inferenceArtifact && !opts_.infer)
+  const bool ptqArtifact = manifest.program("calibrate_step") != nullptr;
+  if (opts_.calibrate && !ptqArtifact)
+    failEverywhere(path + ": --calibrate needs a post-training quantization "
+                          "artifact (loomc --mode=infer --quantize=ptq-int8)");
+  if (inferenceArtifact && !opts_.infer && !opts_.calibrate)
     failEverywhere(path + ": an inference artifact (no train_step program): "
-                          "run it with --infer");
+                          "run it with --infer" +
+                   (ptqArtifact ? " (or --calibrate=N first)" : ""));
   if (!inferenceArtifact && opts_.infer)
     failEverywhere(path + ": --infer needs an inference artifact (compile the "
                           "model with loomc --mode=infer)");
@@ -1097,7 +1172,7 @@ int Trainer::run() {
   int64_t steps = 0;
   if (opts_.steps)
     steps = *opts_.steps;
-  else if (opts_.infer)
+  else if (opts_.infer || opts_.calibrate)
     steps = 0; // one pass over the held-out split (Trainer::infer)
   else if (manifest.trainSteps())
     steps = *manifest.trainSteps();
@@ -1346,6 +1421,8 @@ int Trainer::run() {
     fail(e.what());
   }
 
+  if (opts_.calibrate)
+    return calibrate(opts_.calibrate);
   if (opts_.infer)
     return infer(steps);
 
