@@ -17,11 +17,16 @@ samples as they are (samples/mlp.loom, samples/gpt.loom) at batch 1 and 64.
   on pre-built batches of the same shapes, torch.set_num_threads(T), one
   warm-up call then N timed calls, time.perf_counter around each.
 
+- Loom INT8 (the MLP configurations: their matmuls are activation-by-
+  weight; the GPT's are batched and stay FP32, so it has no INT8 artifact):
+  `loomc --mode=infer --quantize=ptq-int8`, `loom-run Q.loomx
+  --calibrate=4 --save=q.safetensors`, then `loom-run Q.loomx --infer
+  --init-from=q.safetensors` as above; INT8/FP32 is the throughput ratio.
+
 Weights: random, of the manifest's initialisers' distributions (they do not
-change the work). Both sides run with OMP_WAIT_POLICY=PASSIVE (see
-train_throughput.py). INT8 artifacts (loomc --quantize=ptq-int8|qat-int8)
-are not built yet: when they are, their column goes next to FP32's. A
-benchmark, not a test: it asserts nothing and is not part of scripts/test.
+change the work; Loom's runs use its own seeded initialisation). Both sides
+run with OMP_WAIT_POLICY=PASSIVE (see train_throughput.py). A benchmark,
+not a test: it asserts nothing and is not part of scripts/test.
 
 usage: inference.py [--loomc PATH] [--loom-run PATH] [--threads T]
                     [--calls N] [--configs mlp1024-b256,mlp-b1,...]
@@ -77,11 +82,12 @@ def percentile(sorted_values, p):
     return sorted_values[min(len(sorted_values), int(k)) - 1]
 
 
-def loom_infer(loomx, datap, workdir):
+def loom_infer(loomx, datap, workdir, extra=()):
     metrics = os.path.join(workdir, "infer.metrics.jsonl")
     subprocess.run([ARGS.loom_run, loomx, "--infer", f"--data={datap}",
                     f"--steps={ARGS.calls}", f"--threads={ARGS.threads}",
-                    f"--metrics={metrics}"], check=True, stdout=subprocess.DEVNULL)
+                    f"--metrics={metrics}", *extra], check=True,
+                   stdout=subprocess.DEVNULL)
     with open(metrics) as f:
         m = json.loads(f.readline())
     return m["samples_per_s"], m["latency_p50_ms"], m["latency_p99_ms"]
@@ -121,7 +127,7 @@ def main():
     torch.set_num_threads(ARGS.threads)
     print(f"bench: {ARGS.threads} threads (this machine: {os.cpu_count()} cores, load "
           f"average {os.getloadavg()[0]:.2f}); torch {torch.__version__}; "
-          f"{ARGS.calls} timed calls a side after one warm-up; FP32")
+          f"{ARGS.calls} timed calls a side after one warm-up")
     rows = []
     with tempfile.TemporaryDirectory(prefix="loom-infer-") as tmp:
         workdir = ARGS.workdir or tmp
@@ -136,13 +142,27 @@ def main():
             weights = twins.random_weights(model)
             batch = data.Loader(data.Dataset(datap), model.inputs).batches(1)[0]
             lt, l50, l99 = loom_infer(loomx, datap, workdir)
+            int8 = ("-", "-", "-")
+            if model.name == "Mlp":
+                qx = os.path.join(workdir, f"{name}.int8.loomx")
+                qw = os.path.join(workdir, f"{name}.q.safetensors")
+                subprocess.run([ARGS.loomc, os.path.join(SRC, sample), *defines,
+                                "--mode=infer", "--quantize=ptq-int8", "-o", qx],
+                               check=True)
+                subprocess.run([ARGS.loom_run, qx, f"--data={datap}", "--calibrate=4",
+                                f"--save={qw}", f"--threads={ARGS.threads}"],
+                               check=True, stdout=subprocess.DEVNULL)
+                qt, q50, q99 = loom_infer(qx, datap, workdir, [f"--init-from={qw}"])
+                int8 = (f"{qt:,.0f}", f"{q99:.3f}", f"{qt / lt:.2f}")
             tt, t50, t99 = torch_infer(model, weights, batch)
-            rows.append((name, f"{lt:,.0f}", f"{l50:.3f}", f"{l99:.3f}",
+            rows.append((name, f"{lt:,.0f}", f"{l50:.3f}", f"{l99:.3f}", *int8,
                          f"{tt:,.0f}", f"{t50:.3f}", f"{t99:.3f}", f"{lt / tt:.2f}"))
-            print(f"  {name}: Loom {lt:,.0f} samples/s (p99 {l99:.3f} ms), "
-                  f"PyTorch {tt:,.0f} samples/s (p99 {t99:.3f} ms)", flush=True)
+            print(f"  {name}: Loom {lt:,.0f} samples/s (p99 {l99:.3f} ms), INT8 "
+                  f"{int8[0]} samples/s, PyTorch {tt:,.0f} samples/s (p99 "
+                  f"{t99:.3f} ms)", flush=True)
     head = ("config", "Loom FP32 samples/s", "p50 ms", "p99 ms",
-            "PyTorch FP32 samples/s", "p50 ms", "p99 ms", "Loom/PyTorch")
+            "Loom INT8 samples/s", "INT8 p99 ms", "INT8/FP32",
+            "PyTorch FP32 samples/s", "p50 ms", "p99 ms", "Loom FP32/PyTorch")
     print()
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(" --- " for _ in head) + "|")
