@@ -440,6 +440,33 @@ __device__ inline float logitValue(uint16_t v) { return fromBF16(v); }
 __device__ inline void storeGrad(float *p, float v) { *p = v; }
 __device__ inline void storeGrad(uint16_t *p, float v) { *p = toBF16(v); }
 
+/// A row's first maximum (lowest column among equal maxima) over the
+/// group: each lane scans its columns in ascending order, then groupArgmax.
+template <int G, class L>
+__device__ void rowFirstMax(const L *xr, int64_t cols, int lane, float *shmV,
+                            int64_t *shmI, float &best, int64_t &bestIndex) {
+  best = -INFINITY;
+  bestIndex = INT64_MAX;
+  for (int64_t c = lane; c < cols; c += G) {
+    const float v = logitValue(xr[c]);
+    if (bestIndex == INT64_MAX || v > best) {
+      best = v;
+      bestIndex = c;
+    }
+  }
+  groupArgmax<G>(best, bestIndex, shmV, shmI);
+}
+
+/// A row's sum of exp(x - m), in double, over the group.
+template <int G, class L>
+__device__ double rowSumExp(const L *xr, int64_t cols, int lane, double m,
+                            double *shm) {
+  double sum = 0;
+  for (int64_t c = lane; c < cols; c += G)
+    sum += exp(logitValue(xr[c]) - m);
+  return groupSum<G>(sum, shm);
+}
+
 /// Per row: lse, and the row's loss and flags (bit 0 counted, bit 1 argmax
 /// == target) for the reduction kernel. L: float, or uint16_t for bf16
 /// logits (each widened on load: the fp32 kernel's result on the widened
@@ -458,22 +485,11 @@ __global__ void __launch_bounds__(kThreads)
     return;
   const int lane = groupLane<G>();
   const L *xr = logits + r * classes;
-  float best = -INFINITY;
-  int64_t bestIndex = INT64_MAX;
-  // The first maximum of this lane's columns (ascending c), then of the row.
-  for (int64_t c = lane; c < classes; c += G) {
-    const float v = logitValue(xr[c]);
-    if (bestIndex == INT64_MAX || v > best) {
-      best = v;
-      bestIndex = c;
-    }
-  }
-  groupArgmax<G>(best, bestIndex, shmV, shmI);
+  float best;
+  int64_t bestIndex;
+  rowFirstMax<G>(xr, classes, lane, shmV, shmI, best, bestIndex);
   const double m = best;
-  double sum = 0;
-  for (int64_t c = lane; c < classes; c += G)
-    sum += exp(logitValue(xr[c]) - m);
-  sum = groupSum<G>(sum, shm);
+  const double sum = rowSumExp<G>(xr, classes, lane, m, shm);
   const double l = m + log(sum);
   if (lane != 0)
     return;
@@ -608,16 +624,9 @@ __global__ void __launch_bounds__(kThreads)
     return;
   const int lane = groupLane<G>();
   const float *xr = logits + r * classesLocal;
-  float best = -INFINITY;
-  int64_t bestIndex = INT64_MAX;
-  for (int64_t c = lane; c < classesLocal; c += G) {
-    const float v = xr[c];
-    if (bestIndex == INT64_MAX || v > best) {
-      best = v;
-      bestIndex = c;
-    }
-  }
-  groupArgmax<G>(best, bestIndex, shmV, shmI);
+  float best;
+  int64_t bestIndex;
+  rowFirstMax<G>(xr, classesLocal, lane, shmV, shmI, best, bestIndex);
   if (lane == 0)
     keys[r] = maxKey(best, start + bestIndex);
 }
@@ -638,11 +647,8 @@ __global__ void __launch_bounds__(kThreads)
     return;
   const int lane = groupLane<G>();
   const float *xr = logits + r * classesLocal;
-  const double m = maxKeyValue(keys[r]);
-  double sum = 0;
-  for (int64_t c = lane; c < classesLocal; c += G)
-    sum += exp(xr[c] - m);
-  sum = groupSum<G>(sum, shm);
+  const double sum =
+      rowSumExp<G>(xr, classesLocal, lane, double(maxKeyValue(keys[r])), shm);
   if (lane != 0)
     return;
   sums[2 * r] = sum;
