@@ -21,6 +21,12 @@
 
 #if LOOM_HAVE_DNNL
 #include <dnnl.h>
+#include <dnnl.hpp>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -243,6 +249,104 @@ void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
 // INT8 inference
 //===----------------------------------------------------------------------===//
 
+} // extern "C"
+
+#if LOOM_HAVE_DNNL
+namespace {
+/// INT8 products as oneDNN matmul primitives with the weights reordered
+/// once into the primitive's layout: one entry per (weights, M, N, K).
+/// loom_quantize_weight_s8, the only writer of INT8 weights, drops the
+/// entries of the weights it rewrites.
+struct QMatmul {
+  dnnl::matmul primitive;
+  dnnl::memory packed;
+};
+struct QMatmulCache {
+  std::mutex lock;
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  std::map<std::tuple<const void *, int64_t, int64_t, int64_t>,
+           std::unique_ptr<QMatmul>>
+      entries;
+};
+QMatmulCache &qmatmulCache() {
+  static QMatmulCache cache;
+  return cache;
+}
+void forgetWeights(const void *wq) {
+  QMatmulCache &c = qmatmulCache();
+  std::lock_guard<std::mutex> g(c.lock);
+  for (auto it = c.entries.begin(); it != c.entries.end();)
+    it = std::get<0>(it->first) == wq ? c.entries.erase(it) : std::next(it);
+}
+/// y = scales[n] * (xq - zp) @ wq through the cached primitive.
+void qmatmulPrimitive(int64_t M, int64_t N, int64_t K, const uint8_t *xq,
+                      int32_t zp, const int8_t *wq, const float *scales,
+                      float *y) {
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  QMatmulCache &c = qmatmulCache();
+  std::lock_guard<std::mutex> g(c.lock);
+  auto &entry = c.entries[{wq, M, N, K}];
+  dnnl::stream stream(c.engine);
+  if (!entry) {
+    dnnl::memory::desc src({M, K}, dt::u8, tag::ab);
+    dnnl::memory::desc weights({K, N}, dt::s8, tag::any);
+    dnnl::memory::desc dst({M, N}, dt::f32, tag::ab);
+    dnnl::primitive_attr attr;
+    attr.set_output_scales(1 << 1, {DNNL_RUNTIME_F32_VAL});
+    attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, dst),
+                                    attr, c.engine);
+    auto made = std::make_unique<QMatmul>();
+    made->primitive = dnnl::matmul(pd);
+    made->packed = dnnl::memory(pd.weights_desc(), c.engine);
+    dnnl::memory user({{K, N}, dt::s8, tag::ab}, c.engine,
+                      const_cast<int8_t *>(wq));
+    dnnl::reorder(user, made->packed).execute(stream, user, made->packed);
+    entry = std::move(made);
+  }
+  dnnl::memory src({{M, K}, dt::u8, tag::ab}, c.engine,
+                   const_cast<uint8_t *>(xq));
+  dnnl::memory dst({{M, N}, dt::f32, tag::ab}, c.engine, y);
+  dnnl::memory scale({{N}, dt::f32, tag::a}, c.engine,
+                     const_cast<float *>(scales));
+  dnnl::memory zero({{1}, dt::s32, tag::a}, c.engine, &zp);
+  entry->primitive.execute(
+      stream, {{DNNL_ARG_SRC, src},
+               {DNNL_ARG_WEIGHTS, entry->packed},
+               {DNNL_ARG_DST, dst},
+               {DNNL_ARG_ATTR_OUTPUT_SCALES, scale},
+               {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zero}});
+  stream.wait();
+}
+} // namespace
+#endif
+
+extern "C" {
+
+} // extern "C"
+
+namespace {
+/// xq[i] = clamp(round_half_even(x[i] * inv) + z, 0, 255), with
+/// round_half_even(v) as (v + 1.5 * 2^23) - 1.5 * 2^23 (exact for |v| <
+/// 2^22; larger values stay beyond the clamp either way) and the clamp as
+/// selects, so that it vectorizes; cloned for AVX-512 and AVX2 (the
+/// baseline build is SSE2).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void
+quantizeU8(int64_t n, const float *x, float inv, float z, uint8_t *xq) {
+  const float magic = 12582912.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float q = ((x[i] * inv + magic) - magic) + z;
+    q = q > 0.0f ? q : 0.0f;
+    q = q < 255.0f ? q : 255.0f;
+    xq[i] = uint8_t(int32_t(q));
+  }
+}
+} // namespace
+
+extern "C" {
+
 void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
                              const float *w, int8_t *wq, float *scale) {
   useContextThreads(ctx);
@@ -250,6 +354,9 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
     loom_error(ctx, "quantize_weight_s8", "negative size");
     return;
   }
+#if LOOM_HAVE_DNNL
+  forgetWeights(wq);
+#endif
   const float eps = std::numeric_limits<float>::epsilon();
   int64_t bad = -1;
 #pragma omp parallel for schedule(static) if (K * N >= kn::kParallelWork)
@@ -321,24 +428,18 @@ void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
   const float inv = 1.0f / s;
   // Scratch of the calling thread (its pointers go to the OpenMP workers).
   thread_local std::vector<uint8_t> xqBuffer;
-  thread_local std::vector<int32_t> accBuffer;
   xqBuffer.resize(size_t(M * K));
-  accBuffer.resize(size_t(M * N));
   uint8_t *xq = xqBuffer.data();
-  int32_t *acc = accBuffer.data();
-  // round_half_even(v) as (v + 1.5 * 2^23) - 1.5 * 2^23, which vectorizes
-  // (exact for |v| < 2^22; larger values stay beyond the clamp either way).
-  const float magic = 12582912.0f;
-#pragma omp parallel for simd schedule(static) if (M * K >= kn::kParallelWork)
-  for (int64_t i = 0; i < M * K; ++i) {
-    float q = ((x[i] * inv + magic) - magic) + z;
-    // Written as selects (not std::min/max) so that the loop vectorizes.
-    q = q > 0.0f ? q : 0.0f;
-    q = q < 255.0f ? q : 255.0f;
-    xq[i] = uint8_t(int32_t(q));
+  // Blocks of the activation, each quantized by the widest vector code
+  // this CPU runs (quantizeU8's clones).
+  const int64_t total = M * K, block = int64_t(1) << 14;
+  const int64_t blocks = (total + block - 1) / block;
+#pragma omp parallel for schedule(static) if (total >= 4 * kn::kParallelWork)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t at = b * block;
+    quantizeU8(std::min(block, total - at), x + at, inv, z, xq + at);
   }
   const uint8_t zp = uint8_t(z);
-  bool done = false;
 #if LOOM_HAVE_DNNL
   // Without VNNI, oneDNN's u8s8s32 kernels sum pairs of products in 16 bits
   // and may saturate: exact INT32 accumulation needs VNNI (or AMX's CPUs,
@@ -346,22 +447,38 @@ void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
   static const bool vnni = __builtin_cpu_supports("avx512vnni") ||
                            __builtin_cpu_supports("avxvnni");
   if (vnni && M > 0 && N > 0 && K > 0) {
-    const int32_t co = 0;
-    // C = (A - ao)(B - bo): oneDNN subtracts the offsets it is given.
-    dnnl_status_t status =
-        dnnl_gemm_u8s8s32('N', 'N', 'F', M, N, K, 1.0f, xq, K, zp, wq, N, 0,
-                          0.0f, acc, N, &co);
-    if (status != dnnl_success) {
+    // A oneDNN matmul with the weights reordered once (qmatmulPrimitive),
+    // the zero point and the per-channel output scales s * wscale[n] as
+    // run-time arguments: it writes y itself.
+    thread_local std::vector<float> scaleBuffer;
+    scaleBuffer.resize(size_t(N));
+    for (int64_t n = 0; n < N; ++n)
+      scaleBuffer[size_t(n)] = s * wscale[n];
+#ifdef _OPENMP
+    // Small products on this thread alone, as loom_gemm's.
+    const int threads = omp_get_max_threads();
+    const bool alone = M * N * K < kSmallGemmWork && threads > 1;
+    if (alone)
+      omp_set_num_threads(1);
+#endif
+    try {
+      qmatmulPrimitive(M, N, K, xq, int32_t(zp), wq, scaleBuffer.data(), y);
+    } catch (const dnnl::error &e) {
       loom_error(ctx, "qgemm_u8s8",
-                 ("oneDNN gemm_u8s8s32 failed with status " +
-                  std::to_string(int(status)))
-                     .c_str());
-      return;
+                 (std::string("oneDNN matmul failed: ") + e.what()).c_str());
     }
-    done = true;
+#ifdef _OPENMP
+    if (alone)
+      omp_set_num_threads(threads);
+#endif
+    return;
   }
 #endif
-  if (!done) {
+  // Elsewhere: an exact INT32 loop.
+  thread_local std::vector<int32_t> accBuffer;
+  accBuffer.resize(size_t(M * N));
+  int32_t *acc = accBuffer.data();
+  {
 #pragma omp parallel for schedule(static) if (M * N * K >= kn::kParallelWork)
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) {
