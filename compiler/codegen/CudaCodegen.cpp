@@ -441,41 +441,29 @@ struct AbsFAsBits : OpRewritePattern<math::AbsFOp> {
   }
 };
 
-/// sqrt as PTX's sqrt.rn.f32 / sqrt.rn.f64 (correctly rounded, as on the
-/// CPU), not a libdevice call (the NVVM conversion turns the LLVM intrinsic
-/// into one, which only links where a CUDA toolkit is found).
-struct SqrtAsPtx : OpRewritePattern<math::SqrtOp> {
-  using OpRewritePattern::OpRewritePattern;
-  LogicalResult matchAndRewrite(math::SqrtOp op,
-                                PatternRewriter &rewriter) const override {
-    Type t = op.getType();
-    if (!t.isF64() && !t.isF32())
-      return failure();
-    bool f64 = t.isF64();
-    rewriter.replaceOpWithNewOp<LLVM::InlineAsmOp>(
-        op, t, ValueRange{op.getOperand()},
-        f64 ? "sqrt.rn.f64 $0, $1;" : "sqrt.rn.f32 $0, $1;",
-        f64 ? "=d,d" : "=f,f", /*has_side_effects=*/false,
-        /*is_align_stack=*/false, LLVM::AsmDialectAttr(), ArrayAttr());
-    return success();
-  }
-};
-
-/// Round half to even (fake_quant) as PTX's cvt.rni, not a libdevice call.
-struct RoundEvenAsCvt : OpRewritePattern<math::RoundEvenOp> {
-  using OpRewritePattern::OpRewritePattern;
-  LogicalResult matchAndRewrite(math::RoundEvenOp op,
-                                PatternRewriter &rewriter) const override {
+/// A float op as one PTX instruction (inline assembly, f32 or f64), not the
+/// libdevice call the NVVM conversion would make of its LLVM intrinsic
+/// (libdevice links only where a CUDA toolkit is found). `insn` is the
+/// instruction with {T} for the type (f32 or f64).
+template <class Op>
+struct FloatOpAsPtx : OpRewritePattern<Op> {
+  FloatOpAsPtx(MLIRContext *ctx, StringRef insn)
+      : OpRewritePattern<Op>(ctx), insn(insn.str()) {}
+  LogicalResult matchAndRewrite(Op op, PatternRewriter &rewriter) const override {
     Type t = op.getType();
     if (!t.isF32() && !t.isF64())
       return failure();
+    std::string suffix = t.isF32() ? "f32" : "f64";
+    std::string text = insn;
+    for (size_t at; (at = text.find("{T}")) != std::string::npos;)
+      text.replace(at, 3, suffix);
     rewriter.replaceOpWithNewOp<LLVM::InlineAsmOp>(
-        op, t, ValueRange{op.getOperand()},
-        t.isF32() ? "cvt.rni.f32.f32 $0, $1;" : "cvt.rni.f64.f64 $0, $1;",
+        op, t, ValueRange{op.getOperand()}, text + " $0, $1;",
         t.isF32() ? "=f,f" : "=d,d", /*has_side_effects=*/false,
         /*is_align_stack=*/false, LLVM::AsmDialectAttr(), ArrayAttr());
     return success();
   }
+  std::string insn;
 };
 
 /// Double-precision cos (the cosine learning-rate schedule) without
@@ -560,8 +548,11 @@ struct ApproximateMath
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
     RewritePatternSet direct(&getContext());
-    direct.add<AbsFAsBits, FmaAsIntrinsic, SqrtAsPtx,
-               CosF64AsPolynomial, RoundEvenAsCvt>(&getContext());
+    direct.add<AbsFAsBits, FmaAsIntrinsic, CosF64AsPolynomial>(&getContext());
+    // Correctly rounded sqrt as on the CPU; round half to even (fake_quant).
+    direct.add<FloatOpAsPtx<math::SqrtOp>>(&getContext(), "sqrt.rn.{T}");
+    direct.add<FloatOpAsPtx<math::RoundEvenOp>>(&getContext(),
+                                                "cvt.rni.{T}.{T}");
     if (failed(applyPatternsAndFoldGreedily(getOperation(), std::move(direct))))
       signalPassFailure();
   }

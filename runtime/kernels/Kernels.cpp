@@ -38,8 +38,39 @@ namespace {
 
 /// Runs the kernels of this call on ctx->threads OpenMP threads (the rank's
 /// thread budget); a context without one keeps the OpenMP default.
-/// Multiply-adds below which a product runs on one thread (see loom_gemm).
+/// Multiply-adds below which a product runs on the calling thread alone:
+/// waking the other OpenMP threads (futex waits under
+/// OMP_WAIT_POLICY=passive) costs more than the product (the MLP's eval
+/// step at batch 64: 0.2 ms on 2 threads, 0.02 ms on one).
 constexpr int64_t kSmallGemmWork = int64_t(1) << 20;
+
+/// While alive, oneDNN (and any OpenMP region) runs on one thread when
+/// `work` is below kSmallGemmWork.
+class OneThreadIfSmall {
+public:
+  explicit OneThreadIfSmall(int64_t work) {
+#ifdef _OPENMP
+    threads_ = omp_get_max_threads();
+    active = work < kSmallGemmWork && threads_ > 1;
+    if (active)
+      omp_set_num_threads(1);
+#else
+    (void)work;
+#endif
+  }
+  ~OneThreadIfSmall() {
+#ifdef _OPENMP
+    if (active)
+      omp_set_num_threads(threads_);
+#endif
+  }
+  OneThreadIfSmall(const OneThreadIfSmall &) = delete;
+  OneThreadIfSmall &operator=(const OneThreadIfSmall &) = delete;
+  bool active = false;
+
+private:
+  int threads_ = 1;
+};
 
 void useContextThreads(loom_ctx *ctx) {
 #ifdef _OPENMP
@@ -201,28 +232,11 @@ void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
                         B + b * strideB, ldb, beta, C + b * strideC, N);
     };
     dnnl_status_t status = dnnl_success;
-#ifdef _OPENMP
-    // A small product runs on this thread alone: waking the other OpenMP
-    // threads (futex waits under OMP_WAIT_POLICY=passive) costs more than
-    // the product (the MLP's eval step at batch 64: 0.2 ms on 2 threads,
-    // 0.02 ms on one).
-    if (const int threads = omp_get_max_threads();
-        batch * M * N * K < kSmallGemmWork && threads > 1) {
-      omp_set_num_threads(1);
-      for (int64_t b = 0; b < batch && status == dnnl_success; ++b)
-        status = one(b);
-      omp_set_num_threads(threads);
-      if (status != dnnl_success)
-        loom_error(ctx, "gemm",
-                   ("oneDNN sgemm failed with status " +
-                    std::to_string(int(status)))
-                       .c_str());
-      return;
-    }
-#endif
+    const OneThreadIfSmall alone(batch * M * N * K);
     // Many small products (attention-sized): one whole product per thread.
     // Otherwise one product at a time, each parallel inside oneDNN.
-    if (batch > 1 && strideC != 0 && M * N * K <= (int64_t(1) << 18)) {
+    if (!alone.active && batch > 1 && strideC != 0 &&
+        M * N * K <= (int64_t(1) << 18)) {
       int failures = 0;
 #pragma omp parallel for schedule(static) reduction(+ : failures)
       for (int64_t b = 0; b < batch; ++b)
@@ -264,6 +278,7 @@ struct QMatmul {
 struct QMatmulCache {
   std::mutex lock;
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
   std::map<std::tuple<const void *, int64_t, int64_t, int64_t>,
            std::unique_ptr<QMatmul>>
       entries;
@@ -287,7 +302,7 @@ void qmatmulPrimitive(int64_t M, int64_t N, int64_t K, const uint8_t *xq,
   QMatmulCache &c = qmatmulCache();
   std::lock_guard<std::mutex> g(c.lock);
   auto &entry = c.entries[{wq, M, N, K}];
-  dnnl::stream stream(c.engine);
+  dnnl::stream &stream = c.stream;
   if (!entry) {
     dnnl::memory::desc src({M, K}, dt::u8, tag::ab);
     dnnl::memory::desc weights({K, N}, dt::s8, tag::any);
@@ -454,23 +469,13 @@ void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
     scaleBuffer.resize(size_t(N));
     for (int64_t n = 0; n < N; ++n)
       scaleBuffer[size_t(n)] = s * wscale[n];
-#ifdef _OPENMP
-    // Small products on this thread alone, as loom_gemm's.
-    const int threads = omp_get_max_threads();
-    const bool alone = M * N * K < kSmallGemmWork && threads > 1;
-    if (alone)
-      omp_set_num_threads(1);
-#endif
+    const OneThreadIfSmall alone(M * N * K);
     try {
       qmatmulPrimitive(M, N, K, xq, int32_t(zp), wq, scaleBuffer.data(), y);
     } catch (const dnnl::error &e) {
       loom_error(ctx, "qgemm_u8s8",
                  (std::string("oneDNN matmul failed: ") + e.what()).c_str());
     }
-#ifdef _OPENMP
-    if (alone)
-      omp_set_num_threads(threads);
-#endif
     return;
   }
 #endif
