@@ -923,7 +923,7 @@ int Trainer::infer(int64_t batches) {
   // quantized once.
   if (m.program("prepare_step")) {
     for (const Buffer &b : m.state)
-      if (isActivationRange(b) && readFloats(b)[0] == 0 && readFloats(b)[1] == 0)
+      if (isActivationRange(b) && readFloats(b) == std::array<float, 2>{})
         failEverywhere(opts_.artifact + ": activation range '" + b.name +
                        "' is not calibrated: run loom-run ART --init-from=W "
                        "--calibrate=N --save=Q.safetensors, then --infer "
