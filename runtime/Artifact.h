@@ -93,14 +93,16 @@ struct Buffer {
   std::string describeType() const;
 };
 
-/// Post-training quantization's calibrated activation range of a weight's
-/// input (state "<weight>.act_range", f32[2]): saved and loaded with the
-/// weights.
-inline bool isActivationRange(const Buffer &b) {
+/// The activation range of a weight's input (state "<weight>.act_range",
+/// f32[2]), calibrated (post-training quantization) or trained (a
+/// quantization-aware observer): saved and loaded with the weights.
+inline bool isActivationRange(const std::string &name) {
   const std::string suffix = ".act_range";
-  return b.name.size() > suffix.size() &&
-         b.name.compare(b.name.size() - suffix.size(), suffix.size(),
-                        suffix) == 0;
+  return name.size() > suffix.size() &&
+         name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+inline bool isActivationRange(const Buffer &b) {
+  return isActivationRange(b.name);
 }
 
 /// A trainable parameter: a buffer plus how to initialise and shard it.

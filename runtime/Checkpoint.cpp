@@ -249,9 +249,12 @@ void loadWeights(const std::string &path, const Manifest &m,
       ranges.push_back({&b, t});
     }
   }
+  // A quantization-aware-trained model's ranges are of no use to an FP32
+  // artifact of it: they are skipped, other unknown tensors are errors.
   std::vector<std::string> unknown;
   for (const st::TensorInfo &t : h.tensors)
-    if (!names.count(t.name))
+    if (!names.count(t.name) &&
+        !isActivationRange(t.name))
       unknown.push_back(t.name);
   if (!unknown.empty()) {
     std::sort(unknown.begin(), unknown.end());

@@ -43,7 +43,10 @@ struct ForwardResult {
 /// Clones a model (or layer) body into the step, inlining layers.
 class ForwardCloner {
 public:
-  ForwardCloner(OpBuilder &b, ForwardResult &out) : b_(b), out_(out) {}
+  /// `training`: the training step's forward (observers update their
+  /// ranges); else an evaluation's (they only read them).
+  ForwardCloner(OpBuilder &b, ForwardResult &out, bool training)
+      : b_(b), out_(out), training_(training) {}
 
   /// Returns the values a layer body yields (empty for the model body).
   LogicalResult clone(Block &body, IRMapping &map, StringAttr tag,
@@ -122,6 +125,25 @@ public:
                                      : "train.gated_attention",
                                  operands, types, attrs);
         record(name, f, op, map);
+      } else if (auto obs = dyn_cast<ObserveOp>(op)) {
+        // Quantization-aware training's observer: its range is state.
+        Value x = map.lookup(obs.getInput());
+        auto range = RankedTensorType::get({2}, b_.getF32Type());
+        auto scalar = RankedTensorType::get({}, b_.getF32Type());
+        auto stateName = b_.getStringAttr(obs.getName() + ".act_range");
+        Value r = tb.create1("train.state", {}, range,
+                             {tb.attr("name", stateName)});
+        if (training_) {
+          r = tb.create1("train.observe_ema", {x, r}, range,
+                         {tb.attr("momentum", obs.getMomentumAttr()),
+                          tb.attr("freeze", obs.getFreezeAttr())});
+          tb.create("train.update", {r}, {}, {tb.attr("name", stateName)});
+        }
+        Operation *q =
+            tb.create("train.range_qparams", {r}, {scalar, scalar},
+                      {tb.attr("symmetric", obs.getSymmetricAttr())});
+        map.map(obs.getScale(), q->getResult(0));
+        map.map(obs.getZeroPoint(), q->getResult(1));
       } else if (name == "loom.cross_entropy") {
         Value logits = map.lookup(op.getOperand(0));
         auto lt = ranked(logits);
@@ -154,6 +176,7 @@ private:
 
   OpBuilder &b_;
   ForwardResult &out_;
+  bool training_;
 };
 
 /// Accumulates adjoints and applies each op's VJP rule.
@@ -168,6 +191,10 @@ public:
     auto t = cast<RankedTensorType>(v.getType());
     if (!isa<FloatType>(t.getElementType()))
       return; // Integer values (ids, targets) have no gradient.
+    // Quantization-aware training's switch and weight scales are not
+    // differentiated (as torch's fake-quantization parameters).
+    if (isa_and_nonnull<QuantEnabledOp, WeightScaleOp>(v.getDefiningOp()))
+      return;
     assert(g.getType() == v.getType() && "adjoint type mismatch");
     Value &slot = adj_[v];
     slot = slot ? tb.add(slot, g) : g;
@@ -386,8 +413,8 @@ FailureOr<Block *> forwardStep(OpBuilder &top, ModelOp model, StringRef name,
   OpBuilder b = OpBuilder::atBlockEnd(block);
   IRMapping map;
   SmallVector<Value> none;
-  if (failed(ForwardCloner(b, fwd).clone(model.getBody().front(), map, {},
-                                         none)))
+  if (failed(ForwardCloner(b, fwd, kind == "train")
+                 .clone(model.getBody().front(), map, {}, none)))
     return failure();
   if (!fwd.loss)
     return model.emitOpError("has no loom.loss to differentiate");
@@ -451,8 +478,9 @@ LogicalResult buildEvalStep(OpBuilder &top, ModelOp model) {
   return success();
 }
 
-/// Post-training quantization: the matmuls of an activation [M, K] by a
-/// parameter [K, N] (both f32) in `block`, with their parameters.
+/// INT8 inference: the matmuls of an activation [..., K] by a parameter
+/// [K, N] (both f32) in `block`, with their parameters — the products
+/// loom-insert-fake-quant quantizes in training.
 SmallVector<std::pair<Operation *, train::ParamOp>> ptqSites(Block *block) {
   SmallVector<std::pair<Operation *, train::ParamOp>> sites;
   for (Operation &op : *block) {
@@ -461,7 +489,8 @@ SmallVector<std::pair<Operation *, train::ParamOp>> ptqSites(Block *block) {
     auto x = dyn_cast<RankedTensorType>(op.getOperand(0).getType());
     auto w = dyn_cast<RankedTensorType>(op.getOperand(1).getType());
     auto param = op.getOperand(1).getDefiningOp<train::ParamOp>();
-    if (x && w && param && x.getRank() == 2 && w.getRank() == 2 &&
+    if (x && w && param && x.getRank() >= 2 && w.getRank() == 2 &&
+        !op.getOperand(0).getDefiningOp<train::ParamOp>() &&
         x.getElementType().isF32() && w.getElementType().isF32())
       sites.push_back({&op, param});
   }
@@ -478,7 +507,13 @@ SmallVector<std::pair<Operation *, train::ParamOp>> ptqSites(Block *block) {
 /// - prepare_step: quantizes each weight once into "<weight>.qweight" (i8)
 ///   and "<weight>.qscale" (loom-run --infer runs it before the first call);
 /// - eval_step: the forward with train.qmatmul in place of those matmuls.
-LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model) {
+///
+/// The INT8 artifact of a quantization-aware-trained model (`qat`) has no
+/// calibration step: its ranges are the trained observers', saved with the
+/// weights; `symmetric` quantizes its activations symmetrically as it
+/// trained.
+LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
+                            bool symmetric) {
   auto stepNamed = [&](StringRef name) -> Block * {
     for (auto step : model->getParentOfType<ModuleOp>().getOps<train::StepOp>())
       if (step.getSymName() == name)
@@ -517,18 +552,19 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model) {
                      RankedTensorType::get(w.getShape(), b.getIntegerType(8)));
     Value ws = state(tb, b, name + ".qscale", f32({n}));
     Value y = tb.create1("train.qmatmul", {mm->getOperand(0), range, wq, ws},
-                         mm->getResult(0).getType());
+                         mm->getResult(0).getType(),
+                         {tb.attr("symmetric", b.getBoolAttr(symmetric))});
     mm->getResult(0).replaceAllUsesWith(y);
     mm->erase();
   }
 
   // Calibration: the FP32 forward with observers.
-  ForwardResult fwd;
-  FailureOr<Block *> cal =
-      forwardStep(top, model, "calibrate_step", "eval", fwd);
-  if (failed(cal))
-    return failure();
-  {
+  if (calibrate) {
+    ForwardResult fwd;
+    FailureOr<Block *> cal =
+        forwardStep(top, model, "calibrate_step", "eval", fwd);
+    if (failed(cal))
+      return failure();
     OpBuilder end = OpBuilder::atBlockEnd(*cal);
     TensorBuilder te(end, model.getLoc());
     te.create("train.output", {fwd.loss}, {},
@@ -600,14 +636,11 @@ struct AutodiffPass : impl::AutodiffBase<AutodiffPass> {
       if (auto cfg = model.getConfigAttr())
         if (auto q = cfg.getAs<StringAttr>("quantize"))
           quantize = q.getValue();
-      if (infer && quantize == "qat") {
-        model.emitError("--mode=infer --quantize=qat-int8: inference "
-                        "artifacts of quantization-aware training are not "
-                        "built yet (--quantize=ptq-int8 is)");
-        return signalPassFailure();
-      }
-      if (infer && quantize == "ptq") {
-        if (failed(buildPtqSteps(b, model)))
+      if (infer && (quantize == "ptq" || quantize == "qat")) {
+        auto acts = model.getConfigAttr().getAs<StringAttr>("quant_activations");
+        bool symmetric = acts && acts.getValue() == "per_tensor_symmetric";
+        if (failed(buildPtqSteps(b, model, /*calibrate=*/quantize == "ptq",
+                                 symmetric)))
           return signalPassFailure();
         model.erase();
         continue;

@@ -55,8 +55,6 @@ LogicalResult build(train::StepOp step) {
     params[p.getName()] = p;
 
   std::string clip = cfg.s("clip", "none");
-  if (cfg.s("quantize", "none") != "none")
-    return step.emitOpError("quantization is not supported by this build yet");
 
   OpBuilder b = OpBuilder::atBlockEnd(&body);
   TensorBuilder tb(b, step.getLoc());

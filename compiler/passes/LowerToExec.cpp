@@ -602,8 +602,48 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     auto [m, k] = rowsCols(op->getOperand(0));
     int64_t nOut = cast<RankedTensorType>(op->getOperand(2).getType())
                        .getDimSize(1);
-    call(b, loc, "loom_qgemm_u8s8",
+    auto sym = op->getAttrOfType<BoolAttr>("symmetric");
+    call(b, loc,
+         sym && sym.getValue() ? "loom_qgemm_u8s8_symmetric" : "loom_qgemm_u8s8",
          {i64(b, m), i64(b, nOut), i64(b, k), V(0), V(1), V(2), V(3), R(0)});
+    return success();
+  }
+  // Quantization-aware training (loom-insert-fake-quant).
+  if (n == "loom.weight_scale") {
+    auto [k, nOut] = rowsCols(op->getOperand(0));
+    if (cast<BoolAttr>(op->getAttr("per_tensor")).getValue()) {
+      k *= nOut;
+      nOut = 1;
+    }
+    call(b, loc, "loom_weight_scale_s8", {i64(b, k), i64(b, nOut), V(0), R(0)});
+    return success();
+  }
+  if (n == "loom.quant_enabled") {
+    // 1 from optimizer step `start` on (loom_step), else 0.
+    OperationState state(loc, "exec.call");
+    state.addAttribute("callee",
+                       FlatSymbolRefAttr::get(b.getContext(), "loom_step"));
+    state.addTypes(b.getI64Type());
+    Value on = b.create<arith::CmpIOp>(
+        loc, arith::CmpIPredicate::sge, b.create(state)->getResult(0),
+        i64(b, cast<IntegerAttr>(op->getAttr("start")).getInt()));
+    b.create<memref::StoreOp>(
+        loc, b.create<arith::SelectOp>(loc, on, f32(b, 1.0), f32(b, 0.0)),
+        R(0), ValueRange{});
+    return success();
+  }
+  if (n == "train.observe_ema") {
+    call(b, loc, "loom_observe_ema",
+         {i64(b, numel(op->getOperand(0))), V(0), V(1),
+          f32(b, fattr("momentum")),
+          i64(b, cast<IntegerAttr>(op->getAttr("freeze")).getInt()), R(0)});
+    return success();
+  }
+  if (n == "train.range_qparams") {
+    call(b, loc, "loom_range_qparams",
+         {V(0),
+          i32(b, cast<BoolAttr>(op->getAttr("symmetric")).getValue() ? 1 : 0),
+          R(0), R(1)});
     return success();
   }
   if (n == "train.cross_entropy") {

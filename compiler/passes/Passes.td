@@ -14,6 +14,18 @@ def MixedPrecision : Pass<"loom-mixed-precision", "mlir::ModuleOp"> {
   }];
 }
 
+def InsertFakeQuant : Pass<"loom-insert-fake-quant", "mlir::ModuleOp"> {
+  let summary = "Quantization-aware training: fake-quantized matmul operands";
+  let description = [{
+    With `quantize qat(int8, ...)`: every matmul of an f32 activation by a
+    2-D f32 parameter reads the weight fake-quantized to INT8 (per channel
+    or per tensor, symmetric, scales from the current weights) and the
+    activation fake-quantized from a `loom.observe` moving-average observer
+    (affine UINT8 or symmetric), both blended with `loom.quant_enabled`
+    before step `start`. Nothing changes in inference mode.
+  }];
+}
+
 def Autodiff : Pass<"loom-autodiff", "mlir::ModuleOp"> {
   let summary = "Lower each loom.model to its training and evaluation steps";
   let description = [{

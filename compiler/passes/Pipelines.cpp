@@ -12,6 +12,7 @@
 using namespace mlir;
 
 void loom::buildLoomToTrainPipeline(OpPassManager &pm) {
+  pm.addPass(createInsertFakeQuant());
   pm.addPass(createMixedPrecision());
   pm.addPass(createAutodiff());
   pm.addPass(createBuildTrainStep());

@@ -555,6 +555,51 @@ LogicalResult DropoutOp::verify() {
   return success();
 }
 
+namespace {
+/// A rank-0 f32 tensor.
+bool isF32Scalar(Type t) {
+  auto r = dyn_cast<RankedTensorType>(t);
+  return r && r.getRank() == 0 && r.getElementType().isF32();
+}
+} // namespace
+
+LogicalResult ObserveOp::verify() {
+  if (getName().empty())
+    return emitOpError("needs the name of the weight its activation meets");
+  if (!cast<RankedTensorType>(getInput().getType()).getElementType().isF32())
+    return emitOpError("observes f32 activations");
+  if (!isF32Scalar(getScale().getType()) ||
+      !isF32Scalar(getZeroPoint().getType()))
+    return emitOpError("results must be rank-0 f32 tensors");
+  double m = getMomentum().convertToDouble();
+  if (!(m > 0 && m <= 1))
+    return emitOpError("momentum must be in (0, 1], got ") << m;
+  return success();
+}
+
+LogicalResult WeightScaleOp::verify() {
+  auto w = cast<RankedTensorType>(getWeight().getType());
+  if (w.getRank() != 2 || !w.getElementType().isF32())
+    return emitOpError("needs a 2-D f32 weight [in, out]");
+  auto s = cast<RankedTensorType>(getScale().getType());
+  bool ok = s.getElementType().isF32() &&
+            (getPerTensor() ? s.getRank() == 0
+                            : s.getRank() == 1 &&
+                                  s.getDimSize(0) == w.getDimSize(1));
+  if (!ok)
+    return emitOpError("result must be f32 ")
+           << (getPerTensor() ? "rank-0" : "[out]") << " for " << w;
+  return success();
+}
+
+LogicalResult QuantEnabledOp::verify() {
+  if (!isF32Scalar(getResult().getType()))
+    return emitOpError("result must be a rank-0 f32 tensor");
+  if (getStart() < 0)
+    return emitOpError("start must not be negative");
+  return success();
+}
+
 LogicalResult AttentionOp::inferReturnTypes(MLIRContext *context,
                                             std::optional<Location> location,
                                             Adaptor adaptor,

@@ -628,6 +628,58 @@ def Loom_FakeQuantOp : Loom_InferredOp<"fake_quant"> {
       "type($scale) `,` type($zero_point)";
 }
 
+def Loom_ObserveOp : Loom_Op<"observe", [Pure]> {
+  let summary = "An activation's quantization parameters from its observer";
+  let description = [{
+    Quantization-aware training (`loom-insert-fake-quant`): the per-tensor
+    scale and zero point (rank-0 f32) of `input`, the activation multiplied
+    by the weight `name`. Its range is model state, "<name>.act_range"
+    ([min, max]), kept by a moving-average min/max observer (SEMANTICS.md:
+    factor `momentum`, initialised from the first batch, frozen after step
+    `freeze` when it is not negative); in training the step's batch updates
+    the range before the parameters are computed from it (torch's
+    FakeQuantize), in evaluation the range is only read. Affine [0, 255], or
+    `symmetric` [-127, 127] with zero point 0. No gradient flows through it.
+  }];
+  let arguments = (ins Loom_Tensor:$input, StrAttr:$name,
+                       DefaultValuedAttr<F64Attr, "0.01">:$momentum,
+                       DefaultValuedAttr<BoolAttr, "false">:$symmetric,
+                       DefaultValuedAttr<I64Attr, "-1">:$freeze);
+  let results = (outs Loom_Tensor:$scale, Loom_Tensor:$zero_point);
+  let assemblyFormat =
+      "$input `for` $name attr-dict `:` type($input) `->` type($scale) `,` "
+      "type($zero_point)";
+  let hasVerifier = 1;
+}
+
+def Loom_WeightScaleOp : Loom_Op<"weight_scale", [Pure]> {
+  let summary = "Symmetric INT8 scales of a matmul weight";
+  let description = [{
+    max(max |w| / 127, 1.1920929e-7) over each output channel (axis 1) of a
+    [in, out] weight (result [out]), or over the whole weight (`per_tensor`,
+    a rank-0 result): the scale of its fake quantization, recomputed from
+    the current weights every step. No gradient flows through it.
+  }];
+  let arguments = (ins Loom_Tensor:$weight,
+                       DefaultValuedAttr<BoolAttr, "false">:$per_tensor);
+  let results = (outs Loom_Tensor:$scale);
+  let assemblyFormat = "$weight attr-dict `:` type($weight) `->` type($scale)";
+  let hasVerifier = 1;
+}
+
+def Loom_QuantEnabledOp : Loom_Op<"quant_enabled", [Pure]> {
+  let summary = "1 from optimizer step `start` on, else 0 (rank-0 f32)";
+  let description = [{
+    Quantization-aware training's switch: before step `start` the observers
+    run but values pass unquantized, as torch's `disable_fake_quant`.
+    `loom-insert-fake-quant` blends x and its fake quantization with it.
+  }];
+  let arguments = (ins I64Attr:$start);
+  let results = (outs Loom_Tensor:$result);
+  let assemblyFormat = "`from` $start attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
 def Loom_AttentionOp : Loom_InferredOp<"attention"> {
   let summary = "Scaled dot-product attention";
   let description = [{

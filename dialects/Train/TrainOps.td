@@ -244,6 +244,30 @@ def Train_ObserveRangeOp : Train_Op<"observe_range", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
+def Train_ObserveEmaOp : Train_Op<"observe_ema", [Pure]> {
+  let summary = "Quantization-aware training: a moving-average range of x";
+  let description = [{
+    With b = [min(x), max(x)]: b at optimizer step 1, else range + momentum
+    * (b - range); the range unchanged after step `freeze` (freeze >= 0)
+    (loom_observe_ema; torch's MovingAverageMinMaxObserver).
+  }];
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range,
+                       F64Attr:$momentum, I64Attr:$freeze);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_RangeQParamsOp : Train_Op<"range_qparams", [Pure]> {
+  let summary = "An activation's scale and zero point from its range";
+  let description = [{
+    SEMANTICS.md (quantization): the range widened to include 0; affine
+    UINT8, or `symmetric` [-127, 127] with zero point 0 (loom_range_qparams).
+  }];
+  let arguments = (ins Train_AnyTensor:$range, BoolAttr:$symmetric);
+  let results = (outs Train_AnyTensor:$scale, Train_AnyTensor:$zero_point);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
 def Train_QuantizeWeightOp : Train_Op<"quantize_weight", [Pure]> {
   let summary = "Per-output-channel symmetric INT8 weights and their scales";
   let arguments = (ins Train_AnyTensor:$weight);
@@ -256,10 +280,12 @@ def Train_QMatmulOp : Train_Op<"qmatmul", [Pure]> {
   let description = [{
     x [M, K] quantized per tensor to UINT8 from `range`, times the INT8
     weight [K, N] with INT32 accumulation, dequantized with the range's
-    scale and the weight's per-channel `scale` (loom_qgemm_u8s8).
+    scale and the weight's per-channel `scale` (loom_qgemm_u8s8; with
+    `symmetric`, x quantized symmetrically: loom_qgemm_u8s8_symmetric).
   }];
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range,
-                       Train_AnyTensor:$weight, Train_AnyTensor:$scale);
+                       Train_AnyTensor:$weight, Train_AnyTensor:$scale,
+                       DefaultValuedAttr<BoolAttr, "false">:$symmetric);
   let results = (outs Train_AnyTensor:$result);
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }

@@ -85,11 +85,40 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
 void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                      const float *x, const float *range, const int8_t *wq,
                      const float *wscale, float *y);
+/** loom_qgemm_u8s8 with the activation quantized symmetrically from its
+ *  range: s = max(max(-min, max) / 127, 2^-23), q = clamp(round_half_even(x
+ *  * (1 / s)), -127, 127) (held as UINT8 with 128 added). */
+void loom_qgemm_u8s8_symmetric(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
+                               const float *x, const float *range,
+                               const int8_t *wq, const float *wscale,
+                               float *y);
 /** The min/max observer of post-training quantization's calibration:
  *  out = {min(range[0], min x), max(range[1], max x)} (out may be range). A
  *  NaN in x is an error. */
 void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
                         const float *range, float *out);
+
+/* --- Quantization-aware training (additions within ABI 3) ---------------- */
+/** scale[n] = max(max_k |w[k, n]| / 127, 2^-23) for w [K, N]: the
+ *  per-channel symmetric scales of loom_quantize_weight_s8, without the
+ *  INT8 weights (K * N elements, N = 1: one per-tensor scale). A
+ *  non-finite weight is an error. */
+void loom_weight_scale_s8(loom_ctx *ctx, int64_t K, int64_t N, const float *w,
+                          float *scale);
+/** The moving-average min/max observer (torch's
+ *  MovingAverageMinMaxObserver): with the batch's b = {min x, max x},
+ *  out = b at step 1, else range + momentum * (b - range); after step
+ *  `freeze` (when freeze >= 0) out = range. out may be range. A NaN in x
+ *  is an error. */
+void loom_observe_ema(loom_ctx *ctx, int64_t n, const float *x,
+                      const float *range, float momentum, int64_t freeze,
+                      float *out);
+/** An activation's quantization parameters from its range (SEMANTICS.md):
+ *  the range widened to include 0; affine: scale = max((max - min) / 255,
+ *  2^-23), zero point clamp(round_half_even(-min / scale), 0, 255);
+ *  symmetric: scale = max(max(-min, max) / 127, 2^-23), zero point 0. */
+void loom_range_qparams(loom_ctx *ctx, const float *range, int32_t symmetric,
+                        float *scale, float *zeroPoint);
 
 /* --- Normalisation and softmax (over the last dimension, `cols`) --------- */
 void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,

@@ -269,11 +269,16 @@ void loom_gemm(loom_ctx *ctx, int64_t batch, int32_t transA, int32_t transB,
 namespace {
 /// INT8 products as oneDNN matmul primitives with the weights reordered
 /// once into the primitive's layout: one entry per (weights, M, N, K).
+/// The primitive has no attributes (UINT8 x INT8 -> INT32), which lets
+/// oneDNN pick its AMX or VNNI brgemm kernels (a run-time zero point or
+/// run-time scales send it to a slower gemm); the zero point and the scales
+/// are applied after it, with the weights' column sums.
 /// loom_quantize_weight_s8, the only writer of INT8 weights, drops the
 /// entries of the weights it rewrites.
 struct QMatmul {
   dnnl::matmul primitive;
   dnnl::memory packed;
+  std::vector<int32_t> columnSums; ///< sum_k wq[k, n]
 };
 struct QMatmulCache {
   std::mutex lock;
@@ -293,6 +298,21 @@ void forgetWeights(const void *wq) {
   for (auto it = c.entries.begin(); it != c.entries.end();)
     it = std::get<0>(it->first) == wq ? c.entries.erase(it) : std::next(it);
 }
+
+/// y[m, n] = float(acc[m, n] - zp * sums[n]) * scales[n]: the exact
+/// integer product of (xq - zp) and wq, dequantized once.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void
+dequantizeRows(int64_t rows, int64_t N, const int32_t *acc, int32_t zp,
+               const int32_t *sums, const float *scales, float *y) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const int32_t *a = acc + m * N;
+    float *out = y + m * N;
+#pragma omp simd
+    for (int64_t n = 0; n < N; ++n)
+      out[n] = float(a[n] - zp * sums[n]) * scales[n];
+  }
+}
+
 /// y = scales[n] * (xq - zp) @ wq through the cached primitive.
 void qmatmulPrimitive(int64_t M, int64_t N, int64_t K, const uint8_t *xq,
                       int32_t zp, const int8_t *wq, const float *scales,
@@ -306,33 +326,38 @@ void qmatmulPrimitive(int64_t M, int64_t N, int64_t K, const uint8_t *xq,
   if (!entry) {
     dnnl::memory::desc src({M, K}, dt::u8, tag::ab);
     dnnl::memory::desc weights({K, N}, dt::s8, tag::any);
-    dnnl::memory::desc dst({M, N}, dt::f32, tag::ab);
-    dnnl::primitive_attr attr;
-    attr.set_output_scales(1 << 1, {DNNL_RUNTIME_F32_VAL});
-    attr.set_zero_points(DNNL_ARG_SRC, 0, {DNNL_RUNTIME_S32_VAL});
+    dnnl::memory::desc dst({M, N}, dt::s32, tag::ab);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, dst),
-                                    attr, c.engine);
+                                    c.engine);
     auto made = std::make_unique<QMatmul>();
     made->primitive = dnnl::matmul(pd);
     made->packed = dnnl::memory(pd.weights_desc(), c.engine);
     dnnl::memory user({{K, N}, dt::s8, tag::ab}, c.engine,
                       const_cast<int8_t *>(wq));
     dnnl::reorder(user, made->packed).execute(stream, user, made->packed);
+    made->columnSums.assign(size_t(N), 0);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n)
+        made->columnSums[size_t(n)] += wq[k * N + n];
     entry = std::move(made);
   }
+  thread_local std::vector<int32_t> accBuffer;
+  accBuffer.resize(size_t(M * N));
   dnnl::memory src({{M, K}, dt::u8, tag::ab}, c.engine,
                    const_cast<uint8_t *>(xq));
-  dnnl::memory dst({{M, N}, dt::f32, tag::ab}, c.engine, y);
-  dnnl::memory scale({{N}, dt::f32, tag::a}, c.engine,
-                     const_cast<float *>(scales));
-  dnnl::memory zero({{1}, dt::s32, tag::a}, c.engine, &zp);
-  entry->primitive.execute(
-      stream, {{DNNL_ARG_SRC, src},
-               {DNNL_ARG_WEIGHTS, entry->packed},
-               {DNNL_ARG_DST, dst},
-               {DNNL_ARG_ATTR_OUTPUT_SCALES, scale},
-               {DNNL_ARG_ATTR_ZERO_POINTS | DNNL_ARG_SRC, zero}});
+  dnnl::memory dst({{M, N}, dt::s32, tag::ab}, c.engine, accBuffer.data());
+  entry->primitive.execute(stream, {{DNNL_ARG_SRC, src},
+                                    {DNNL_ARG_WEIGHTS, entry->packed},
+                                    {DNNL_ARG_DST, dst}});
   stream.wait();
+  // Pointers taken here: accBuffer is this thread's, not the workers'.
+  const int32_t *acc = accBuffer.data(), *sums = entry->columnSums.data();
+  const int64_t block =
+      std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(N, 1));
+#pragma omp parallel for schedule(static) if (M * N >= 4 * kn::kParallelWork)
+  for (int64_t m0 = 0; m0 < M; m0 += block)
+    dequantizeRows(std::min(block, M - m0), N, acc + m0 * N, zp, sums, scales,
+                   y + m0 * N);
 }
 } // namespace
 #endif
@@ -348,16 +373,72 @@ namespace {
 /// selects, so that it vectorizes; cloned for AVX-512 and AVX2 (the
 /// baseline build is SSE2).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void
-quantizeU8(int64_t n, const float *x, float inv, float z, uint8_t *xq) {
+quantizeU8(int64_t n, const float *x, float inv, float z, float qmin,
+           float qmax, uint8_t *xq) {
   const float magic = 12582912.0f;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     float q = ((x[i] * inv + magic) - magic) + z;
-    q = q > 0.0f ? q : 0.0f;
-    q = q < 255.0f ? q : 255.0f;
+    q = q > qmin ? q : qmin;
+    q = q < qmax ? q : qmax;
     xq[i] = uint8_t(int32_t(q));
   }
 }
+
+/// An activation's per-tensor quantization from its observed range
+/// (SEMANTICS.md, quantization; torch's MinMaxObserver.calculate_qparams):
+/// the range widened to include 0, then affine UINT8 [0, 255] or symmetric
+/// [-127, 127] with zero point 0.
+struct ActivationQuant {
+  float scale, zeroPoint, qmin, qmax;
+};
+ActivationQuant activationQuant(float lo, float hi, bool symmetric) {
+  const float eps = std::numeric_limits<float>::epsilon();
+  lo = std::min(lo, 0.0f);
+  hi = std::max(hi, 0.0f);
+  if (symmetric)
+    return {std::max(std::max(-lo, hi) / 127.0f, eps), 0.0f, -127.0f, 127.0f};
+  const float s = std::max((hi - lo) / 255.0f, eps);
+  return {s, std::min(255.0f, std::max(0.0f, std::nearbyint(-lo / s))), 0.0f,
+          255.0f};
+}
+
+/// scale[n] = max(max_k |w[k, n]| / 127, eps) for w [K, N]; the index of
+/// the first non-finite element, or -1.
+int64_t weightScales(int64_t K, int64_t N, const float *w, float *scale) {
+  const float eps = std::numeric_limits<float>::epsilon();
+  int64_t bad = -1;
+#pragma omp parallel for schedule(static) if (K * N >= kn::kParallelWork)
+  for (int64_t n = 0; n < N; ++n) {
+    float top = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = w[k * N + n];
+      if (!std::isfinite(v)) {
+#pragma omp critical(loom_weight_scale_bad)
+        if (bad < 0 || k * N + n < bad)
+          bad = k * N + n;
+      }
+      top = std::max(top, std::fabs(v));
+    }
+    scale[n] = std::max(top / 127.0f, eps);
+  }
+  return bad;
+}
+
+/// The batch's [min, max] into lo, hi; the index of a NaN, or -1.
+int64_t batchRange(int64_t n, const float *x, float &lo, float &hi) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i]))
+      return i;
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  return -1;
+}
+
+void qgemm(loom_ctx *ctx, int64_t M, int64_t N, int64_t K, const float *x,
+           const float *range, bool symmetric, const int8_t *wq,
+           const float *wscale, float *y);
 } // namespace
 
 extern "C" {
@@ -372,30 +453,31 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
 #if LOOM_HAVE_DNNL
   forgetWeights(wq);
 #endif
-  const float eps = std::numeric_limits<float>::epsilon();
-  int64_t bad = -1;
+  const int64_t bad = weightScales(K, N, w, scale);
+  if (bad >= 0) {
+    loom_error(ctx, "quantize_weight_s8",
+               ("weight element " + std::to_string(bad) + " is not finite")
+                   .c_str());
+    return;
+  }
 #pragma omp parallel for schedule(static) if (K * N >= kn::kParallelWork)
-  for (int64_t n = 0; n < N; ++n) {
-    float top = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = w[k * N + n];
-      if (!std::isfinite(v)) {
-#pragma omp critical(loom_quantize_weight_bad)
-        if (bad < 0 || k * N + n < bad)
-          bad = k * N + n;
-      }
-      top = std::max(top, std::fabs(v));
-    }
-    const float s = std::max(top / 127.0f, eps);
-    scale[n] = s;
-    const float inv = 1.0f / s;
-    for (int64_t k = 0; k < K; ++k) {
-      const float q = std::nearbyint(w[k * N + n] * inv);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      const float q = std::nearbyint(w[k * N + n] * (1.0f / scale[n]));
       wq[k * N + n] = int8_t(std::min(127.0f, std::max(-127.0f, q)));
     }
+}
+
+void loom_weight_scale_s8(loom_ctx *ctx, int64_t K, int64_t N, const float *w,
+                          float *scale) {
+  useContextThreads(ctx);
+  if (K < 0 || N < 0) {
+    loom_error(ctx, "weight_scale_s8", "negative size");
+    return;
   }
+  const int64_t bad = weightScales(K, N, w, scale);
   if (bad >= 0)
-    loom_error(ctx, "quantize_weight_s8",
+    loom_error(ctx, "weight_scale_s8",
                ("weight element " + std::to_string(bad) + " is not finite")
                    .c_str());
 }
@@ -403,16 +485,7 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
 void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
                         const float *range, float *out) {
   float lo = range[0], hi = range[1];
-  int64_t nan = -1;
-  for (int64_t i = 0; i < n; ++i) {
-    if (std::isnan(x[i])) {
-      nan = i;
-      break;
-    }
-    lo = std::min(lo, x[i]);
-    hi = std::max(hi, x[i]);
-  }
-  if (nan >= 0) {
+  if (int64_t nan = batchRange(n, x, lo, hi); nan >= 0) {
     loom_error(ctx, "observe_range",
                ("activation element " + std::to_string(nan) + " is NaN")
                    .c_str());
@@ -422,82 +495,55 @@ void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
   out[1] = hi;
 }
 
+void loom_observe_ema(loom_ctx *ctx, int64_t n, const float *x,
+                      const float *range, float momentum, int64_t freeze,
+                      float *out) {
+  const int64_t step = loom_step(ctx);
+  const float r0 = range[0], r1 = range[1];
+  if (freeze >= 0 && step > freeze) {
+    out[0] = r0;
+    out[1] = r1;
+    return;
+  }
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  if (int64_t nan = batchRange(n, x, lo, hi); nan >= 0) {
+    loom_error(ctx, "observe_ema",
+               ("activation element " + std::to_string(nan) +
+                " is NaN at step " + std::to_string(step))
+                   .c_str());
+    return;
+  }
+  if (n == 0) {
+    out[0] = r0;
+    out[1] = r1;
+  } else if (step <= 1) {
+    out[0] = lo;
+    out[1] = hi;
+  } else {
+    out[0] = r0 + momentum * (lo - r0);
+    out[1] = r1 + momentum * (hi - r1);
+  }
+}
+
+void loom_range_qparams(loom_ctx *ctx, const float *range, int32_t symmetric,
+                        float *scale, float *zeroPoint) {
+  (void)ctx;
+  const ActivationQuant q = activationQuant(range[0], range[1], symmetric != 0);
+  *scale = q.scale;
+  *zeroPoint = q.zeroPoint;
+}
+
 void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                      const float *x, const float *range, const int8_t *wq,
                      const float *wscale, float *y) {
-  useContextThreads(ctx);
-  if (M < 0 || N < 0 || K < 0) {
-    loom_error(ctx, "qgemm_u8s8", "negative size");
-    return;
-  }
-  // The activation's quantization (SEMANTICS.md: per-tensor affine UINT8).
-  const float eps = std::numeric_limits<float>::epsilon();
-  const float lo = std::min(range[0], 0.0f), hi = std::max(range[1], 0.0f);
-  if (!std::isfinite(lo) || !std::isfinite(hi)) {
-    loom_error(ctx, "qgemm_u8s8",
-               "the activation range is not finite (not calibrated?)");
-    return;
-  }
-  const float s = std::max((hi - lo) / 255.0f, eps);
-  const float z = std::min(255.0f, std::max(0.0f, std::nearbyint(-lo / s)));
-  const float inv = 1.0f / s;
-  // Scratch of the calling thread (its pointers go to the OpenMP workers).
-  thread_local std::vector<uint8_t> xqBuffer;
-  xqBuffer.resize(size_t(M * K));
-  uint8_t *xq = xqBuffer.data();
-  // Blocks of the activation, each quantized by the widest vector code
-  // this CPU runs (quantizeU8's clones).
-  const int64_t total = M * K, block = int64_t(1) << 14;
-  const int64_t blocks = (total + block - 1) / block;
-#pragma omp parallel for schedule(static) if (total >= 4 * kn::kParallelWork)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t at = b * block;
-    quantizeU8(std::min(block, total - at), x + at, inv, z, xq + at);
-  }
-  const uint8_t zp = uint8_t(z);
-#if LOOM_HAVE_DNNL
-  // Without VNNI, oneDNN's u8s8s32 kernels sum pairs of products in 16 bits
-  // and may saturate: exact INT32 accumulation needs VNNI (or AMX's CPUs,
-  // which have it), else the loop below.
-  static const bool vnni = __builtin_cpu_supports("avx512vnni") ||
-                           __builtin_cpu_supports("avxvnni");
-  if (vnni && M > 0 && N > 0 && K > 0) {
-    // A oneDNN matmul with the weights reordered once (qmatmulPrimitive),
-    // the zero point and the per-channel output scales s * wscale[n] as
-    // run-time arguments: it writes y itself.
-    thread_local std::vector<float> scaleBuffer;
-    scaleBuffer.resize(size_t(N));
-    for (int64_t n = 0; n < N; ++n)
-      scaleBuffer[size_t(n)] = s * wscale[n];
-    const OneThreadIfSmall alone(M * N * K);
-    try {
-      qmatmulPrimitive(M, N, K, xq, int32_t(zp), wq, scaleBuffer.data(), y);
-    } catch (const dnnl::error &e) {
-      loom_error(ctx, "qgemm_u8s8",
-                 (std::string("oneDNN matmul failed: ") + e.what()).c_str());
-    }
-    return;
-  }
-#endif
-  // Elsewhere: an exact INT32 loop.
-  thread_local std::vector<int32_t> accBuffer;
-  accBuffer.resize(size_t(M * N));
-  int32_t *acc = accBuffer.data();
-  {
-#pragma omp parallel for schedule(static) if (M * N * K >= kn::kParallelWork)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        int32_t a = 0;
-        for (int64_t k = 0; k < K; ++k)
-          a += (int32_t(xq[m * K + k]) - int32_t(zp)) *
-               int32_t(wq[k * N + n]);
-        acc[m * N + n] = a;
-      }
-  }
-#pragma omp parallel for schedule(static) if (M * N >= kn::kParallelWork)
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n)
-      y[m * N + n] = float(acc[m * N + n]) * (s * wscale[n]);
+  qgemm(ctx, M, N, K, x, range, /*symmetric=*/false, wq, wscale, y);
+}
+
+void loom_qgemm_u8s8_symmetric(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
+                               const float *x, const float *range,
+                               const int8_t *wq, const float *wscale,
+                               float *y) {
+  qgemm(ctx, M, N, K, x, range, /*symmetric=*/true, wq, wscale, y);
 }
 
 //===----------------------------------------------------------------------===//
@@ -727,3 +773,88 @@ double loom_sum_squares(loom_ctx *ctx, int64_t n, const float *x) {
 }
 
 } // extern "C"
+
+namespace {
+/// loom_qgemm_u8s8 and its symmetric form: a symmetric activation's
+/// integers [-127, 127] are stored as UINT8 with 128 added (zero point 128,
+/// bounds [1, 255]), which leaves every product unchanged.
+void qgemm(loom_ctx *ctx, int64_t M, int64_t N, int64_t K, const float *x,
+           const float *range, bool symmetric, const int8_t *wq,
+           const float *wscale, float *y) {
+  useContextThreads(ctx);
+  if (M < 0 || N < 0 || K < 0) {
+    loom_error(ctx, "qgemm_u8s8", "negative size");
+    return;
+  }
+  // The activation's quantization (SEMANTICS.md: per-tensor affine UINT8,
+  // or symmetric).
+  if (!std::isfinite(range[0]) || !std::isfinite(range[1])) {
+    loom_error(ctx, "qgemm_u8s8",
+               "the activation range is not finite (not calibrated?)");
+    return;
+  }
+  const ActivationQuant aq = activationQuant(range[0], range[1], symmetric);
+  const float shift = symmetric ? 128.0f : 0.0f;
+  const float s = aq.scale, z = aq.zeroPoint + shift;
+  const float qmin = aq.qmin + shift, qmax = aq.qmax + shift;
+  const float inv = 1.0f / s;
+  // Scratch of the calling thread (its pointers go to the OpenMP workers).
+  thread_local std::vector<uint8_t> xqBuffer;
+  xqBuffer.resize(size_t(M * K));
+  uint8_t *xq = xqBuffer.data();
+  // Blocks of the activation, each quantized by the widest vector code
+  // this CPU runs (quantizeU8's clones).
+  const int64_t total = M * K, block = int64_t(1) << 14;
+  const int64_t blocks = (total + block - 1) / block;
+#pragma omp parallel for schedule(static) if (total >= 4 * kn::kParallelWork)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t at = b * block;
+    quantizeU8(std::min(block, total - at), x + at, inv, z, qmin, qmax,
+               xq + at);
+  }
+  const uint8_t zp = uint8_t(z);
+#if LOOM_HAVE_DNNL
+  // Without VNNI, oneDNN's u8s8s32 kernels sum pairs of products in 16 bits
+  // and may saturate: exact INT32 accumulation needs VNNI (or AMX's CPUs,
+  // which have it), else the loop below.
+  static const bool vnni = __builtin_cpu_supports("avx512vnni") ||
+                           __builtin_cpu_supports("avxvnni");
+  if (vnni && M > 0 && N > 0 && K > 0) {
+    // A oneDNN matmul with the weights reordered once (qmatmulPrimitive),
+    // the zero point and the per-channel output scales s * wscale[n] as
+    // run-time arguments: it writes y itself.
+    thread_local std::vector<float> scaleBuffer;
+    scaleBuffer.resize(size_t(N));
+    for (int64_t n = 0; n < N; ++n)
+      scaleBuffer[size_t(n)] = s * wscale[n];
+    const OneThreadIfSmall alone(M * N * K);
+    try {
+      qmatmulPrimitive(M, N, K, xq, int32_t(zp), wq, scaleBuffer.data(), y);
+    } catch (const dnnl::error &e) {
+      loom_error(ctx, "qgemm_u8s8",
+                 (std::string("oneDNN matmul failed: ") + e.what()).c_str());
+    }
+    return;
+  }
+#endif
+  // Elsewhere: an exact INT32 loop.
+  thread_local std::vector<int32_t> accBuffer;
+  accBuffer.resize(size_t(M * N));
+  int32_t *acc = accBuffer.data();
+  {
+#pragma omp parallel for schedule(static) if (M * N * K >= kn::kParallelWork)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        int32_t a = 0;
+        for (int64_t k = 0; k < K; ++k)
+          a += (int32_t(xq[m * K + k]) - int32_t(zp)) *
+               int32_t(wq[k * N + n]);
+        acc[m * N + n] = a;
+      }
+  }
+#pragma omp parallel for schedule(static) if (M * N >= kn::kParallelWork)
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      y[m * N + n] = float(acc[m * N + n]) * (s * wscale[n]);
+}
+} // namespace

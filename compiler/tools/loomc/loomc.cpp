@@ -481,19 +481,24 @@ int main(int argc, char **argv) {
   // training step, so no gradients, optimizer state or saved activations).
   if (mode == "infer")
     (*ir)->setAttr("loom.mode", mlir::StringAttr::get(&context, "infer"));
-  // Post-training quantization: INT8 kernels exist on the CPU, for one rank.
+  // INT8 inference kernels exist on the CPU, for one rank; the observers
+  // and weight scales of quantization-aware training on the CPU.
   for (auto model : ir->getOps<loom::ModelOp>()) {
     auto cfg = model.getConfigAttr();
     auto q = cfg ? cfg.getAs<mlir::StringAttr>("quantize") : nullptr;
-    if (!q || q.getValue() != "ptq" || mode != "infer")
+    if (!q || q.getValue() == "none" || (q.getValue() == "ptq" && mode != "infer"))
       continue;
     auto meshAttr = cfg.getAs<mlir::DenseI64ArrayAttr>("mesh");
     bool oneRank = !meshAttr || llvm::all_of(meshAttr.asArrayRef(),
                                              [](int64_t n) { return n == 1; });
-    if (target == "cuda" || !oneRank)
-      return userError("--quantize=ptq-int8: INT8 inference runs on the CPU "
-                       "and on one rank in this build (no --target=cuda, no "
-                       "--mesh)");
+    std::string flag = "--quantize=" + q.getValue().str() + "-int8";
+    if (mode == "infer" && (target == "cuda" || !oneRank))
+      return userError(flag + " --mode=infer: INT8 inference runs on the CPU "
+                              "and on one rank in this build (no "
+                              "--target=cuda, no --mesh)");
+    if (target == "cuda")
+      return userError(flag + ": quantization-aware training runs on the CPU "
+                              "in this build (no --target=cuda)");
   }
 
   auto print = [&]() {

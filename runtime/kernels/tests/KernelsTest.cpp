@@ -350,6 +350,107 @@ TEST(Int8, UncalibratedRangeIsAnError) {
       << ctx.errorMessage;
 }
 
+TEST(Int8, SymmetricActivationsMatchTheirFakeQuantization) {
+  // Symmetric: s = max|range| / 127, q in [-127, 127] (held as u8 + 128).
+  std::mt19937_64 rng(4);
+  const int64_t M = 19, N = 7, K = 33;
+  FVec x = toFloat(randomVec(rng, size_t(M * K), -3.0, 2.0));
+  FVec w = toFloat(randomVec(rng, size_t(K * N)));
+  std::vector<int8_t> wq(size_t(K * N));
+  FVec wscale(static_cast<size_t>(N)), y(static_cast<size_t>(M * N));
+  const FVec range = {-2.5f, 1.5f}; // x beyond it clamps at -127
+  TestContext ctx;
+  loom_quantize_weight_s8(&ctx, K, N, w.data(), wq.data(), wscale.data());
+  loom_qgemm_u8s8_symmetric(&ctx, M, N, K, x.data(), range.data(), wq.data(),
+                            wscale.data(), y.data());
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  const float s = 2.5f / 127.0f;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      int64_t acc = 0;
+      for (int64_t k = 0; k < K; ++k)
+        acc += int64_t(std::clamp(std::nearbyint(x[size_t(m * K + k)] * (1.0f / s)),
+                                  -127.0f, 127.0f)) *
+               int64_t(wq[size_t(k * N + n)]);
+      ASSERT_EQ(y[size_t(m * N + n)], float(acc) * (s * wscale[size_t(n)]))
+          << "m " << m << " n " << n;
+    }
+}
+
+TEST(Qat, WeightScalesAreTheInt8WeightsScales) {
+  std::mt19937_64 rng(5);
+  const int64_t K = 40, N = 9;
+  FVec w = toFloat(randomVec(rng, size_t(K * N)));
+  for (int64_t k = 0; k < K; ++k)
+    w[size_t(k * N + 3)] = 0.0f; // an all-zero channel: scale eps
+  std::vector<int8_t> wq(size_t(K * N));
+  FVec a(static_cast<size_t>(N)), b(static_cast<size_t>(N)), whole(1);
+  TestContext ctx;
+  loom_quantize_weight_s8(&ctx, K, N, w.data(), wq.data(), a.data());
+  loom_weight_scale_s8(&ctx, K, N, w.data(), b.data());
+  loom_weight_scale_s8(&ctx, K * N, 1, w.data(), whole.data());
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(b[3], std::numeric_limits<float>::epsilon());
+  EXPECT_EQ(whole[0], *std::max_element(b.begin(), b.end()));
+  w[size_t(5)] = std::numeric_limits<float>::infinity();
+  TestContext bad;
+  loom_weight_scale_s8(&bad, K, N, w.data(), b.data());
+  EXPECT_TRUE(bad.failed);
+  EXPECT_NE(bad.errorMessage.find("weight element 5 is not finite"),
+            std::string::npos)
+      << bad.errorMessage;
+}
+
+TEST(Qat, MovingAverageObserverFollowsTorch) {
+  // Step 1 takes the batch's range, later steps move 1% towards it, and
+  // after `freeze` the range stays.
+  const FVec b1 = {-1.0f, 2.0f, 0.5f}, b2 = {-3.0f, 1.0f, 4.0f};
+  FVec r = {0.0f, 0.0f};
+  TestContext ctx;
+  ctx.step = 1;
+  loom_observe_ema(&ctx, 3, b1.data(), r.data(), 0.01f, 5, r.data());
+  EXPECT_EQ(r, (FVec{-1.0f, 2.0f}));
+  ctx.step = 2;
+  loom_observe_ema(&ctx, 3, b2.data(), r.data(), 0.01f, 5, r.data());
+  EXPECT_EQ(r[0], -1.0f + 0.01f * (-3.0f - -1.0f));
+  EXPECT_EQ(r[1], 2.0f + 0.01f * (4.0f - 2.0f));
+  const FVec kept = r;
+  ctx.step = 6;
+  loom_observe_ema(&ctx, 3, b1.data(), r.data(), 0.01f, 5, r.data());
+  EXPECT_EQ(r, kept);
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  const FVec nan = {0.0f, std::nanf("")};
+  ctx.step = 3;
+  loom_observe_ema(&ctx, 2, nan.data(), r.data(), 0.01f, -1, r.data());
+  EXPECT_TRUE(ctx.failed);
+  EXPECT_NE(ctx.errorMessage.find("activation element 1 is NaN at step 3"),
+            std::string::npos)
+      << ctx.errorMessage;
+}
+
+TEST(Qat, RangeParametersFollowSemantics) {
+  TestContext ctx;
+  float s = 0, z = 0;
+  // Affine: widened to include 0, zero point rounded half to even.
+  const FVec r = {-0.5f, 2.0f};
+  loom_range_qparams(&ctx, r.data(), 0, &s, &z);
+  EXPECT_EQ(s, 2.5f / 255.0f);
+  EXPECT_EQ(z, std::nearbyint(0.5f / (2.5f / 255.0f)));
+  const FVec pos = {0.5f, 4.0f};
+  loom_range_qparams(&ctx, pos.data(), 0, &s, &z);
+  EXPECT_EQ(s, 4.0f / 255.0f);
+  EXPECT_EQ(z, 0.0f);
+  // Symmetric: the larger magnitude over 127, zero point 0.
+  loom_range_qparams(&ctx, r.data(), 1, &s, &z);
+  EXPECT_EQ(s, 2.0f / 127.0f);
+  EXPECT_EQ(z, 0.0f);
+  const FVec zero = {0.0f, 0.0f};
+  loom_range_qparams(&ctx, zero.data(), 0, &s, &z);
+  EXPECT_EQ(s, std::numeric_limits<float>::epsilon());
+  EXPECT_EQ(z, 0.0f);
+}
+
 TEST(Gemm, EmptyInnerDimensionScalesC) {
   Vec C = {1, 2, 3, 4, 5, 6};
   gemm<double>(2, false, true, 1, 3, 0, nullptr, 0, nullptr, 0, C.data(), 3,

@@ -922,12 +922,18 @@ int Trainer::infer(int64_t batches) {
   // Post-training quantization: calibrated ranges, then the weights
   // quantized once.
   if (m.program("prepare_step")) {
+    const bool calibrated = m.program("calibrate_step") != nullptr;
     for (const Buffer &b : m.state)
       if (isActivationRange(b) && readFloats(b) == std::array<float, 2>{})
-        failEverywhere(opts_.artifact + ": activation range '" + b.name +
-                       "' is not calibrated: run loom-run ART --init-from=W "
-                       "--calibrate=N --save=Q.safetensors, then --infer "
-                       "--init-from=Q.safetensors");
+        failEverywhere(
+            opts_.artifact + ": activation range '" + b.name + "' is " +
+            (calibrated
+                 ? "not calibrated: run loom-run ART --init-from=W "
+                   "--calibrate=N --save=Q.safetensors, then --infer "
+                   "--init-from=Q.safetensors"
+                 : "not trained: pass --init-from=Q.safetensors, the "
+                   "weights and ranges a quantization-aware training run "
+                   "(loomc --quantize=qat-int8) saved with --save"));
     callProgram(artifact_->program("prepare_step", stage_), "prepare_step");
   }
   // One warm-up call (first-touch of the arena, CUDA graph capture), not

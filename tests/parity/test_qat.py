@@ -1,0 +1,148 @@
+#!/usr/bin/python3
+"""Quantization-aware training against PyTorch: tests/parity/models/qat_mlp.loom
+(`quantize qat(int8, start = 4, freeze = 12)`) trained by loom-run and by a
+twin that quantizes each matmul's activation with torch's own FakeQuantize
+(MovingAverageMinMaxObserver, averaging constant 0.01, quint8 [0, 255],
+per-tensor affine) and each weight per output channel, symmetric [-127, 127],
+with scales from the current weights (SEMANTICS.md, quantization); the same
+initial weights (loom-run --steps=0 --save) and batches, fp32, one thread,
+plain SGD. Before step `start` the observers run and nothing is quantized
+(FakeQuantize.disable_fake_quant); after step `freeze` the observers stop
+(disable_observer). The optional second model uses symmetric activations
+(quantize.activations=per_tensor_symmetric: qint8 [-127, 127]).
+
+Checks (SEMANTICS.md's "Loom vs its PyTorch twin" tolerances): the loss at
+step 1 within 1e-5 relative and at every later step within 1e-4; every
+weight after 20 steps within 1e-4 (||dw|| / ||w||); each trained activation
+range ("<weight>.act_range") within 1e-5 of the twin observer's [min, max].
+Exits 1 on a failure.
+
+usage: test_qat.py --loomc PATH --loom-run PATH --workdir DIR [--symmetric]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver  # noqa: E402
+
+import artifact  # noqa: E402
+import data  # noqa: E402
+import safetensors_io  # noqa: E402
+
+SRC = os.path.dirname(os.path.dirname(HERE))
+STEPS, START, FREEZE, LR = 20, 4, 12, 0.1
+EPS = torch.finfo(torch.float32).eps
+
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout + p.stderr)
+        raise SystemExit(f"qat parity: {' '.join(cmd)} failed ({p.returncode})")
+    return p
+
+
+def activation_fq(symmetric):
+    if symmetric:
+        return FakeQuantize(observer=MovingAverageMinMaxObserver, averaging_constant=0.01,
+                            quant_min=-127, quant_max=127, dtype=torch.qint8,
+                            qscheme=torch.per_tensor_symmetric)
+    return FakeQuantize(observer=MovingAverageMinMaxObserver, averaging_constant=0.01,
+                        quant_min=0, quant_max=255, dtype=torch.quint8,
+                        qscheme=torch.per_tensor_affine)
+
+
+def weight_fq(w):
+    """Per output channel (axis 1 of [in, out]), symmetric, from w itself."""
+    scale = torch.clamp(w.detach().abs().amax(dim=0) / 127.0, min=EPS)
+    zero = torch.zeros(w.shape[1], dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 1, -127, 127)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--loomc", required=True)
+    ap.add_argument("--loom-run", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--symmetric", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    src = os.path.join(HERE, "models", "qat_mlp.loom")
+    loomx = os.path.join(a.workdir, "qat.loomx")
+    datap = os.path.join(SRC, "samples", "data", "digits.bin")
+    extra = ["--set=quantize.activations=per_tensor_symmetric"] if a.symmetric else []
+    run([a.loomc, src, "-o", loomx] + extra)
+    model = artifact.load_model(loomx)
+    base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
+    init_path = os.path.join(a.workdir, "init.safetensors")
+    after_path = os.path.join(a.workdir, "after.safetensors")
+    metrics = os.path.join(a.workdir, "m.jsonl")
+    run(base + ["--steps=0", f"--save={init_path}"])
+    run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"])
+    loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
+    init, _ = safetensors_io.load(init_path)
+    after, _ = safetensors_io.load(after_path)
+
+    params = ("w1", "b1", "w2", "b2")
+    w = {n: torch.tensor(np.array(init[n], dtype=np.float32), requires_grad=True)
+         for n in params}
+    fq = {"w1": activation_fq(a.symmetric), "w2": activation_fq(a.symmetric)}
+    loader = data.Loader(data.Dataset(datap), model.inputs, 0)
+    losses = []
+    for step, batch in enumerate(loader.batches(STEPS), start=1):
+        for f in fq.values():
+            (f.enable_fake_quant if step >= START else f.disable_fake_quant)()
+            (f.enable_observer if step <= FREEZE else f.disable_observer)()
+        quantize = step >= START
+        x = torch.tensor(batch["x"], dtype=torch.float32)
+        y = torch.tensor(batch["y"], dtype=torch.int64)
+        w1 = weight_fq(w["w1"]) if quantize else w["w1"]
+        w2 = weight_fq(w["w2"]) if quantize else w["w2"]
+        h = torch.relu(fq["w1"](x) @ w1 + w["b1"])
+        loss = torch.nn.functional.cross_entropy(fq["w2"](h) @ w2 + w["b2"], y)
+        losses.append(loss.item())
+        loss.backward()
+        with torch.no_grad():
+            for n in params:
+                w[n] -= LR * w[n].grad
+                w[n].grad = None
+
+    failures = 0
+
+    def check(what, value, limit):
+        nonlocal failures
+        ok = value <= limit
+        failures += 0 if ok else 1
+        print(f"{what:<48} {value:10.3e}  (limit {limit:.0e})  {'PASS' if ok else 'FAIL'}")
+
+    rel = lambda l, t: abs(l - t) / max(abs(t), 1e-30)  # noqa: E731
+    check("loss at step 1, relative", rel(loom_losses[0], losses[0]), 1e-5)
+    check(f"worst loss at steps 2..{STEPS}, relative",
+          max(rel(l, t) for l, t in zip(loom_losses[1:], losses[1:])), 1e-4)
+    for n in params:
+        t = w[n].detach().numpy().astype(np.float64)
+        d = np.linalg.norm(np.array(after[n], dtype=np.float64) - t) / max(np.linalg.norm(t), 1e-30)
+        check(f"weights {n} after {STEPS} steps, ||dw||/||w||", float(d), 1e-4)
+    for n, f in fq.items():
+        obs = f.activation_post_process
+        ref = np.array([obs.min_val.item(), obs.max_val.item()], dtype=np.float64)
+        got = np.array(after[n + ".act_range"], dtype=np.float64)
+        check(f"{n}.act_range vs the observer, relative",
+              float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30)), 1e-5)
+    print(f"qat parity ({'symmetric' if a.symmetric else 'affine'} activations): "
+          f"{'PASSED' if failures == 0 else 'FAILED'}")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
