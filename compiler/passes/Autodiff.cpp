@@ -497,6 +497,95 @@ SmallVector<std::pair<Operation *, train::ParamOp>> ptqSites(Block *block) {
   return sites;
 }
 
+/// INT8 inference's chains (issue 9: quantize/dequantize placement
+/// minimised): each train.qmatmul takes in the bias add and the ReLU that
+/// alone use its result, and a result whose one user is another qmatmul
+/// leaves quantized with that qmatmul's range (the next layer reads UINT8,
+/// and no FP32 activation is written between them). The roundings are
+/// those of the unfused ops (loom_qlinear), so results are unchanged.
+void fuseInt8Chains(Block &block) {
+  auto soleUser = [](Value v) -> Operation * {
+    return v.hasOneUse() ? *v.getUsers().begin() : nullptr;
+  };
+  auto before = [&](Value v, Operation *op) {
+    Operation *def = v.getDefiningOp();
+    return !def || (def->getBlock() == op->getBlock() && def->isBeforeInBlock(op));
+  };
+  auto rebuild = [](train::QMatmulOp q, Value input, Value bias, Value rangeOut,
+                    Type type, bool quantizedInput, bool relu,
+                    bool symmetricOut) {
+    OpBuilder b(q);
+    return b.create<train::QMatmulOp>(
+        q.getLoc(), type, input, q.getRange(), q.getWeight(), q.getScale(),
+        bias, rangeOut, q.getSymmetric(), quantizedInput, relu, symmetricOut);
+  };
+  // The bias and the ReLU.
+  for (auto q : llvm::to_vector(block.getOps<train::QMatmulOp>())) {
+    auto type = cast<RankedTensorType>(q.getType());
+    Value end = q.getResult(), bias;
+    SmallVector<Operation *> dead;
+    if (Operation *add = soleUser(end);
+        add && add->getName().getStringRef() == "loom.add" &&
+        add->getResult(0).getType() == type) {
+      Value other = add->getOperand(add->getOperand(0) == end ? 1 : 0);
+      auto bt = cast<RankedTensorType>(other.getType());
+      if (bt.getRank() == 1 && bt.getElementType().isF32() &&
+          bt.getDimSize(0) == type.getShape().back() && before(other, q)) {
+        bias = other;
+        end = add->getResult(0);
+        dead.push_back(add);
+      }
+    }
+    bool relu = false;
+    if (Operation *r = soleUser(end);
+        r && r->getName().getStringRef() == "loom.relu") {
+      relu = true;
+      end = r->getResult(0);
+      dead.push_back(r);
+    }
+    if (dead.empty())
+      continue;
+    auto fused = rebuild(q, q.getInput(), bias, Value(), type,
+                         q.getQuantizedInput(), relu, false);
+    end.replaceAllUsesWith(fused.getResult());
+    for (Operation *op : llvm::reverse(dead))
+      op->erase();
+    q.erase();
+  }
+  // Quantized hand-offs, one at a time (each rewrites two qmatmuls).
+  auto handOff = [&](train::QMatmulOp q) {
+    auto next = dyn_cast_or_null<train::QMatmulOp>(soleUser(q.getResult()));
+    if (!next || next.getInput() != q.getResult() || q.getRangeOut())
+      return false;
+    // The next layer's range is read before this one.
+    Value range = next.getRange();
+    if (!before(range, q)) {
+      Operation *def = range.getDefiningOp();
+      if (!def || def->getNumOperands() != 0)
+        return false;
+      def->moveBefore(q);
+    }
+    auto t = cast<RankedTensorType>(q.getType());
+    auto i8 = RankedTensorType::get(t.getShape(),
+                                    IntegerType::get(q.getContext(), 8));
+    auto producer = rebuild(q, q.getInput(), q.getBias(), range, i8,
+                            q.getQuantizedInput(), q.getRelu(),
+                            next.getSymmetric());
+    auto consumer = rebuild(next, producer.getResult(), next.getBias(), Value(),
+                            next.getType(), true, next.getRelu(), false);
+    next.getResult().replaceAllUsesWith(consumer.getResult());
+    next.erase();
+    q.erase();
+    return true;
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (auto q : block.getOps<train::QMatmulOp>())
+      if ((changed = handOff(q)))
+        break;
+  }
+}
+
 /// loomc --mode=infer --quantize=ptq-int8 (SEMANTICS.md, quantization): the
 /// matmuls of an activation by a weight run in INT8 (per-channel symmetric
 /// weights, per-tensor affine UINT8 activations). Three programs:
@@ -551,12 +640,13 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
     Value wq = state(tb, b, name + ".qweight",
                      RankedTensorType::get(w.getShape(), b.getIntegerType(8)));
     Value ws = state(tb, b, name + ".qscale", f32({n}));
-    Value y = tb.create1("train.qmatmul", {mm->getOperand(0), range, wq, ws},
-                         mm->getResult(0).getType(),
-                         {tb.attr("symmetric", b.getBoolAttr(symmetric))});
+    Value y = b.create<train::QMatmulOp>(mm->getLoc(), mm->getResult(0).getType(),
+                                         mm->getOperand(0), range, wq, ws,
+                                         Value(), Value(), symmetric);
     mm->getResult(0).replaceAllUsesWith(y);
     mm->erase();
   }
+  fuseInt8Chains(*eval);
 
   // Calibration: the FP32 forward with observers.
   if (calibrate) {

@@ -21,6 +21,7 @@
 #include <set>
 
 #include "dialects/Loom/LoomOps.h"
+#include "dialects/Train/TrainDialect.h"
 
 #include "mlir/Dialect/SCF/IR/SCF.h"
 #include "mlir/IR/IRMapping.h"
@@ -599,13 +600,22 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     return success();
   }
   if (n == "train.qmatmul") {
-    auto [m, k] = rowsCols(op->getOperand(0));
-    int64_t nOut = cast<RankedTensorType>(op->getOperand(2).getType())
-                       .getDimSize(1);
-    auto sym = op->getAttrOfType<BoolAttr>("symmetric");
-    call(b, loc,
-         sym && sym.getValue() ? "loom_qgemm_u8s8_symmetric" : "loom_qgemm_u8s8",
-         {i64(b, m), i64(b, nOut), i64(b, k), V(0), V(1), V(2), V(3), R(0)});
+    // loom_qlinear, with the neighbours loom-autodiff fused into it.
+    auto q = cast<train::QMatmulOp>(op);
+    auto [m, k] = rowsCols(q.getInput());
+    int64_t nOut = cast<RankedTensorType>(q.getWeight().getType()).getDimSize(1);
+    int32_t flags = (q.getQuantizedInput() ? 1 : 0) | (q.getSymmetric() ? 2 : 0) |
+                    (q.getBias() ? 4 : 0) | (q.getRelu() ? 8 : 0) |
+                    (q.getRangeOut() ? 16 : 0) | (q.getSymmetricOut() ? 32 : 0);
+    // Unused pointers (flags not set) repeat the range's.
+    auto at = [&](Value v) {
+      return V(static_cast<unsigned>(
+          llvm::find(op->getOperands(), v) - op->operand_begin()));
+    };
+    call(b, loc, "loom_qlinear",
+         {i64(b, m), i64(b, nOut), i64(b, k), V(0), i32(b, flags), V(1), V(2),
+          V(3), q.getBias() ? at(q.getBias()) : V(1),
+          q.getRangeOut() ? at(q.getRangeOut()) : V(1), R(0)});
     return success();
   }
   // Quantization-aware training (loom-insert-fake-quant).

@@ -275,19 +275,31 @@ def Train_QuantizeWeightOp : Train_Op<"quantize_weight", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
-def Train_QMatmulOp : Train_Op<"qmatmul", [Pure]> {
+def Train_QMatmulOp : Train_Op<"qmatmul", [Pure, AttrSizedOperandSegments]> {
   let summary = "x @ w in INT8: x quantized from its calibrated range";
   let description = [{
-    x [M, K] quantized per tensor to UINT8 from `range`, times the INT8
-    weight [K, N] with INT32 accumulation, dequantized with the range's
-    scale and the weight's per-channel `scale` (loom_qgemm_u8s8; with
-    `symmetric`, x quantized symmetrically: loom_qgemm_u8s8_symmetric).
+    x [..., K] quantized per tensor to UINT8 from `range` (affine, or
+    `symmetric`), times the INT8 weight [K, N] with INT32 accumulation,
+    dequantized with the range's scale and the weight's per-channel `scale`
+    (loom_qlinear). Fused neighbours (loom-autodiff's INT8 chains): with
+    `quantized_input` x is already the UINT8 activation (i8 bits) that its
+    producer quantized with `range`; an optional `bias` [N] is added and
+    `relu` applied; with `range_out` the result is quantized to UINT8 (i8
+    bits) for the next qmatmul (`symmetric_out`).
   }];
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range,
                        Train_AnyTensor:$weight, Train_AnyTensor:$scale,
-                       DefaultValuedAttr<BoolAttr, "false">:$symmetric);
+                       Optional<Train_AnyTensor>:$bias,
+                       Optional<Train_AnyTensor>:$range_out,
+                       DefaultValuedAttr<BoolAttr, "false">:$symmetric,
+                       DefaultValuedAttr<BoolAttr, "false">:$quantized_input,
+                       DefaultValuedAttr<BoolAttr, "false">:$relu,
+                       DefaultValuedAttr<BoolAttr, "false">:$symmetric_out);
   let results = (outs Train_AnyTensor:$result);
-  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $input `,` $range `,` $weight `,` $scale (`bias` $bias^)?
+    (`requantize` $range_out^)? attr-dict `:` functional-type(operands, results)
+  }];
 }
 
 def Train_FakeQuantGradOp : Train_Op<"fake_quant_grad", [Pure]> {

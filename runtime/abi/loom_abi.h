@@ -92,6 +92,25 @@ void loom_qgemm_u8s8_symmetric(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                                const float *x, const float *range,
                                const int8_t *wq, const float *wscale,
                                float *y);
+/** An INT8 linear layer with its neighbours fused (an inference artifact's
+ *  requantized chains): acc = xq @ wq exactly in INT32, where xq [M, K] is x
+ *  quantized from rangeIn as loom_qgemm_u8s8 (or _symmetric) does, or x
+ *  itself (UINT8 bits) with LOOM_QLINEAR_QUANTIZED_INPUT; then v =
+ *  float(acc) * (scale_in * wscale[n]) (the zero point taken out exactly),
+ *  + bias[n] with LOOM_QLINEAR_BIAS, max(v, 0) with LOOM_QLINEAR_RELU, and
+ *  y [M, N] = v (f32), or with LOOM_QLINEAR_QUANTIZED_OUTPUT v quantized
+ *  to UINT8 from rangeOut (the next layer's input). Every rounding is the
+ *  one the unfused ops make. Pointers of flags not set are not read. */
+#define LOOM_QLINEAR_QUANTIZED_INPUT 1
+#define LOOM_QLINEAR_SYMMETRIC_INPUT 2
+#define LOOM_QLINEAR_BIAS 4
+#define LOOM_QLINEAR_RELU 8
+#define LOOM_QLINEAR_QUANTIZED_OUTPUT 16
+#define LOOM_QLINEAR_SYMMETRIC_OUTPUT 32
+void loom_qlinear(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
+                  const void *x, int32_t flags, const float *rangeIn,
+                  const int8_t *wq, const float *wscale, const float *bias,
+                  const float *rangeOut, void *y);
 /** The min/max observer of post-training quantization's calibration:
  *  out = {min(range[0], min x), max(range[1], max x)} (out may be range). A
  *  NaN in x is an error. */

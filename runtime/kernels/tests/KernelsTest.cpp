@@ -377,6 +377,59 @@ TEST(Int8, SymmetricActivationsMatchTheirFakeQuantization) {
     }
 }
 
+TEST(Int8, FusedLayerIsWithinOneStepOfTheUnfusedOps) {
+  // loom_qlinear with bias, ReLU and a quantized output for the next layer,
+  // then that layer from UINT8 input with a bias and an f32 output, against
+  // the unfused ops in the fake quantization's order: the UINT8 hand-off
+  // within one quantization step (most exact), the f32 output close.
+  std::mt19937_64 rng(6);
+  const int64_t M = 33, K = 40, N = 70, N2 = 9;
+  FVec x = toFloat(randomVec(rng, size_t(M * K), -1.0, 2.0));
+  FVec w = toFloat(randomVec(rng, size_t(K * N))), w2 = toFloat(randomVec(rng, size_t(N * N2)));
+  FVec b = toFloat(randomVec(rng, size_t(N))), b2 = toFloat(randomVec(rng, size_t(N2)));
+  std::vector<int8_t> wq(size_t(K * N)), wq2(size_t(N * N2));
+  FVec ws(static_cast<size_t>(N)), ws2(static_cast<size_t>(N2));
+  TestContext ctx;
+  loom_quantize_weight_s8(&ctx, K, N, w.data(), wq.data(), ws.data());
+  loom_quantize_weight_s8(&ctx, N, N2, w2.data(), wq2.data(), ws2.data());
+  const FVec range = {-1.0f, 2.0f}, range2 = {0.0f, 6.0f};
+  std::vector<uint8_t> h(size_t(M * N));
+  FVec y(static_cast<size_t>(M * N2));
+  loom_qlinear(&ctx, M, N, K, x.data(),
+               LOOM_QLINEAR_BIAS | LOOM_QLINEAR_RELU | LOOM_QLINEAR_QUANTIZED_OUTPUT,
+               range.data(), wq.data(), ws.data(), b.data(), range2.data(),
+               h.data());
+  loom_qlinear(&ctx, M, N2, N, h.data(),
+               LOOM_QLINEAR_QUANTIZED_INPUT | LOOM_QLINEAR_BIAS, range2.data(),
+               wq2.data(), ws2.data(), b2.data(), range.data(), y.data());
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+  // The unfused ops: qgemm, + bias, relu, quantize with range2.
+  FVec ref(static_cast<size_t>(M * N));
+  loom_qgemm_u8s8(&ctx, M, N, K, x.data(), range.data(), wq.data(), ws.data(),
+                  ref.data());
+  const float s2 = 6.0f / 255.0f;
+  int64_t exact = 0;
+  FVec hq(static_cast<size_t>(M * N)); // the hand-off, dequantized
+  for (int64_t i = 0; i < M * N; ++i) {
+    float v = std::max(ref[size_t(i)] + b[size_t(i % N)], 0.0f);
+    float q = std::clamp(std::nearbyint(v * (1.0f / s2)), 0.0f, 255.0f);
+    ASSERT_LE(std::fabs(q - float(h[size_t(i)])), 1.0f) << "element " << i;
+    exact += q == float(h[size_t(i)]);
+    hq[size_t(i)] = float(h[size_t(i)]) * s2;
+  }
+  EXPECT_GT(exact, M * N * 9 / 10);
+  // The second layer from the same UINT8 input: products exact, then
+  // scale and bias (one rounding each, in either order).
+  FVec ref2(static_cast<size_t>(M * N2));
+  loom_qgemm_u8s8(&ctx, M, N2, N, hq.data(), range2.data(), wq2.data(),
+                  ws2.data(), ref2.data());
+  for (int64_t i = 0; i < M * N2; ++i) {
+    const float r = ref2[size_t(i)] + b2[size_t(i % N2)];
+    EXPECT_NEAR(y[size_t(i)], r, 1e-5f * std::max(1.0f, std::fabs(r)))
+        << "element " << i;
+  }
+}
+
 TEST(Qat, WeightScalesAreTheInt8WeightsScales) {
   std::mt19937_64 rng(5);
   const int64_t K = 40, N = 9;
