@@ -1306,6 +1306,8 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
       {"gated_attention", {{"q", K::Tensor}, {"k", K::Tensor}, {"v", K::Tensor}, {"wg", K::Tensor}, {"bg", K::Tensor}, {"causal", K::Bool, Val::ofBool(false)}, {"threshold", K::Number, Val{}}}},
       {"cross_entropy", {{"logits", K::Tensor}, {"target", K::Tensor}, {"ignore_index", K::Int, Val::ofInt(-100)}}},
       {"mse", {{"pred", K::Tensor}, {"target", K::Tensor}}},
+      {"conv2d", {{"x", K::Tensor}, {"w", K::Tensor}, {"stride", K::Int, Val::ofInt(1)}, {"padding", K::Int, Val::ofInt(0)}}},
+      {"batch_norm", {{"x", K::Tensor}, {"gamma", K::Tensor}, {"beta", K::Tensor}, {"momentum", K::Number, Val::ofFloat(0.1)}, {"eps", K::Number, Val::ofFloat(1e-5)}}},
   };
   auto it = specs.find(name);
   if (it == specs.end()) {
@@ -1657,6 +1659,18 @@ std::optional<Val> Elaborator::callBuiltin(const std::string &name,
   if (name == "mse")
     return finish(name, shape::mse(type(0), type(1), err), err,
                   {tensor(0), tensor(1)}, {}, loc);
+  if (name == "conv2d")
+    return finish(name,
+                  shape::conv2d(type(0), type(1), args[2]->i, args[3]->i, err),
+                  err, {tensor(0), tensor(1)},
+                  {{"stride", args[2]->i}, {"padding", args[3]->i}}, loc);
+  if (name == "batch_norm")
+    return finish(name,
+                  shape::batchNorm(type(0), type(1), type(2),
+                                   args[3]->number(), args[4]->number(), err),
+                  err, {tensor(0), tensor(1), tensor(2)},
+                  {{"momentum", args[3]->number()}, {"eps", args[4]->number()}},
+                  loc);
   diag_.error(loc, "internal: built-in '" + name + "' has no lowering");
   return std::nullopt;
 }

@@ -730,6 +730,13 @@ Manifest parseManifest(std::string_view text) {
       std::string where = where0 + " ('" + b.name + "')";
       unique(b, where);
       readLayout(a[i], where, m, b, nullptr);
+      if (const json::Value *init = a[i].find("init")) {
+        const std::string &kind = R::string(*init, where + ".init");
+        if (kind != "ones" || (b.dtype != DType::F32 && b.dtype != DType::F64))
+          R::fail(where + ".init", "state starts at zero or at \"ones\" "
+                                   "(f32, f64), got '" + kind + "'");
+        b.startsAtOne = true;
+      }
       m.state.push_back(std::move(b));
     }
   }

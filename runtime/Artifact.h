@@ -74,6 +74,8 @@ struct Buffer {
   /// The pipeline stage whose arena holds it (the manifest's `stage`), or
   /// -1: every stage's arena holds it, at `offset`.
   int64_t stage = -1;
+  /// State only: starts at 1 rather than 0 (the manifest's "init": "ones").
+  bool startsAtOne = false;
 
   /// Whether the arena of pipeline stage `s` holds this buffer.
   bool inStage(int64_t s) const { return stage < 0 || stage == s; }
@@ -103,6 +105,19 @@ inline bool isActivationRange(const std::string &name) {
 }
 inline bool isActivationRange(const Buffer &b) {
   return isActivationRange(b.name);
+}
+
+/// State that is part of the model and travels with its weights (--save,
+/// --init-from): activation ranges and batch norms' running statistics.
+inline bool isSavedWithWeights(const std::string &name) {
+  for (const std::string suffix : {".act_range", ".running_mean", ".running_var"})
+    if (name.size() > suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  return false;
+}
+inline bool isSavedWithWeights(const Buffer &b) {
+  return isSavedWithWeights(b.name);
 }
 
 /// A trainable parameter: a buffer plus how to initialise and shard it.

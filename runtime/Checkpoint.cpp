@@ -148,10 +148,10 @@ saveWeights(const std::string &path, const Manifest &m,
     for (const ParamSpec &p : m.params)
       tensors.push_back(
           {p.name, toSafetensors(p.dtype), p.global(), arena + p.offset});
-    // Post-training quantization's calibrated activation ranges go with the
-    // weights (DESIGN.md: --calibrate=N --save=Q.safetensors).
+    // Activation ranges (DESIGN.md: --calibrate=N --save=Q.safetensors) and
+    // batch norms' running statistics go with the weights.
     for (const Buffer &b : m.state)
-      if (isActivationRange(b))
+      if (isSavedWithWeights(b))
         tensors.push_back(
             {b.name, toSafetensors(b.dtype), b.global(), arena + b.offset});
     return st::write(path, tensors, metadata);
@@ -161,10 +161,17 @@ saveWeights(const std::string &path, const Manifest &m,
   // the parameter's stage on pp).
   const Mesh shape = meshOf(mesh);
   const bool root = mesh->worldRank() == 0;
-  std::vector<std::vector<unsigned char>> full(m.params.size());
+  // The parameters, then the state saved with them.
+  std::vector<const Buffer *> items;
+  for (const ParamSpec &p : m.params)
+    items.push_back(&p);
+  for (const Buffer &b : m.state)
+    if (isSavedWithWeights(b))
+      items.push_back(&b);
+  std::vector<std::vector<unsigned char>> full(items.size());
   std::vector<unsigned char> slice;
-  for (size_t i = 0; i < m.params.size(); ++i) {
-    const ParamSpec &p = m.params[i];
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Buffer &p = *items[i];
     const size_t elem = dtypeSize(p.dtype);
     if (!p.isSplit() && p.stage <= 0) {
       // Rank 0 holds the whole tensor; its copy is the one.
@@ -197,8 +204,8 @@ saveWeights(const std::string &path, const Manifest &m,
   if (!root)
     return {};
   std::vector<st::TensorData> tensors;
-  for (size_t i = 0; i < m.params.size(); ++i) {
-    const ParamSpec &p = m.params[i];
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Buffer &p = *items[i];
     tensors.push_back(
         {p.name, toSafetensors(p.dtype), p.global(), full[i].data()});
   }
@@ -232,12 +239,12 @@ void loadWeights(const std::string &path, const Manifest &m,
   std::set<std::string> names;
   for (const ParamSpec &p : m.params)
     names.insert(p.name);
-  // Calibrated activation ranges, where the model has them (optional here:
-  // an FP32 model's weights load into a post-training quantization
-  // artifact for its calibration).
+  // Activation ranges and running statistics, where the model has them
+  // (optional here: an FP32 model's weights load into a post-training
+  // quantization artifact for its calibration).
   std::vector<std::pair<const Buffer *, const st::TensorInfo *>> ranges;
   for (const Buffer &b : m.state) {
-    if (!isActivationRange(b))
+    if (!isSavedWithWeights(b))
       continue;
     names.insert(b.name);
     if (const st::TensorInfo *t = h.find(b.name)) {

@@ -5,6 +5,7 @@
 #include "runtime/Random.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 
 namespace loom::runtime {
@@ -167,9 +168,15 @@ void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
 }
 
 void zeroState(const Manifest &m, unsigned char *arena, int64_t stage) {
-  for (const Buffer &b : m.state)
-    if (b.inStage(stage))
-      std::memset(arena + b.offset, 0, static_cast<size_t>(b.bytes));
+  for (const Buffer &b : m.state) {
+    if (!b.inStage(stage))
+      continue;
+    std::memset(arena + b.offset, 0, static_cast<size_t>(b.bytes));
+    if (b.startsAtOne && b.dtype == DType::F32)
+      std::fill_n(reinterpret_cast<float *>(arena + b.offset), b.elements, 1.0f);
+    else if (b.startsAtOne && b.dtype == DType::F64)
+      std::fill_n(reinterpret_cast<double *>(arena + b.offset), b.elements, 1.0);
+  }
 }
 
 } // namespace loom::runtime

@@ -58,8 +58,8 @@ void initBlock(const ParamSpec &p, uint64_t seed,
 void initParams(const Manifest &m, uint64_t seed, unsigned char *arena,
                 const MeshCoord &coord = {0, 0, 0});
 
-/// Zeroes every state buffer of `m` that pipeline stage `stage`'s `arena`
-/// holds.
+/// Sets every state buffer of `m` that pipeline stage `stage`'s `arena`
+/// holds to its start: zero, or one for state marked "init": "ones".
 void zeroState(const Manifest &m, unsigned char *arena, int64_t stage = 0);
 
 } // namespace loom::runtime

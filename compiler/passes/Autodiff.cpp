@@ -125,6 +125,44 @@ public:
                                      : "train.gated_attention",
                                  operands, types, attrs);
         record(name, f, op, map);
+      } else if (auto bn = dyn_cast<BatchNormOp>(op)) {
+        // Running statistics are state named after gamma, a parameter.
+        Value x = map.lookup(bn.getInput());
+        auto gamma = map.lookup(bn.getGamma()).getDefiningOp<train::ParamOp>();
+        if (!gamma)
+          return bn.emitOpError("needs gamma to be a parameter: its running "
+                                "statistics are named after it");
+        auto channels = cast<RankedTensorType>(bn.getGamma().getType());
+        auto stat = [&](StringRef suffix, bool ones) {
+          SmallVector<NamedAttribute> attrs = {tb.attr(
+              "name", b_.getStringAttr(gamma.getName() + suffix))};
+          if (ones)
+            attrs.push_back(tb.attr("init", b_.getStringAttr("ones")));
+          return tb.create1("train.state", {}, channels, attrs);
+        };
+        Value mean = stat(".running_mean", false);
+        Value var = stat(".running_var", true);
+        SmallVector<Value> operands = {x, map.lookup(bn.getGamma()),
+                                       map.lookup(bn.getBeta()), mean, var};
+        if (training_) {
+          Operation *f = tb.create(
+              "train.batch_norm", operands,
+              {x.getType(), channels, channels, channels, channels},
+              {tb.attr("momentum", bn.getMomentumAttr()),
+               tb.attr("eps", bn.getEpsAttr())});
+          tb.create("train.update", {f->getResult(3)}, {},
+                    {tb.attr("name", b_.getStringAttr(gamma.getName() +
+                                                      ".running_mean"))});
+          tb.create("train.update", {f->getResult(4)}, {},
+                    {tb.attr("name", b_.getStringAttr(gamma.getName() +
+                                                      ".running_var"))});
+          record("loom.batch_norm", f, op, map);
+        } else {
+          Operation *f = tb.create("train.batch_norm_eval", operands,
+                                   {x.getType()},
+                                   {tb.attr("eps", bn.getEpsAttr())});
+          record("loom.batch_norm_eval", f, op, map);
+        }
       } else if (auto obs = dyn_cast<ObserveOp>(op)) {
         // Quantization-aware training's observer: its range is state.
         Value x = map.lookup(obs.getInput());
@@ -337,6 +375,23 @@ public:
       acc(x(0), tb.create1("loom.cast", {g}, x(0).getType()));
     } else if (k == "loom.constant") {
       // Constants have no inputs.
+    } else if (k == "loom.conv2d") {
+      SmallVector<NamedAttribute> attrs = {
+          tb.attr("stride", b_.getI64IntegerAttr(
+                                cast<Conv2dOp>(op).getStride())),
+          tb.attr("padding", b_.getI64IntegerAttr(
+                                 cast<Conv2dOp>(op).getPadding()))};
+      acc(x(0), tb.create1("train.conv2d_grad_input", {g, x(1)},
+                           x(0).getType(), attrs));
+      acc(x(1), tb.create1("train.conv2d_grad_weight", {x(0), g},
+                           x(1).getType(), attrs));
+    } else if (k == "loom.batch_norm") {
+      Operation *d = tb.create(
+          "train.batch_norm_grad",
+          {g, x(0), x(1), op->getResult(1), op->getResult(2)},
+          {x(0).getType(), x(1).getType(), x(2).getType()});
+      for (unsigned i = 0; i < 3; ++i)
+        acc(x(i), d->getResult(i));
     } else if (k == "loom.fake_quant") {
       // Straight-through inside the clamp range; scale and zero point are
       // quantization state, not trained (as torch's fake_quantize ops).

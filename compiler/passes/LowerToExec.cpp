@@ -618,6 +618,57 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
           q.getRangeOut() ? at(q.getRangeOut()) : V(1), R(0)});
     return success();
   }
+  // Convolution and batch normalisation (NCHW).
+  if (n == "loom.conv2d" || n == "train.conv2d_grad_input" ||
+      n == "train.conv2d_grad_weight") {
+    // x [N, C, H, W] and w [O, C, KH, KW], wherever the op has them.
+    ArrayRef<int64_t> x, w;
+    if (n == "loom.conv2d") {
+      x = shapeOf(op->getOperand(0));
+      w = shapeOf(op->getOperand(1));
+    } else if (n == "train.conv2d_grad_input") {
+      x = shapeOf(op->getResult(0));
+      w = shapeOf(op->getOperand(1));
+    } else {
+      x = shapeOf(op->getOperand(0));
+      w = shapeOf(op->getResult(0));
+    }
+    SmallVector<Value> args = {
+        i64(b, x[0]), i64(b, x[1]), i64(b, x[2]), i64(b, x[3]), i64(b, w[0]),
+        i64(b, w[2]), i64(b, w[3]),
+        i64(b, cast<IntegerAttr>(op->getAttr("stride")).getInt()),
+        i64(b, cast<IntegerAttr>(op->getAttr("padding")).getInt()), V(0), V(1),
+        R(0)};
+    call(b, loc,
+         n == "loom.conv2d"                    ? "loom_conv2d_fwd"
+         : n == "train.conv2d_grad_input" ? "loom_conv2d_bwd_data"
+                                               : "loom_conv2d_bwd_weight",
+         args);
+    return success();
+  }
+  if (n == "train.batch_norm" || n == "train.batch_norm_eval" ||
+      n == "train.batch_norm_grad") {
+    // x [N, C, ...] as [N, C, S].
+    auto x = shapeOf(op->getOperand(n == "train.batch_norm_grad" ? 1 : 0));
+    int64_t S = 1;
+    for (int64_t d : x.drop_front(2))
+      S *= d;
+    SmallVector<Value> args = {i64(b, x[0]), i64(b, x[1]), i64(b, S)};
+    for (unsigned i = 0; i < op->getNumOperands(); ++i)
+      args.push_back(V(i));
+    if (n == "train.batch_norm")
+      args.push_back(f32(b, fattr("momentum")));
+    if (n != "train.batch_norm_grad")
+      args.push_back(f32(b, fattr("eps")));
+    for (unsigned i = 0; i < op->getNumResults(); ++i)
+      args.push_back(R(i));
+    call(b, loc,
+         n == "train.batch_norm"        ? "loom_batch_norm_fwd"
+         : n == "train.batch_norm_eval" ? "loom_batch_norm_eval"
+                                        : "loom_batch_norm_bwd",
+         args);
+    return success();
+  }
   // Quantization-aware training (loom-insert-fake-quant).
   if (n == "loom.weight_scale") {
     auto [k, nOut] = rowsCols(op->getOperand(0));
@@ -1296,6 +1347,11 @@ struct LowerToExecPass : impl::LowerToExecBase<LowerToExecPass> {
         a.append("global_shape", b.getI64ArrayAttr(g.asArrayRef()));
       if (Attribute shard = n.decl->getAttr("dist.shard"))
         a.append("shard", shard);
+      // State starts at zero, or at one ("init": "ones", a batch norm's
+      // running variance).
+      if (!param)
+        if (Attribute init = n.decl->getAttr("init"))
+          a.append("init", init);
       if (param) {
         a.append("init", n.decl->getAttr("init"));
         if (Attribute args = n.decl->getAttr("init_args"))

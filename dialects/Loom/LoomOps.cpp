@@ -515,6 +515,33 @@ OpFoldResult ConstantOp::fold(FoldAdaptor) { return getValueAttr(); }
 // Regularisation and attention
 //===----------------------------------------------------------------------===//
 
+LogicalResult Conv2dOp::inferReturnTypes(MLIRContext *context,
+                                         std::optional<Location> location,
+                                         Adaptor adaptor,
+                                         SmallVectorImpl<Type> &inferred) {
+  int64_t stride = adaptor.getStrideAttr() ? adaptor.getStride() : 1;
+  int64_t padding = adaptor.getPaddingAttr() ? adaptor.getPadding() : 0;
+  return inferWithShapeRule(
+      context, location, getOperationName(), adaptor.getOperands(), inferred,
+      [&](ArrayRef<shape::TensorType> t, std::string &error) {
+        return shape::conv2d(t[0], t[1], stride, padding, error);
+      });
+}
+
+LogicalResult BatchNormOp::inferReturnTypes(MLIRContext *context,
+                                            std::optional<Location> location,
+                                            Adaptor adaptor,
+                                            SmallVectorImpl<Type> &inferred) {
+  double momentum =
+      adaptor.getMomentumAttr() ? adaptor.getMomentum().convertToDouble() : 0.1;
+  double eps = adaptor.getEpsAttr() ? adaptor.getEps().convertToDouble() : 1e-5;
+  return inferWithShapeRule(
+      context, location, getOperationName(), adaptor.getOperands(), inferred,
+      [&](ArrayRef<shape::TensorType> t, std::string &error) {
+        return shape::batchNorm(t[0], t[1], t[2], momentum, eps, error);
+      });
+}
+
 LogicalResult FakeQuantOp::inferReturnTypes(MLIRContext *context,
                                             std::optional<Location> location,
                                             Adaptor adaptor,

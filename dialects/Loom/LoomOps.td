@@ -605,6 +605,44 @@ def Loom_DropoutOp : Loom_InferredOp<"dropout"> {
 }
 
 //===----------------------------------------------------------------------===//
+// Convolution and batch normalisation
+//===----------------------------------------------------------------------===//
+
+def Loom_Conv2dOp : Loom_InferredOp<"conv2d"> {
+  let summary = "2-D convolution, NCHW, without bias";
+  let description = [{
+    y[n, o, i, j] = sum_{c, a, b} x[n, c, i*s + a - p, j*s + b - p] *
+    w[o, c, a, b], zero outside x [`F.conv2d(x, w, stride=s, padding=p)`].
+  }];
+  let arguments = (ins Loom_Tensor:$input, Loom_Tensor:$weight,
+                       DefaultValuedAttr<I64Attr, "1">:$stride,
+                       DefaultValuedAttr<I64Attr, "0">:$padding);
+  let results = (outs Loom_Tensor:$result);
+  let assemblyFormat =
+      "$input `,` $weight attr-dict `:` type($input) `,` type($weight)";
+}
+
+def Loom_BatchNormOp : Loom_InferredOp<"batch_norm"> {
+  let summary = "Batch normalisation over every axis but the channels (1)";
+  let description = [{
+    SEMANTICS.md [`F.batch_norm`]: in training, the batch's mean and biased
+    variance normalise x, y = (x - mean) / sqrt(var + eps) * gamma + beta,
+    and the running statistics (state "<gamma>.running_mean" and
+    "<gamma>.running_var", gamma being a parameter) move by `momentum`
+    towards the mean and the unbiased variance; in evaluation the running
+    statistics normalise.
+  }];
+  let arguments = (ins Loom_Tensor:$input, Loom_Tensor:$gamma,
+                       Loom_Tensor:$beta,
+                       DefaultValuedAttr<F64Attr, "0.1">:$momentum,
+                       DefaultValuedAttr<F64Attr, "1e-05">:$eps);
+  let results = (outs Loom_Tensor:$result);
+  let assemblyFormat =
+      "$input `,` $gamma `,` $beta attr-dict `:` type($input) `,` "
+      "type($gamma) `,` type($beta)";
+}
+
+//===----------------------------------------------------------------------===//
 // Quantization
 //===----------------------------------------------------------------------===//
 

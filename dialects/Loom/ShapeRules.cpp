@@ -359,6 +359,66 @@ Result cast(const TensorType &x, DType to, std::string &) {
   return TensorType{to, x.dims};
 }
 
+Result conv2d(const TensorType &x, const TensorType &w, int64_t stride,
+              int64_t padding, std::string &error) {
+  if (!requireFloat(x, "conv2d input", error) ||
+      !requireFloat(w, "conv2d weight", error))
+    return std::nullopt;
+  if (x.dims.size() != 4)
+    return fail(error, "conv2d input must be [N, C, H, W], got " + str(x));
+  if (w.dims.size() != 4)
+    return fail(error, "conv2d weight must be [out, in, kh, kw], got " + str(w));
+  if (x.dtype != w.dtype)
+    return fail(error, "conv2d input " + str(x) + " and weight " + str(w) +
+                           " must have one element type");
+  if (w.dims[1] != x.dims[1])
+    return fail(error, "conv2d weight " + str(w) + " takes " +
+                           std::to_string(w.dims[1]) + " input channels, the "
+                           "input " + str(x) + " has " +
+                           std::to_string(x.dims[1]));
+  if (stride < 1)
+    return fail(error, "conv2d stride must be at least 1, got " +
+                           std::to_string(stride));
+  if (padding < 0 || padding > (int64_t(1) << 20))
+    return fail(error, "conv2d padding must be in [0, 2^20], got " +
+                           std::to_string(padding));
+  Dims out = {x.dims[0], w.dims[0]};
+  for (int d = 0; d < 2; ++d) {
+    int64_t span = x.dims[2 + d] + 2 * padding - w.dims[2 + d];
+    if (w.dims[2 + d] < 1 || span < 0)
+      return fail(error, "conv2d kernel " + str(w) + " is larger than the "
+                             "padded input " + str(x) + " (padding " +
+                             std::to_string(padding) + ")");
+    out.push_back(span / stride + 1);
+  }
+  return TensorType{x.dtype, out};
+}
+
+Result batchNorm(const TensorType &x, const TensorType &gamma,
+                 const TensorType &beta, double momentum, double eps,
+                 std::string &error) {
+  if (!requireFloat(x, "batch_norm input", error))
+    return std::nullopt;
+  if (x.dims.size() < 2)
+    return fail(error, "batch_norm input must be [N, C, ...], got " + str(x));
+  Dims want = {x.dims[1]};
+  if (gamma.dims != want || beta.dims != want)
+    return fail(error, "batch_norm gamma and beta must have shape " +
+                           str(want) + " (the channels, axis 1 of " + str(x) +
+                           "), got " + str(gamma) + " and " + str(beta));
+  if (gamma.dtype != x.dtype || beta.dtype != x.dtype)
+    return fail(error, std::string("batch_norm gamma and beta must have the "
+                                   "input's element type ") +
+                           dtypeName(x.dtype));
+  if (!(momentum > 0 && momentum <= 1))
+    return fail(error, "batch_norm momentum must be in (0, 1], got " +
+                           std::to_string(momentum));
+  if (!(eps > 0))
+    return fail(error, "batch_norm eps must be positive, got " +
+                           std::to_string(eps));
+  return x;
+}
+
 Result fakeQuant(const TensorType &x, const TensorType &scale,
                  const TensorType &zeroPoint, int64_t axis, int64_t qmin,
                  int64_t qmax, std::string &error) {

@@ -103,6 +103,18 @@ Result cast(const TensorType &x, DType to, std::string &error);
 // Regularisation.
 Result dropout(const TensorType &x, double p, std::string &error);
 
+// Convolution and batch normalisation (NCHW).
+/// conv2d(x [N, C, H, W], w [O, C, kh, kw]) with `stride` >= 1 and
+/// `padding` >= 0 on both spatial dimensions: [N, O, (H + 2p - kh) / s + 1,
+/// (W + 2p - kw) / s + 1]; both float of one element type.
+Result conv2d(const TensorType &x, const TensorType &w, int64_t stride,
+              int64_t padding, std::string &error);
+/// batch_norm(x [N, C, ...], gamma [C], beta [C]): x's type (channels on
+/// axis 1, statistics over every other axis); 0 < momentum <= 1, eps > 0.
+Result batchNorm(const TensorType &x, const TensorType &gamma,
+                 const TensorType &beta, double momentum, double eps,
+                 std::string &error);
+
 // Quantization. fake_quant(x, scale, zero_point): per tensor (scale and
 // zero_point of rank 0) or per channel along `axis` (rank 1, one value per
 // channel; axis already normalised); qmin < qmax.

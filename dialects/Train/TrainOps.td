@@ -97,6 +97,61 @@ def Train_LayerNormOp : Train_Op<"layer_norm", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
+def Train_BatchNormOp : Train_Op<"batch_norm", [Pure]> {
+  let summary = "Training batch_norm: y, the batch's mean and 1/std, and the "
+                "updated running statistics";
+  let description = [{
+    Over every axis of x [N, C, ...] but the channels: mean, biased variance
+    var, rstd = 1 / sqrt(var + eps), y = (x - mean) * rstd * gamma + beta;
+    running_mean' = (1 - momentum) * running_mean + momentum * mean,
+    running_var' = (1 - momentum) * running_var + momentum * var * m / (m -
+    1) with m values per channel (torch's BatchNorm in training).
+  }];
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$gamma,
+                       Train_AnyTensor:$beta, Train_AnyTensor:$running_mean,
+                       Train_AnyTensor:$running_var, F64Attr:$momentum,
+                       F64Attr:$eps);
+  let results = (outs Train_AnyTensor:$result, Train_AnyTensor:$mean,
+                      Train_AnyTensor:$rstd, Train_AnyTensor:$new_mean,
+                      Train_AnyTensor:$new_var);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_BatchNormEvalOp : Train_Op<"batch_norm_eval", [Pure]> {
+  let summary = "Evaluation batch_norm: the running statistics normalise";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$gamma,
+                       Train_AnyTensor:$beta, Train_AnyTensor:$running_mean,
+                       Train_AnyTensor:$running_var, F64Attr:$eps);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_BatchNormGradOp : Train_Op<"batch_norm_grad", [Pure]> {
+  let summary = "VJP of training batch_norm: (dx, dgamma, dbeta)";
+  let arguments = (ins Train_AnyTensor:$grad, Train_AnyTensor:$input,
+                       Train_AnyTensor:$gamma, Train_AnyTensor:$mean,
+                       Train_AnyTensor:$rstd);
+  let results = (outs Train_AnyTensor:$dinput, Train_AnyTensor:$dgamma,
+                      Train_AnyTensor:$dbeta);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_Conv2dGradInputOp : Train_Op<"conv2d_grad_input", [Pure]> {
+  let summary = "VJP of conv2d for its input (the result type is x's)";
+  let arguments = (ins Train_AnyTensor:$grad, Train_AnyTensor:$weight,
+                       I64Attr:$stride, I64Attr:$padding);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
+def Train_Conv2dGradWeightOp : Train_Op<"conv2d_grad_weight", [Pure]> {
+  let summary = "VJP of conv2d for its weight (the result type is w's)";
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$grad,
+                       I64Attr:$stride, I64Attr:$padding);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
 def Train_RmsNormOp : Train_Op<"rms_norm", [Pure]> {
   let summary = "rms_norm returning y and the row 1/rms it used";
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$gain,

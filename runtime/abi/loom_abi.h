@@ -139,6 +139,43 @@ void loom_observe_ema(loom_ctx *ctx, int64_t n, const float *x,
 void loom_range_qparams(loom_ctx *ctx, const float *range, int32_t symmetric,
                         float *scale, float *zeroPoint);
 
+/* --- Convolution and batch normalisation (NCHW; additions within ABI 3) -- */
+/** y [N, O, Ho, Wo] = conv2d(x [N, C, H, W], w [O, C, KH, KW]) with stride
+ *  and zero padding `pad` on both sides, Ho = (H + 2 pad - KH) / stride +
+ *  1 (likewise Wo); no bias. */
+void loom_conv2d_fwd(loom_ctx *ctx, int64_t N, int64_t C, int64_t H, int64_t W,
+                     int64_t O, int64_t KH, int64_t KW, int64_t stride,
+                     int64_t pad, const float *x, const float *w, float *y);
+/** dx = the gradient of loom_conv2d_fwd for x, given dy. */
+void loom_conv2d_bwd_data(loom_ctx *ctx, int64_t N, int64_t C, int64_t H,
+                          int64_t W, int64_t O, int64_t KH, int64_t KW,
+                          int64_t stride, int64_t pad, const float *dy,
+                          const float *w, float *dx);
+/** dw = the gradient of loom_conv2d_fwd for w, given x and dy. */
+void loom_conv2d_bwd_weight(loom_ctx *ctx, int64_t N, int64_t C, int64_t H,
+                            int64_t W, int64_t O, int64_t KH, int64_t KW,
+                            int64_t stride, int64_t pad, const float *x,
+                            const float *dy, float *dw);
+/** Training batch norm of x [N, C, S] per channel c: the batch's mean and
+ *  biased variance (statistics in double), rstd = 1 / sqrt(var + eps), y =
+ *  (x - mean) * rstd * gamma + beta; newMean/newVar = (1 - momentum) *
+ *  running + momentum * (mean, unbiased variance). */
+void loom_batch_norm_fwd(loom_ctx *ctx, int64_t N, int64_t C, int64_t S,
+                         const float *x, const float *gamma, const float *beta,
+                         const float *runningMean, const float *runningVar,
+                         float momentum, float eps, float *y, float *mean,
+                         float *rstd, float *newMean, float *newVar);
+/** Evaluation batch norm: the running statistics normalise. */
+void loom_batch_norm_eval(loom_ctx *ctx, int64_t N, int64_t C, int64_t S,
+                          const float *x, const float *gamma, const float *beta,
+                          const float *runningMean, const float *runningVar,
+                          float eps, float *y);
+/** The VJP of loom_batch_norm_fwd: dx, dgamma, dbeta. */
+void loom_batch_norm_bwd(loom_ctx *ctx, int64_t N, int64_t C, int64_t S,
+                         const float *dy, const float *x, const float *gamma,
+                         const float *mean, const float *rstd, float *dx,
+                         float *dgamma, float *dbeta);
+
 /* --- Normalisation and softmax (over the last dimension, `cols`) --------- */
 void loom_layer_norm_fwd(loom_ctx *ctx, int64_t rows, int64_t cols,
                          const float *x, const float *gain, const float *bias,

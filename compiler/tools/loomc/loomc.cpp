@@ -20,6 +20,9 @@
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Diagnostics.h"
+#include "llvm/Support/MemoryBuffer.h"
+#include "llvm/Support/SourceMgr.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 
@@ -474,6 +477,13 @@ int main(int argc, char **argv) {
   loom::registerLoomDialects(registry);
   mlir::MLIRContext context(registry);
   context.loadAllAvailableDialects();
+  // Errors of the passes point at the DSL line as the front end's do
+  // (file:line:col: error: ..., the line and a caret).
+  llvm::SourceMgr sourceMgr;
+  sourceMgr.AddNewSourceBuffer(
+      llvm::MemoryBuffer::getMemBufferCopy(file.text(), inputFile),
+      llvm::SMLoc());
+  mlir::SourceMgrDiagnosticHandler sourceDiagnostics(sourceMgr, &context);
   auto ir = fe::buildLoomModule(context, *graph);
   if (!ir)
     return 1;
@@ -481,6 +491,20 @@ int main(int argc, char **argv) {
   // training step, so no gradients, optimizer state or saved activations).
   if (mode == "infer")
     (*ir)->setAttr("loom.mode", mlir::StringAttr::get(&context, "infer"));
+  // conv2d and batch_norm have CPU kernels only.
+  if (target == "cuda") {
+    mlir::Operation *cpuOnly = nullptr;
+    ir->walk([&](mlir::Operation *op) {
+      if (!cpuOnly && mlir::isa<loom::Conv2dOp, loom::BatchNormOp>(op))
+        cpuOnly = op;
+    });
+    if (cpuOnly) {
+      mlir::emitError(cpuOnly->getLoc())
+          << cpuOnly->getName().getStringRef().drop_front(5)
+          << " runs on the CPU in this build (no --target=cuda)";
+      return 1;
+    }
+  }
   // INT8 inference kernels exist on the CPU, for one rank; the observers
   // and weight scales of quantization-aware training on the CPU.
   for (auto model : ir->getOps<loom::ModelOp>()) {
