@@ -15,6 +15,7 @@
 #include "dialects/Loom/LoomOps.h"
 #include "dialects/Train/TrainDialect.h"
 
+#include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/StringSet.h"
 #include "mlir/IR/IRMapping.h"
 
@@ -133,15 +134,9 @@ public:
           return bn.emitOpError("needs gamma to be a parameter: its running "
                                 "statistics are named after it");
         auto channels = cast<RankedTensorType>(bn.getGamma().getType());
-        auto stat = [&](StringRef suffix, bool ones) {
-          SmallVector<NamedAttribute> attrs = {tb.attr(
-              "name", b_.getStringAttr(gamma.getName() + suffix))};
-          if (ones)
-            attrs.push_back(tb.attr("init", b_.getStringAttr("ones")));
-          return tb.create1("train.state", {}, channels, attrs);
-        };
-        Value mean = stat(".running_mean", false);
-        Value var = stat(".running_var", true);
+        Value mean = state(tb, gamma.getName() + ".running_mean", channels,
+                           false);
+        Value var = state(tb, gamma.getName() + ".running_var", channels, true);
         SmallVector<Value> operands = {x, map.lookup(bn.getGamma()),
                                        map.lookup(bn.getBeta()), mean, var};
         if (training_) {
@@ -163,14 +158,27 @@ public:
                                    {tb.attr("eps", bn.getEpsAttr())});
           record("loom.batch_norm_eval", f, op, map);
         }
+      } else if (auto rr = dyn_cast<RunningRstdOp>(op)) {
+        // Batch-norm folding reads the running variance before this step's
+        // batch norm updates it; no gradient reaches the state.
+        auto gamma = map.lookup(rr.getGamma()).getDefiningOp<train::ParamOp>();
+        if (!gamma)
+          return rr.emitOpError("needs gamma to be a parameter");
+        auto channels = cast<RankedTensorType>(rr.getGamma().getType());
+        Value var = state(tb, gamma.getName() + ".running_var", channels, true);
+        Value eps = tb.scalar(rr.getEps().convertToDouble(), b_.getF32Type());
+        Value sum = tb.add(var, eps);
+        Value r = tb.unary("rsqrt", sum);
+        sum.getDefiningOp()->setAttr("loom.no_grad", b_.getUnitAttr());
+        r.getDefiningOp()->setAttr("loom.no_grad", b_.getUnitAttr());
+        map.map(rr.getResult(), r);
       } else if (auto obs = dyn_cast<ObserveOp>(op)) {
         // Quantization-aware training's observer: its range is state.
         Value x = map.lookup(obs.getInput());
         auto range = RankedTensorType::get({2}, b_.getF32Type());
         auto scalar = RankedTensorType::get({}, b_.getF32Type());
         auto stateName = b_.getStringAttr(obs.getName() + ".act_range");
-        Value r = tb.create1("train.state", {}, range,
-                             {tb.attr("name", stateName)});
+        Value r = state(tb, stateName.getValue(), range, false);
         if (training_) {
           r = tb.create1("train.observe_ema", {x, r}, range,
                          {tb.attr("momentum", obs.getMomentumAttr()),
@@ -207,6 +215,29 @@ public:
   }
 
 private:
+  /// The step's one read of state `name` (zero- or one-initialised).
+  Value state(TensorBuilder &tb, const Twine &name, Type type, bool ones) {
+    std::string key = name.str();
+    Value &v = states_[key];
+    if (!v) {
+      OpBuilder::InsertionGuard g(b_);
+      // At the top of the step (in the order of first use), so that every
+      // use is dominated.
+      if (lastState_)
+        b_.setInsertionPointAfter(lastState_);
+      else
+        b_.setInsertionPointToStart(b_.getInsertionBlock());
+      TensorBuilder sb(b_, tb.loc());
+      SmallVector<NamedAttribute> attrs = {
+          sb.attr("name", b_.getStringAttr(key))};
+      if (ones)
+        attrs.push_back(sb.attr("init", b_.getStringAttr("ones")));
+      v = sb.create1("train.state", {}, type, attrs);
+      lastState_ = v.getDefiningOp();
+    }
+    return v;
+  }
+
   void record(StringRef kind, Operation *f, Operation &orig, IRMapping &map) {
     map.map(orig.getResult(0), f->getResult(0));
     out_.ops.push_back({kind, f});
@@ -215,6 +246,8 @@ private:
   OpBuilder &b_;
   ForwardResult &out_;
   bool training_;
+  llvm::StringMap<Value> states_;
+  Operation *lastState_ = nullptr;
 };
 
 /// Accumulates adjoints and applies each op's VJP rule.
@@ -231,7 +264,9 @@ public:
       return; // Integer values (ids, targets) have no gradient.
     // Quantization-aware training's switch and weight scales are not
     // differentiated (as torch's fake-quantization parameters).
-    if (isa_and_nonnull<QuantEnabledOp, WeightScaleOp>(v.getDefiningOp()))
+    Operation *def = v.getDefiningOp();
+    if (isa_and_nonnull<QuantEnabledOp, WeightScaleOp>(def) ||
+        (def && def->hasAttr("loom.no_grad")))
       return;
     assert(g.getType() == v.getType() && "adjoint type mismatch");
     Value &slot = adj_[v];
@@ -534,22 +569,43 @@ LogicalResult buildEvalStep(OpBuilder &top, ModelOp model) {
 }
 
 /// INT8 inference: the matmuls of an activation [..., K] by a parameter
-/// [K, N] (both f32) in `block`, with their parameters — the products
+/// [K, N] and the conv2ds of an activation by a parameter [O, C, kh, kw]
+/// (all f32) in `block`, with their parameters -- the products
 /// loom-insert-fake-quant quantizes in training.
-SmallVector<std::pair<Operation *, train::ParamOp>> ptqSites(Block *block) {
-  SmallVector<std::pair<Operation *, train::ParamOp>> sites;
+struct QSite {
+  Operation *op;
+  train::ParamOp param;
+  bool conv;
+};
+SmallVector<QSite> ptqSites(Block *block) {
+  SmallVector<QSite> sites;
   for (Operation &op : *block) {
-    if (op.getName().getStringRef() != "loom.matmul")
+    StringRef n = op.getName().getStringRef();
+    bool conv = n == "loom.conv2d";
+    if (!conv && n != "loom.matmul")
       continue;
     auto x = dyn_cast<RankedTensorType>(op.getOperand(0).getType());
     auto w = dyn_cast<RankedTensorType>(op.getOperand(1).getType());
     auto param = op.getOperand(1).getDefiningOp<train::ParamOp>();
-    if (x && w && param && x.getRank() >= 2 && w.getRank() == 2 &&
+    if (x && w && param && x.getRank() >= 2 && w.getRank() == (conv ? 4 : 2) &&
         !op.getOperand(0).getDefiningOp<train::ParamOp>() &&
         x.getElementType().isF32() && w.getElementType().isF32())
-      sites.push_back({&op, param});
+      sites.push_back({&op, param, conv});
   }
   return sites;
+}
+
+/// The evaluation batch norm a conv2d feeds alone (folded into its INT8
+/// weights and bias), or null.
+Operation *foldedBatchNormEval(Operation *conv) {
+  Value y = conv->getResult(0);
+  if (!y.hasOneUse())
+    return nullptr;
+  Operation *bn = *y.getUsers().begin();
+  if (bn->getName().getStringRef() != "train.batch_norm_eval" ||
+      bn->getOperand(0) != y)
+    return nullptr;
+  return bn;
 }
 
 /// INT8 inference's chains (issue 9: quantize/dequantize placement
@@ -683,23 +739,61 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
   Block *eval = stepNamed("eval_step");
   auto sites = ptqSites(eval);
   if (sites.empty())
-    return model.emitOpError("--quantize=ptq-int8: no matmul of an "
-                             "activation by a 2-D f32 parameter to quantize");
-  for (auto [mm, param] : sites) {
-    OpBuilder b(mm);
-    TensorBuilder tb(b, mm->getLoc());
+    return model.emitOpError("--quantize=ptq-int8: no matmul or conv2d of an "
+                             "activation by an f32 parameter to quantize");
+  auto i8 = [&](ArrayRef<int64_t> shape) {
+    return RankedTensorType::get(shape, top.getIntegerType(8));
+  };
+  for (auto [op, param, conv] : sites) {
+    OpBuilder b(op);
+    TensorBuilder tb(b, op->getLoc());
     auto w = cast<RankedTensorType>(param.getType());
-    int64_t n = w.getDimSize(1);
     std::string name = param.getName().str();
     Value range = state(tb, b, name + ".act_range", f32({2}));
-    Value wq = state(tb, b, name + ".qweight",
-                     RankedTensorType::get(w.getShape(), b.getIntegerType(8)));
-    Value ws = state(tb, b, name + ".qscale", f32({n}));
-    Value y = b.create<train::QMatmulOp>(mm->getLoc(), mm->getResult(0).getType(),
-                                         mm->getOperand(0), range, wq, ws,
-                                         Value(), Value(), symmetric);
-    mm->getResult(0).replaceAllUsesWith(y);
-    mm->erase();
+    if (!conv) {
+      int64_t n = w.getDimSize(1);
+      Value wq = state(tb, b, name + ".qweight", i8(w.getShape()));
+      Value ws = state(tb, b, name + ".qscale", f32({n}));
+      Value y = b.create<train::QMatmulOp>(
+          op->getLoc(), op->getResult(0).getType(), op->getOperand(0), range,
+          wq, ws, Value(), Value(), symmetric);
+      op->getResult(0).replaceAllUsesWith(y);
+      op->erase();
+      continue;
+    }
+    // conv2d [+ batch norm, folded] [+ ReLU]: the weights [K = C*kh*kw, O]
+    // (the product's layout), their scales and the folded bias.
+    int64_t o = w.getDimSize(0), k = w.getNumElements() / o;
+    Value wq = state(tb, b, name + ".qweight", i8({k, o}));
+    Value ws = state(tb, b, name + ".qscale", f32({o}));
+    Value bias = state(tb, b, name + ".qbias", f32({o}));
+    Operation *end = op;
+    SmallVector<Operation *> dead = {op};
+    if (Operation *bn = foldedBatchNormEval(op)) {
+      end = bn;
+      dead.push_back(bn);
+    }
+    bool relu = false;
+    if (Value v = end->getResult(0); v.hasOneUse() &&
+        (*v.getUsers().begin())->getName().getStringRef() == "loom.relu") {
+      end = *v.getUsers().begin();
+      dead.push_back(end);
+      relu = true;
+    }
+    b.setInsertionPoint(end);
+    Value y = tb.create1("train.qconv", {op->getOperand(0), range, wq, ws, bias},
+                         end->getResult(0).getType(),
+                         {tb.attr("kh", b.getI64IntegerAttr(w.getDimSize(2))),
+                          tb.attr("kw", b.getI64IntegerAttr(w.getDimSize(3))),
+                          tb.attr("stride", b.getI64IntegerAttr(
+                                                cast<Conv2dOp>(op).getStride())),
+                          tb.attr("padding", b.getI64IntegerAttr(
+                                                 cast<Conv2dOp>(op).getPadding())),
+                          tb.attr("relu", b.getBoolAttr(relu)),
+                          tb.attr("symmetric", b.getBoolAttr(symmetric))});
+    end->getResult(0).replaceAllUsesWith(y);
+    for (Operation *d : llvm::reverse(dead))
+      d->erase();
   }
   fuseInt8Chains(*eval);
 
@@ -714,7 +808,7 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
     TensorBuilder te(end, model.getLoc());
     te.create("train.output", {fwd.loss}, {},
               {te.attr("name", end.getStringAttr("eval_loss"))});
-    for (auto [mm, param] : ptqSites(*cal)) {
+    for (auto [mm, param, conv] : ptqSites(*cal)) {
       OpBuilder b(mm);
       TensorBuilder tb(b, mm->getLoc());
       std::string name = param.getName().str() + ".act_range";
@@ -734,20 +828,39 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
   {
     OpBuilder end = OpBuilder::atBlockEnd(*pre);
     llvm::StringSet<> done;
-    for (auto [mm, param] : ptqSites(*pre)) {
+    for (auto [mm, param, conv] : ptqSites(*pre)) {
       std::string name = param.getName().str();
       if (!done.insert(name).second)
         continue;
       TensorBuilder tb(end, mm->getLoc());
       auto w = cast<RankedTensorType>(param.getType());
+      if (conv) {
+        // The batch norm's running statistics fold into the weights and
+        // the bias: w' = w * gamma / sqrt(var + eps), b' = beta - mean *
+        // gamma / sqrt(var + eps).
+        int64_t o = w.getDimSize(0), k = w.getNumElements() / o;
+        SmallVector<Value> operands = {param.getResult()};
+        SmallVector<NamedAttribute> attrs;
+        if (Operation *bn = foldedBatchNormEval(mm)) {
+          for (unsigned i = 1; i < 5; ++i)
+            operands.push_back(bn->getOperand(i));
+          attrs.push_back(tb.attr("eps", bn->getAttr("eps")));
+        }
+        state(tb, end, name + ".qweight", i8({k, o}));
+        state(tb, end, name + ".qscale", f32({o}));
+        state(tb, end, name + ".qbias", f32({o}));
+        Operation *q = tb.create("train.quantize_conv_weight", operands,
+                                 {i8({k, o}), f32({o}), f32({o})}, attrs);
+        update(end, mm->getLoc(), name + ".qweight", q->getResult(0));
+        update(end, mm->getLoc(), name + ".qscale", q->getResult(1));
+        update(end, mm->getLoc(), name + ".qbias", q->getResult(2));
+        continue;
+      }
       // The step reads what it updates (train.step's verifier).
-      state(tb, end, name + ".qweight",
-            RankedTensorType::get(w.getShape(), end.getIntegerType(8)));
+      state(tb, end, name + ".qweight", i8(w.getShape()));
       state(tb, end, name + ".qscale", f32({w.getDimSize(1)}));
-      Operation *q = tb.create(
-          "train.quantize_weight", {param.getResult()},
-          {RankedTensorType::get(w.getShape(), end.getIntegerType(8)),
-           f32({w.getDimSize(1)})});
+      Operation *q = tb.create("train.quantize_weight", {param.getResult()},
+                               {i8(w.getShape()), f32({w.getDimSize(1)})});
       update(end, mm->getLoc(), name + ".qweight", q->getResult(0));
       update(end, mm->getLoc(), name + ".qscale", q->getResult(1));
     }
@@ -758,7 +871,7 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
     for (Operation *op : llvm::reverse(ops)) {
       StringRef n = op->getName().getStringRef();
       if (n == "train.param" || n == "train.state" || n == "train.update" ||
-          n == "train.quantize_weight")
+          n == "train.quantize_weight" || n == "train.quantize_conv_weight")
         continue;
       if (op->use_empty())
         op->erase();

@@ -41,20 +41,45 @@ struct Options {
   bool perTensorWeights = false, symmetricActivations = false;
 };
 
-/// The matmuls quantization-aware training quantizes: an f32 activation
-/// (not itself a parameter) times a 2-D f32 parameter.
-SmallVector<std::pair<MatmulOp, ParamOp>> sites(ModelOp model) {
-  SmallVector<std::pair<MatmulOp, ParamOp>> out;
-  model.walk([&](MatmulOp m) {
-    auto param = m.getRhs().getDefiningOp<ParamOp>();
-    auto w = cast<RankedTensorType>(m.getRhs().getType());
-    auto x = cast<RankedTensorType>(m.getLhs().getType());
-    if (param && !m.getLhs().getDefiningOp<ParamOp>() && x.getRank() >= 2 &&
-        w.getRank() == 2 &&
-        w.getElementType().isF32() && x.getElementType().isF32())
-      out.push_back({m, param});
+/// An op quantization-aware training quantizes: a matmul of an f32
+/// activation (not itself a parameter) by a 2-D f32 parameter, or a conv2d
+/// of an activation by a 4-D f32 parameter.
+struct Site {
+  Operation *op;
+  ParamOp weight;
+  bool conv;
+};
+
+SmallVector<Site> sites(ModelOp model) {
+  SmallVector<Site> out;
+  model.walk([&](Operation *op) {
+    bool conv = isa<Conv2dOp>(op);
+    if (!conv && !isa<MatmulOp>(op))
+      return;
+    Value x = op->getOperand(0), w = op->getOperand(1);
+    auto param = w.getDefiningOp<ParamOp>();
+    auto wt = cast<RankedTensorType>(w.getType());
+    auto xt = cast<RankedTensorType>(x.getType());
+    if (param && !x.getDefiningOp<ParamOp>() && xt.getRank() >= 2 &&
+        wt.getRank() == (conv ? 4 : 2) && wt.getElementType().isF32() &&
+        xt.getElementType().isF32())
+      out.push_back({op, param, conv});
   });
   return out;
+}
+
+/// The batch norm a conv2d's result feeds alone, with a parameter gamma
+/// of its block: the fold of SEMANTICS.md (torch's ConvBn2d).
+BatchNormOp foldedBatchNorm(const Site &s) {
+  if (!s.conv || !s.op->getResult(0).hasOneUse())
+    return {};
+  auto bn = dyn_cast<BatchNormOp>(*s.op->getResult(0).getUsers().begin());
+  if (!bn || bn.getInput() != s.op->getResult(0))
+    return {};
+  auto gamma = bn.getGamma().getDefiningOp<ParamOp>();
+  if (!gamma || gamma->getBlock() != s.op->getBlock())
+    return {};
+  return bn;
 }
 
 LogicalResult convert(ModelOp model, const Options &o) {
@@ -89,44 +114,44 @@ LogicalResult convert(ModelOp model, const Options &o) {
     Value keep = tb.mul(v, off);
     return tb.add(on, keep);
   };
-  for (auto [mm, param] : sites(model)) {
-    Value x = mm.getLhs(), w = mm.getRhs();
-    Block *block = mm->getBlock();
+  // w fake-quantized per output channel (`axis`) or per tensor.
+  auto weightQuant = [&](TensorBuilder &tb, Block *block, Value w,
+                         int64_t axis) {
+    auto wt = cast<RankedTensorType>(w.getType());
+    SmallVector<int64_t> channels;
+    if (!o.perTensorWeights)
+      channels.push_back(wt.getDimSize(axis));
+    Value scale = tb.create1(
+        "loom.weight_scale", {w}, f32(channels),
+        {tb.attr("per_tensor", b.getBoolAttr(o.perTensorWeights)),
+         tb.attr("axis", b.getI64IntegerAttr(axis))});
+    Value zero = tb.splat(0.0, f32(channels));
+    SmallVector<NamedAttribute> attrs = {
+        tb.attr("qmin", b.getI64IntegerAttr(-127)),
+        tb.attr("qmax", b.getI64IntegerAttr(127))};
+    if (!o.perTensorWeights)
+      attrs.push_back(tb.attr("axis", b.getI64IntegerAttr(axis)));
+    Value fq = tb.create1("loom.fake_quant", {w, scale, zero}, wt, attrs);
+    return blend(tb, block, w, fq);
+  };
+  for (const Site &site : sites(model)) {
+    Operation *op = site.op;
+    ParamOp param = site.weight;
+    Value x = op->getOperand(0), w = op->getOperand(1);
+    Block *block = op->getBlock();
     StringRef name = param.getName();
     auto [it, fresh] = observed.try_emplace(name, x);
-    if (!fresh && it->second != x)
-      return mm.emitOpError("quantization-aware training keeps one activation "
-                            "range per weight, and '")
+    if (!fresh && (it->second != x || site.conv))
+      return op->emitOpError("quantization-aware training keeps one "
+                             "activation range per weight, and '")
              << name << "' multiplies two different activations";
-    // The weight, right after its parameter.
-    Value &wq = weights[w];
-    if (!wq) {
-      OpBuilder::InsertionGuard g(b);
-      b.setInsertionPointAfter(param);
-      TensorBuilder tb(b, param.getLoc());
-      tagged(tb, mm);
-      auto wt = cast<RankedTensorType>(w.getType());
-      SmallVector<int64_t> channels;
-      if (!o.perTensorWeights)
-        channels.push_back(wt.getDimSize(1));
-      Value scale = tb.create1(
-          "loom.weight_scale", {w}, f32(channels),
-          {tb.attr("per_tensor", b.getBoolAttr(o.perTensorWeights))});
-      Value zero = tb.splat(0.0, f32(channels));
-      SmallVector<NamedAttribute> attrs = {
-          tb.attr("qmin", b.getI64IntegerAttr(-127)),
-          tb.attr("qmax", b.getI64IntegerAttr(127))};
-      if (!o.perTensorWeights)
-        attrs.push_back(tb.attr("axis", b.getI64IntegerAttr(1)));
-      Value fq = tb.create1("loom.fake_quant", {w, scale, zero}, wt, attrs);
-      wq = blend(tb, block, w, fq);
-    }
-    // The activation, right before its first quantized matmul.
+    BatchNormOp bn = foldedBatchNorm(site);
+    // The activation, right before its first quantized use.
     Value &xq = activations[{x, w}];
     if (!xq) {
-      b.setInsertionPoint(mm);
-      TensorBuilder tb(b, mm.getLoc());
-      tagged(tb, mm);
+      b.setInsertionPoint(op);
+      TensorBuilder tb(b, op->getLoc());
+      tagged(tb, op);
       Operation *obs = tb.create(
           "loom.observe", {x}, {f32({}), f32({})},
           {tb.attr("name", param.getNameAttr()),
@@ -140,7 +165,38 @@ LogicalResult convert(ModelOp model, const Options &o) {
            tb.attr("qmax", b.getI64IntegerAttr(o.symmetricActivations ? 127 : 255))});
       xq = blend(tb, block, x, fq);
     }
-    mm->setOperands({xq, wq});
+    if (bn) {
+      // Batch-norm folding (torch's ConvBn2d): the weight scaled by
+      // gamma / sqrt(running_var + eps) is fake-quantized, the conv's output
+      // divided by that factor again, and the batch norm follows with its
+      // batch statistics. Gradients reach gamma through the factor.
+      b.setInsertionPoint(op);
+      TensorBuilder tb(b, op->getLoc());
+      tagged(tb, op);
+      auto gt = cast<RankedTensorType>(bn.getGamma().getType());
+      int64_t out = gt.getDimSize(0);
+      Value rstd = tb.create1("loom.running_rstd", {bn.getGamma()}, gt,
+                              {tb.attr("eps", bn.getEpsAttr())});
+      Value factor = tb.mul(bn.getGamma(), rstd);
+      Value scaled = tb.mul(w, tb.reshape(factor, f32({out, 1, 1, 1})));
+      op->setOperands({xq, weightQuant(tb, block, scaled, 0)});
+      b.setInsertionPointAfter(op);
+      TensorBuilder ta(b, op->getLoc());
+      tagged(ta, op);
+      Value y = ta.div(op->getResult(0), ta.reshape(factor, f32({1, out, 1, 1})));
+      bn->setOperand(0, y);
+      continue;
+    }
+    // The weight, right after its parameter.
+    Value &wq = weights[w];
+    if (!wq) {
+      OpBuilder::InsertionGuard g(b);
+      b.setInsertionPointAfter(param);
+      TensorBuilder tb(b, param.getLoc());
+      tagged(tb, op);
+      wq = weightQuant(tb, block, w, site.conv ? 0 : 1);
+    }
+    op->setOperands({xq, wq});
   }
   return success();
 }
@@ -167,8 +223,8 @@ struct InsertFakeQuantPass : impl::InsertFakeQuantBase<InsertFakeQuantPass> {
       if (auto v = cfg.getAs<StringAttr>("quant_activations"))
         o.symmetricActivations = v.getValue() == "per_tensor_symmetric";
       if (sites(model).empty()) {
-        model.emitOpError("quantize qat: no matmul of an activation by a 2-D "
-                          "f32 parameter to quantize");
+        model.emitOpError("quantize qat: no matmul or conv2d of an "
+                          "activation by an f32 parameter to quantize");
         return signalPassFailure();
       }
       if (failed(convert(model, o)))

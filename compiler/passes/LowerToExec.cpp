@@ -633,11 +633,17 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
       x = shapeOf(op->getOperand(0));
       w = shapeOf(op->getResult(0));
     }
+    int64_t stride = 1, padding = 0;
+    if (auto conv = dyn_cast<Conv2dOp>(op)) {
+      stride = conv.getStride();
+      padding = conv.getPadding();
+    } else {
+      stride = cast<IntegerAttr>(op->getAttr("stride")).getInt();
+      padding = cast<IntegerAttr>(op->getAttr("padding")).getInt();
+    }
     SmallVector<Value> args = {
         i64(b, x[0]), i64(b, x[1]), i64(b, x[2]), i64(b, x[3]), i64(b, w[0]),
-        i64(b, w[2]), i64(b, w[3]),
-        i64(b, cast<IntegerAttr>(op->getAttr("stride")).getInt()),
-        i64(b, cast<IntegerAttr>(op->getAttr("padding")).getInt()), V(0), V(1),
+        i64(b, w[2]), i64(b, w[3]), i64(b, stride), i64(b, padding), V(0), V(1),
         R(0)};
     call(b, loc,
          n == "loom.conv2d"                    ? "loom_conv2d_fwd"
@@ -669,14 +675,47 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
          args);
     return success();
   }
+  // INT8 convolution (an inference artifact's conv2d, batch norm folded).
+  if (n == "train.quantize_conv_weight") {
+    auto w = shapeOf(op->getOperand(0));
+    int64_t o = w[0], k = numel(op->getOperand(0)) / o;
+    bool fold = op->getNumOperands() == 5;
+    // Without a batch norm the statistics' pointers repeat the weight's.
+    call(b, loc, "loom_quantize_conv_weight_s8",
+         {i64(b, o), i64(b, k), V(0), fold ? V(1) : V(0), fold ? V(2) : V(0),
+          fold ? V(3) : V(0), fold ? V(4) : V(0), i32(b, fold ? 1 : 0),
+          f32(b, fold ? fattr("eps") : 0.0), R(0), R(1), R(2)});
+    return success();
+  }
+  if (n == "train.qconv") {
+    auto x = shapeOf(op->getOperand(0));
+    auto y = shapeOf(op->getResult(0));
+    int64_t stride = cast<IntegerAttr>(op->getAttr("stride")).getInt();
+    int64_t padding = cast<IntegerAttr>(op->getAttr("padding")).getInt();
+    int64_t kh = cast<IntegerAttr>(op->getAttr("kh")).getInt();
+    int64_t kw = cast<IntegerAttr>(op->getAttr("kw")).getInt();
+    int32_t flags = (cast<BoolAttr>(op->getAttr("symmetric")).getValue() ? 2 : 0) |
+                    4 | (cast<BoolAttr>(op->getAttr("relu")).getValue() ? 8 : 0);
+    call(b, loc, "loom_qconv2d",
+         {i64(b, x[0]), i64(b, x[1]), i64(b, x[2]), i64(b, x[3]), i64(b, y[1]),
+          i64(b, kh), i64(b, kw), i64(b, stride), i64(b, padding), V(0),
+          i32(b, flags), V(1), V(2), V(3), V(4), R(0)});
+    return success();
+  }
   // Quantization-aware training (loom-insert-fake-quant).
   if (n == "loom.weight_scale") {
     auto [k, nOut] = rowsCols(op->getOperand(0));
     if (cast<BoolAttr>(op->getAttr("per_tensor")).getValue()) {
-      k *= nOut;
-      nOut = 1;
+      call(b, loc, "loom_weight_scale_s8",
+           {i64(b, k * nOut), i64(b, 1), V(0), R(0)});
+    } else if (cast<IntegerAttr>(op->getAttr("axis")).getInt() == 0) {
+      // A conv2d weight [O, C, kh, kw]: one scale per row of [O, C*kh*kw].
+      int64_t o = shapeOf(op->getOperand(0))[0];
+      call(b, loc, "loom_weight_scale_rows_s8",
+           {i64(b, o), i64(b, numel(op->getOperand(0)) / o), V(0), R(0)});
+    } else {
+      call(b, loc, "loom_weight_scale_s8", {i64(b, k), i64(b, nOut), V(0), R(0)});
     }
-    call(b, loc, "loom_weight_scale_s8", {i64(b, k), i64(b, nOut), V(0), R(0)});
     return success();
   }
   if (n == "loom.quant_enabled") {

@@ -606,13 +606,16 @@ LogicalResult ObserveOp::verify() {
 
 LogicalResult WeightScaleOp::verify() {
   auto w = cast<RankedTensorType>(getWeight().getType());
-  if (w.getRank() != 2 || !w.getElementType().isF32())
-    return emitOpError("needs a 2-D f32 weight [in, out]");
+  if (!w.getElementType().isF32() ||
+      !((w.getRank() == 2 && getAxis() == 1) ||
+        (w.getRank() == 4 && getAxis() == 0)))
+    return emitOpError("needs an f32 matmul weight [in, out] (axis 1) or "
+                       "conv2d weight [out, in, kh, kw] (axis 0)");
   auto s = cast<RankedTensorType>(getScale().getType());
   bool ok = s.getElementType().isF32() &&
             (getPerTensor() ? s.getRank() == 0
                             : s.getRank() == 1 &&
-                                  s.getDimSize(0) == w.getDimSize(1));
+                                  s.getDimSize(0) == w.getDimSize(getAxis()));
   if (!ok)
     return emitOpError("result must be f32 ")
            << (getPerTensor() ? "rank-0" : "[out]") << " for " << w;

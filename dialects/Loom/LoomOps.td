@@ -691,18 +691,34 @@ def Loom_ObserveOp : Loom_Op<"observe", [Pure]> {
 }
 
 def Loom_WeightScaleOp : Loom_Op<"weight_scale", [Pure]> {
-  let summary = "Symmetric INT8 scales of a matmul weight";
+  let summary = "Symmetric INT8 scales of a matmul or conv2d weight";
   let description = [{
-    max(max |w| / 127, 1.1920929e-7) over each output channel (axis 1) of a
-    [in, out] weight (result [out]), or over the whole weight (`per_tensor`,
-    a rank-0 result): the scale of its fake quantization, recomputed from
-    the current weights every step. No gradient flows through it.
+    max(max |w| / 127, 1.1920929e-7) over each output channel (`axis`: 1 of
+    a [in, out] matmul weight, 0 of a [out, in, kh, kw] conv2d weight;
+    result [out]), or over the whole weight (`per_tensor`, a rank-0
+    result): the scale of its fake quantization, recomputed from the
+    current weights every step. No gradient flows through it.
   }];
   let arguments = (ins Loom_Tensor:$weight,
-                       DefaultValuedAttr<BoolAttr, "false">:$per_tensor);
+                       DefaultValuedAttr<BoolAttr, "false">:$per_tensor,
+                       DefaultValuedAttr<I64Attr, "1">:$axis);
   let results = (outs Loom_Tensor:$scale);
   let assemblyFormat = "$weight attr-dict `:` type($weight) `->` type($scale)";
   let hasVerifier = 1;
+}
+
+def Loom_RunningRstdOp : Loom_Op<"running_rstd", [Pure]> {
+  let summary = "1 / sqrt(running_var + eps) of the batch norm of `gamma`";
+  let description = [{
+    Quantization-aware training's batch-norm folding (SEMANTICS.md, torch's
+    ConvBn2d): the running variance of the batch norm whose gamma is the
+    parameter `gamma` (state "<gamma>.running_var", read before this step's
+    batch norm updates it), as 1 / sqrt(running_var + eps). Not
+    differentiated.
+  }];
+  let arguments = (ins Loom_Tensor:$gamma, F64Attr:$eps);
+  let results = (outs Loom_Tensor:$result);
+  let assemblyFormat = "$gamma attr-dict `:` type($gamma) `->` type($result)";
 }
 
 def Loom_QuantEnabledOp : Loom_Op<"quant_enabled", [Pure]> {

@@ -357,6 +357,39 @@ def Train_QMatmulOp : Train_Op<"qmatmul", [Pure, AttrSizedOperandSegments]> {
   }];
 }
 
+def Train_QuantizeConvWeightOp : Train_Op<"quantize_conv_weight", [Pure]> {
+  let summary = "A conv2d weight in INT8, with the following batch norm folded";
+  let description = [{
+    For w [O, C, kh, kw] and, optionally, the evaluation batch norm's gamma,
+    beta, running mean and variance: f = gamma / sqrt(var + eps) (1 without
+    them), w' = w * f per output channel, per-channel symmetric INT8 of w'
+    laid out [C*kh*kw, O], its scales [O], and the bias beta - mean * f (0
+    without the batch norm) (loom_quantize_conv_weight_s8).
+  }];
+  let arguments = (ins Variadic<Train_AnyTensor>:$operands,
+                       OptionalAttr<F64Attr>:$eps);
+  let results = (outs Train_AnyTensor:$quantized, Train_AnyTensor:$scale,
+                      Train_AnyTensor:$bias);
+  let assemblyFormat = "$operands attr-dict `:` functional-type($operands, results)";
+}
+
+def Train_QConvOp : Train_Op<"qconv", [Pure]> {
+  let summary = "conv2d in INT8, bias and ReLU fused (loom_qconv2d)";
+  let description = [{
+    x [N, C, H, W] quantized per tensor from `range` (affine, or
+    `symmetric`), its columns times the INT8 weight [C*kh*kw, O] with INT32
+    accumulation, dequantized, + bias [O], ReLU with `relu`: y [N, O, Ho,
+    Wo] in f32.
+  }];
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range,
+                       Train_AnyTensor:$weight, Train_AnyTensor:$scale,
+                       Train_AnyTensor:$bias, I64Attr:$kh, I64Attr:$kw,
+                       I64Attr:$stride, I64Attr:$padding, BoolAttr:$relu,
+                       BoolAttr:$symmetric);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
 def Train_FakeQuantGradOp : Train_Op<"fake_quant_grad", [Pure]> {
   let summary = "dy where loom.fake_quant's q is inside [qmin, qmax], else 0";
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$scale,

@@ -111,6 +111,25 @@ void loom_qlinear(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                   const void *x, int32_t flags, const float *rangeIn,
                   const int8_t *wq, const float *wscale, const float *bias,
                   const float *rangeOut, void *y);
+/** A conv2d weight w [O, K = C*kh*kw] in INT8 with the following batch
+ *  norm folded (fold != 0): f = gamma * (1 / sqrt(var + eps)) per output
+ *  channel (1 without fold), scale[o] = max(max_k |w[o, k] * f| / 127,
+ *  2^-23), wq [K, O] (transposed: the product's layout) = clamp(round(w *
+ *  f / scale), -127, 127), bias[o] = beta - mean * f (0 without fold). */
+void loom_quantize_conv_weight_s8(loom_ctx *ctx, int64_t O, int64_t K,
+                                  const float *w, const float *gamma,
+                                  const float *beta, const float *mean,
+                                  const float *var, int32_t fold, float eps,
+                                  int8_t *wq, float *scale, float *bias);
+/** An INT8 conv2d (NCHW, no dilation): x quantized from range as
+ *  loom_qlinear does (LOOM_QLINEAR_SYMMETRIC_INPUT), its UINT8 columns
+ *  times wq [C*KH*KW, O], + bias[o] (LOOM_QLINEAR_BIAS), ReLU
+ *  (LOOM_QLINEAR_RELU): y [N, O, Ho, Wo] in f32. */
+void loom_qconv2d(loom_ctx *ctx, int64_t N, int64_t C, int64_t H, int64_t W,
+                  int64_t O, int64_t KH, int64_t KW, int64_t stride,
+                  int64_t pad, const float *x, int32_t flags,
+                  const float *range, const int8_t *wq, const float *wscale,
+                  const float *bias, float *y);
 /** The min/max observer of post-training quantization's calibration:
  *  out = {min(range[0], min x), max(range[1], max x)} (out may be range). A
  *  NaN in x is an error. */
@@ -124,6 +143,11 @@ void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
  *  non-finite weight is an error. */
 void loom_weight_scale_s8(loom_ctx *ctx, int64_t K, int64_t N, const float *w,
                           float *scale);
+/** scale[o] = max(max_k |w[o, k]| / 127, 2^-23) for w [O, K]: a conv2d
+ *  weight's per-output-channel scales (w [O, C, kh, kw] as [O, C*kh*kw]).
+ *  A non-finite weight is an error. */
+void loom_weight_scale_rows_s8(loom_ctx *ctx, int64_t O, int64_t K,
+                               const float *w, float *scale);
 /** The moving-average min/max observer (torch's
  *  MovingAverageMinMaxObserver): with the batch's b = {min x, max x},
  *  out = b at step 1, else range + momentum * (b - range); after step

@@ -479,6 +479,134 @@ void loom_weight_scale_s8(loom_ctx *ctx, int64_t K, int64_t N, const float *w,
                    .c_str());
 }
 
+void loom_weight_scale_rows_s8(loom_ctx *ctx, int64_t O, int64_t K,
+                               const float *w, float *scale) {
+  useContextThreads(ctx);
+  if (O < 0 || K < 0) {
+    loom_error(ctx, "weight_scale_rows_s8", "negative size");
+    return;
+  }
+  const float eps = std::numeric_limits<float>::epsilon();
+  int64_t bad = -1;
+#pragma omp parallel for schedule(static) if (O * K >= kn::kParallelWork)
+  for (int64_t o = 0; o < O; ++o) {
+    float top = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = w[o * K + k];
+      if (!std::isfinite(v)) {
+#pragma omp critical(loom_weight_scale_rows_bad)
+        if (bad < 0 || o * K + k < bad)
+          bad = o * K + k;
+      }
+      top = std::max(top, std::fabs(v));
+    }
+    scale[o] = std::max(top / 127.0f, eps);
+  }
+  if (bad >= 0)
+    loom_error(ctx, "weight_scale_rows_s8",
+               ("weight element " + std::to_string(bad) + " is not finite")
+                   .c_str());
+}
+
+void loom_quantize_conv_weight_s8(loom_ctx *ctx, int64_t O, int64_t K,
+                                  const float *w, const float *gamma,
+                                  const float *beta, const float *mean,
+                                  const float *var, int32_t fold, float eps,
+                                  int8_t *wq, float *scale, float *bias) {
+  useContextThreads(ctx);
+  if (O < 0 || K < 0) {
+    loom_error(ctx, "quantize_conv_weight_s8", "negative size");
+    return;
+  }
+#if LOOM_HAVE_DNNL
+  forgetWeights(wq);
+#endif
+  const float tiny = std::numeric_limits<float>::epsilon();
+  int64_t bad = -1;
+  for (int64_t o = 0; o < O; ++o) {
+    // f as the training step's fold computes it: gamma * rsqrt(var + eps).
+    const float f = fold ? gamma[o] * (1.0f / std::sqrt(var[o] + eps)) : 1.0f;
+    float top = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = w[o * K + k] * f;
+      if (!std::isfinite(v) && bad < 0)
+        bad = o * K + k;
+      top = std::max(top, std::fabs(v));
+    }
+    const float sc = std::max(top / 127.0f, tiny);
+    scale[o] = sc;
+    for (int64_t k = 0; k < K; ++k) {
+      const float q = std::nearbyint((w[o * K + k] * f) * (1.0f / sc));
+      wq[k * O + o] = int8_t(std::min(127.0f, std::max(-127.0f, q)));
+    }
+    bias[o] = fold ? beta[o] - mean[o] * f : 0.0f;
+  }
+  if (bad >= 0)
+    loom_error(ctx, "quantize_conv_weight_s8",
+               ("folded weight element " + std::to_string(bad) +
+                " is not finite")
+                   .c_str());
+}
+
+void loom_qconv2d(loom_ctx *ctx, int64_t N, int64_t C, int64_t H, int64_t W,
+                  int64_t O, int64_t KH, int64_t KW, int64_t stride,
+                  int64_t pad, const float *x, int32_t flags,
+                  const float *range, const int8_t *wq, const float *wscale,
+                  const float *bias, float *y) {
+  useContextThreads(ctx);
+  if (N < 0 || C < 1 || H < 1 || W < 1 || O < 1 || KH < 1 || KW < 1 ||
+      stride < 1 || pad < 0 || H + 2 * pad < KH || W + 2 * pad < KW) {
+    loom_error(ctx, "qconv2d", "invalid convolution shape");
+    return;
+  }
+  if (!std::isfinite(range[0]) || !std::isfinite(range[1])) {
+    loom_error(ctx, "qconv2d",
+               "the activation range is not finite (not calibrated?)");
+    return;
+  }
+  const int64_t Ho = (H + 2 * pad - KH) / stride + 1,
+                Wo = (W + 2 * pad - KW) / stride + 1;
+  const int64_t M = N * Ho * Wo, K = C * KH * KW;
+  const bool symmetric = (flags & LOOM_QLINEAR_SYMMETRIC_INPUT) != 0;
+  const StoredQuant in = storedQuant(range, symmetric);
+  // The activation quantized once, then its UINT8 columns [N*Ho*Wo,
+  // C*kh*kw] (padding holds the zero point: the quantized 0.0).
+  thread_local std::vector<uint8_t> xqBuffer, colBuffer;
+  thread_local std::vector<float> outBuffer;
+  uint8_t *xq = scratch(xqBuffer, N * C * H * W);
+  quantizeU8(N * C * H * W, x, in, xq);
+  uint8_t *cols = scratch(colBuffer, M * K);
+  const uint8_t zp = uint8_t(in.zeroPoint);
+#pragma omp parallel for schedule(static) if (M * K >= kn::kParallelWork)
+  for (int64_t r = 0; r < M; ++r) {
+    const int64_t n = r / (Ho * Wo), i = (r / Wo) % Ho, j = r % Wo;
+    uint8_t *row = cols + r * K;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t a = 0; a < KH; ++a) {
+        const int64_t h = i * stride + a - pad;
+        for (int64_t b = 0; b < KW; ++b) {
+          const int64_t w = j * stride + b - pad;
+          row[(c * KH + a) * KW + b] =
+              h >= 0 && h < H && w >= 0 && w < W
+                  ? xq[((n * C + c) * H + h) * W + w]
+                  : zp;
+        }
+      }
+  }
+  float *out = scratch(outBuffer, M * O);
+  qlinear(ctx, "qconv2d",
+          {M, O, K, cols, true, range, symmetric, wq, wscale,
+           (flags & LOOM_QLINEAR_BIAS) ? bias : nullptr,
+           (flags & LOOM_QLINEAR_RELU) != 0, nullptr, false, out});
+  // [N, Ho*Wo, O] -> [N, O, Ho*Wo].
+  const int64_t plane = Ho * Wo;
+#pragma omp parallel for schedule(static) if (M * O >= kn::kParallelWork)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t p = 0; p < plane; ++p)
+        y[(n * O + o) * plane + p] = out[(n * plane + p) * O + o];
+}
+
 void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
                         const float *range, float *out) {
   float lo = range[0], hi = range[1];

@@ -84,7 +84,7 @@ loom.model @Two attributes {config = {quantize = "qat"}} {
 
 // -----
 
-// expected-error @+1 {{quantize qat: no matmul of an activation by a 2-D f32 parameter to quantize}}
+// expected-error @+1 {{quantize qat: no matmul or conv2d of an activation by an f32 parameter to quantize}}
 loom.model @None attributes {config = {quantize = "qat"}} {
   %x = loom.input "x" : tensor<4x8xf32>
   %l = loom.reduce_mean %x dims [0, 1] : tensor<4x8xf32>
