@@ -15,9 +15,17 @@ Checks (SEMANTICS.md's "Loom vs its PyTorch twin" tolerances): the loss at
 step 1 within 1e-5 relative and at every later step within 1e-4; every
 weight after 20 steps within 1e-4 (||dw|| / ||w||); each trained activation
 range ("<weight>.act_range") within 1e-5 of the twin observer's [min, max].
+With --model cnn, tests/parity/models/qat_cnn.loom: a conv2d folded with
+its batch norm as torch's ConvBn2d does (the weight scaled by gamma /
+sqrt(running_var + eps) is fake-quantized per output channel, the conv's
+output divided by that factor, then the batch norm with batch statistics),
+a conv2d without one (its weight fake-quantized per output channel), and a
+matmul; the running statistics are checked too.
+
 Exits 1 on a failure.
 
 usage: test_qat.py --loomc PATH --loom-run PATH --workdir DIR [--symmetric]
+                   [--model mlp|cnn]
 """
 import argparse
 import json
@@ -33,6 +41,7 @@ sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver  # noqa: E402
 
 import artifact  # noqa: E402
@@ -62,11 +71,36 @@ def activation_fq(symmetric):
                         qscheme=torch.per_tensor_affine)
 
 
-def weight_fq(w):
-    """Per output channel (axis 1 of [in, out]), symmetric, from w itself."""
-    scale = torch.clamp(w.detach().abs().amax(dim=0) / 127.0, min=EPS)
-    zero = torch.zeros(w.shape[1], dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 1, -127, 127)
+def weight_fq(w, axis=1):
+    """Per output channel (axis 1 of a [in, out] matmul weight, 0 of a
+    [out, in, kh, kw] conv weight), symmetric, from w itself."""
+    dims = [d for d in range(w.dim()) if d != axis]
+    scale = torch.clamp(w.detach().abs().amax(dim=dims) / 127.0, min=EPS)
+    zero = torch.zeros(w.shape[axis], dtype=torch.int32)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, axis, -127, 127)
+
+
+def mlp_twin(w, fq, x, quantize):
+    w1 = weight_fq(w["w1"]) if quantize else w["w1"]
+    w2 = weight_fq(w["w2"]) if quantize else w["w2"]
+    h = torch.relu(fq["w1"](x) @ w1 + w["b1"])
+    return fq["w2"](h) @ w2 + w["b2"]
+
+
+def cnn_twin(w, fq, x, quantize, stats):
+    img = x.reshape(x.shape[0], 1, 8, 8)
+    # torch's ConvBn2d (_forward_approximate), without a conv bias.
+    rstd = torch.rsqrt(stats["g1.running_var"] + 1e-5)
+    factor = w["g1"] * rstd
+    scaled = w["k1"] * factor.reshape(-1, 1, 1, 1)
+    k1 = weight_fq(scaled, 0) if quantize else scaled
+    c1 = F.conv2d(fq["k1"](img), k1, padding=1) / factor.reshape(1, -1, 1, 1)
+    h1 = torch.relu(F.batch_norm(c1, stats["g1.running_mean"], stats["g1.running_var"],
+                                 w["g1"], w["b1"], training=True, momentum=0.1, eps=1e-5))
+    k2 = weight_fq(w["k2"], 0) if quantize else w["k2"]
+    h2 = torch.relu(F.conv2d(fq["k2"](h1), k2, stride=2, padding=1))
+    flat = h2.reshape(x.shape[0], -1)
+    return fq["w"](flat) @ (weight_fq(w["w"]) if quantize else w["w"])
 
 
 def main():
@@ -75,9 +109,10 @@ def main():
     ap.add_argument("--loom-run", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--symmetric", action="store_true")
+    ap.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    src = os.path.join(HERE, "models", "qat_mlp.loom")
+    src = os.path.join(HERE, "models", f"qat_{a.model}.loom")
     loomx = os.path.join(a.workdir, "qat.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
     extra = ["--set=quantize.activations=per_tensor_symmetric"] if a.symmetric else []
@@ -93,10 +128,13 @@ def main():
     init, _ = safetensors_io.load(init_path)
     after, _ = safetensors_io.load(after_path)
 
-    params = ("w1", "b1", "w2", "b2")
+    params = ("w1", "b1", "w2", "b2") if a.model == "mlp" else ("k1", "g1", "b1", "k2", "w")
     w = {n: torch.tensor(np.array(init[n], dtype=np.float32), requires_grad=True)
          for n in params}
-    fq = {"w1": activation_fq(a.symmetric), "w2": activation_fq(a.symmetric)}
+    stats = {n: torch.tensor(np.array(v, dtype=np.float32)) for n, v in init.items()
+             if n.endswith((".running_mean", ".running_var"))}
+    sites = ("w1", "w2") if a.model == "mlp" else ("k1", "k2", "w")
+    fq = {n: activation_fq(a.symmetric) for n in sites}
     loader = data.Loader(data.Dataset(datap), model.inputs, 0)
     losses = []
     for step, batch in enumerate(loader.batches(STEPS), start=1):
@@ -106,10 +144,9 @@ def main():
         quantize = step >= START
         x = torch.tensor(batch["x"], dtype=torch.float32)
         y = torch.tensor(batch["y"], dtype=torch.int64)
-        w1 = weight_fq(w["w1"]) if quantize else w["w1"]
-        w2 = weight_fq(w["w2"]) if quantize else w["w2"]
-        h = torch.relu(fq["w1"](x) @ w1 + w["b1"])
-        loss = torch.nn.functional.cross_entropy(fq["w2"](h) @ w2 + w["b2"], y)
+        logits = (mlp_twin(w, fq, x, quantize) if a.model == "mlp"
+                  else cnn_twin(w, fq, x, quantize, stats))
+        loss = F.cross_entropy(logits, y)
         losses.append(loss.item())
         loss.backward()
         with torch.no_grad():
@@ -139,7 +176,12 @@ def main():
         got = np.array(after[n + ".act_range"], dtype=np.float64)
         check(f"{n}.act_range vs the observer, relative",
               float(np.max(np.abs(got - ref)) / max(np.max(np.abs(ref)), 1e-30)), 1e-5)
-    print(f"qat parity ({'symmetric' if a.symmetric else 'affine'} activations): "
+    for n in sorted(stats):
+        got = np.array(after[n], dtype=np.float64)
+        ref = stats[n].numpy().astype(np.float64)
+        check(f"{n} after {STEPS} steps, relative",
+              float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)), 1e-5)
+    print(f"qat parity ({a.model}, {'symmetric' if a.symmetric else 'affine'} activations): "
           f"{'PASSED' if failures == 0 else 'FAILED'}")
     sys.exit(1 if failures else 0)
 
