@@ -801,8 +801,9 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     if (n == "dist.send" || n == "dist.recv") {
       bool send = n == "dist.send";
       Value v = send ? op->getOperand(0) : op->getResult(0);
-      if (!cast<RankedTensorType>(v.getType()).getElementType().isF32())
-        return op->emitOpError("moves f32 tensors; this one is ")
+      // The runtime moves 4-byte words: f32, or i32 (class targets).
+      if (cast<RankedTensorType>(v.getType()).getElementType().getIntOrFloatBitWidth() != 32)
+        return op->emitOpError("moves 32-bit tensors (f32, i32); this one is ")
                << cast<RankedTensorType>(v.getType()).getElementType();
       Value tag = b.create<arith::ConstantOp>(
           loc, b.getI64IntegerAttr(cast<IntegerAttr>(op->getAttr("tag")).getInt()));
@@ -811,9 +812,16 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
             i32(b, cast<IntegerAttr>(op->getAttr("peer")).getInt()), tag});
       return success();
     }
+    // Reductions add f32 values; gathers move 4-byte words (f32 or i32);
+    // a shard is a local copy of any type.
     auto in = cast<RankedTensorType>(op->getOperand(0).getType());
-    if (!in.getElementType().isF32())
-      return op->emitOpError("collectives move f32 tensors; this one is ")
+    bool reduces = n == "dist.all_reduce" || n == "dist.reduce_scatter";
+    if (reduces && !in.getElementType().isF32())
+      return op->emitOpError("reductions add f32 tensors; this one is ")
+             << in.getElementType();
+    if (n == "dist.all_gather" && in.getElementType().getIntOrFloatBitWidth() != 32)
+      return op->emitOpError("gathers move 32-bit tensors (f32, i32); this "
+                             "one is ")
              << in.getElementType();
     if (n == "dist.all_reduce") {
       StringRef red = cast<StringAttr>(op->getAttr("reduction")).getValue();
