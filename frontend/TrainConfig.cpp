@@ -424,7 +424,8 @@ bool TrainConfig::apply(const TrainOption &opt, const std::string &baseDir,
               quantize == "qat"
                   ? std::vector<std::string>{"type", "weights", "activations",
                                              "start", "freeze"}
-                  : std::vector<std::string>{"type", "activations"},
+                  : std::vector<std::string>{"type", "activations",
+                                             "observer", "percentile"},
               quantize, e->loc, diag);
     bool ok = qb.ok;
     Reader r{diag, quantize};
@@ -441,6 +442,17 @@ bool TrainConfig::apply(const TrainOption &opt, const std::string &baseDir,
       ok &= r.integer(x, quantStart, 0);
     if (const Expr *x = qb.get("freeze"))
       ok &= r.integer(x, quantFreeze, 0);
+    if (const Expr *x = qb.get("observer"))
+      ok &= r.choice(x, {"minmax", "percentile"}, quantObserver);
+    if (const Expr *x = qb.get("percentile")) {
+      Reader pr{diag, "ptq percentile"};
+      if (pr.number(x, quantPercentile) &&
+          !(quantPercentile > 50 && quantPercentile <= 100)) {
+        diag.error(x->loc, "ptq percentile must be in (50, 100], got " +
+                               printExpr(*x));
+        ok = false;
+      }
+    }
     return ok;
   }
   if (n == "optimizer") {

@@ -53,12 +53,16 @@ struct TrainConfig {
   double clipSigmas = 3;
 
   // quantize none | qat(int8, weights = ..., activations = ..., start, freeze)
-  //          | ptq(int8)
+  //          | ptq(int8, activations = ..., observer = minmax|percentile,
+  //                percentile = P)
   std::string quantize = "none";
   std::string quantWeights = "per_channel_symmetric";
   std::string quantActivations = "per_tensor_affine";
   int64_t quantStart = 0;
   int64_t quantFreeze = -1; ///< -1: never freeze observers
+  /// Post-training calibration: minmax, or percentile(quantPercentile).
+  std::string quantObserver = "minmax";
+  double quantPercentile = 99.99;
 
   // optimizer sgd(lr, momentum, nesterov, weight_decay)
   //         | adamw(lr, beta1, beta2, eps, weight_decay, warmup, decay)

@@ -700,10 +700,12 @@ void fuseInt8Chains(Block &block) {
 /// loomc --mode=infer --quantize=ptq-int8 (SEMANTICS.md, quantization): the
 /// matmuls of an activation by a weight run in INT8 (per-channel symmetric
 /// weights, per-tensor affine UINT8 activations). Three programs:
-/// - calibrate_step: the FP32 forward; a min/max observer on each such
-///   matmul's input updates the state "<weight>.act_range" ([min, max],
-///   from [0, 0]); loom-run --calibrate=N runs it and --save keeps the
-///   ranges with the weights;
+/// - calibrate_step: the FP32 forward; a min/max observer (or, with
+///   `observer = percentile`, the mean over the batches of each batch's
+///   (100 - p)-th and p-th percentiles) on each such matmul's input
+///   updates the state "<weight>.act_range" ([min, max], from [0, 0]);
+///   loom-run --calibrate=N runs it and --save keeps the ranges with the
+///   weights;
 /// - prepare_step: quantizes each weight once into "<weight>.qweight" (i8)
 ///   and "<weight>.qscale" (loom-run --infer runs it before the first call);
 /// - eval_step: the forward with train.qmatmul in place of those matmuls.
@@ -713,7 +715,7 @@ void fuseInt8Chains(Block &block) {
 /// weights; `symmetric` quantizes its activations symmetrically as it
 /// trained.
 LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
-                            bool symmetric) {
+                            bool symmetric, double percentile) {
   auto stepNamed = [&](StringRef name) -> Block * {
     for (auto step : model->getParentOfType<ModuleOp>().getOps<train::StepOp>())
       if (step.getSymName() == name)
@@ -813,8 +815,14 @@ LogicalResult buildPtqSteps(OpBuilder &top, ModelOp model, bool calibrate,
       TensorBuilder tb(b, mm->getLoc());
       std::string name = param.getName().str() + ".act_range";
       Value range = state(tb, b, name, f32({2}));
-      Value seen = tb.create1("train.observe_range", {mm->getOperand(0), range},
-                              f32({2}));
+      // min/max, or the mean over batches of the batch's percentiles.
+      Value seen =
+          percentile > 0
+              ? tb.create1("train.observe_percentile",
+                           {mm->getOperand(0), range}, f32({2}),
+                           {tb.attr("percentile", b.getF64FloatAttr(percentile))})
+              : tb.create1("train.observe_range", {mm->getOperand(0), range},
+                           f32({2}));
       update(end, mm->getLoc(), name, seen);
     }
   }
@@ -897,8 +905,13 @@ struct AutodiffPass : impl::AutodiffBase<AutodiffPass> {
       if (infer && (quantize == "ptq" || quantize == "qat")) {
         auto acts = model.getConfigAttr().getAs<StringAttr>("quant_activations");
         bool symmetric = acts && acts.getValue() == "per_tensor_symmetric";
+        auto observer = model.getConfigAttr().getAs<StringAttr>("quant_observer");
+        auto p = model.getConfigAttr().getAs<FloatAttr>("quant_percentile");
+        double percentile = observer && observer.getValue() == "percentile" && p
+                                ? p.getValueAsDouble()
+                                : 0.0;
         if (failed(buildPtqSteps(b, model, /*calibrate=*/quantize == "ptq",
-                                 symmetric)))
+                                 symmetric, percentile)))
           return signalPassFailure();
         model.erase();
         continue;

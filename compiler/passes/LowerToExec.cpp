@@ -732,6 +732,12 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
         R(0), ValueRange{});
     return success();
   }
+  if (n == "train.observe_percentile") {
+    call(b, loc, "loom_observe_percentile",
+         {i64(b, numel(op->getOperand(0))), V(0), V(1),
+          f32(b, fattr("percentile")), R(0)});
+    return success();
+  }
   if (n == "train.observe_ema") {
     call(b, loc, "loom_observe_ema",
          {i64(b, numel(op->getOperand(0))), V(0), V(1),

@@ -299,6 +299,20 @@ def Train_ObserveRangeOp : Train_Op<"observe_range", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
+def Train_ObservePercentileOp : Train_Op<"observe_percentile", [Pure]> {
+  let summary = "Post-training quantization: a percentile range of x";
+  let description = [{
+    With b = [the (100 - percentile)-th, the percentile-th percentile of x]
+    (linear interpolation between order statistics, as numpy's default):
+    b at calibration batch 1, else the running mean range + (b - range) /
+    batch (loom_observe_percentile).
+  }];
+  let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$range,
+                       F64Attr:$percentile);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+}
+
 def Train_ObserveEmaOp : Train_Op<"observe_ema", [Pure]> {
   let summary = "Quantization-aware training: a moving-average range of x";
   let description = [{

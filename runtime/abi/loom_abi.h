@@ -136,6 +136,15 @@ void loom_qconv2d(loom_ctx *ctx, int64_t N, int64_t C, int64_t H, int64_t W,
 void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
                         const float *range, float *out);
 
+/** The percentile observer of post-training calibration: with b = {the
+ *  (100 - percentile)-th, the percentile-th percentile of x} (linear
+ *  interpolation between order statistics), out = b at calibration batch 1
+ *  (loom_step), else range + (b - range) / batch: the mean over the
+ *  batches. A NaN in x is an error. */
+void loom_observe_percentile(loom_ctx *ctx, int64_t n, const float *x,
+                             const float *range, float percentile,
+                             float *out);
+
 /* --- Quantization-aware training (additions within ABI 3) ---------------- */
 /** scale[n] = max(max_k |w[k, n]| / 127, 2^-23) for w [K, N]: the
  *  per-channel symmetric scales of loom_quantize_weight_s8, without the

@@ -620,6 +620,47 @@ void loom_observe_range(loom_ctx *ctx, int64_t n, const float *x,
   out[1] = hi;
 }
 
+void loom_observe_percentile(loom_ctx *ctx, int64_t n, const float *x,
+                             const float *range, float percentile,
+                             float *out) {
+  const int64_t batch = std::max<int64_t>(1, loom_step(ctx));
+  if (n == 0) {
+    out[0] = range[0];
+    out[1] = range[1];
+    return;
+  }
+  thread_local std::vector<float> sorted;
+  float *v = scratch(sorted, n);
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i])) {
+      loom_error(ctx, "observe_percentile",
+                 ("activation element " + std::to_string(i) + " is NaN")
+                     .c_str());
+      return;
+    }
+    v[i] = x[i];
+  }
+  // The q-th percentile with numpy's default (linear) interpolation
+  // between the order statistics at floor and ceil of q / 100 * (n - 1).
+  auto at = [&](double q) {
+    const double pos = q / 100.0 * double(n - 1);
+    const int64_t lo = int64_t(std::floor(pos));
+    const int64_t hi = std::min<int64_t>(lo + 1, n - 1);
+    std::nth_element(v, v + lo, v + n);
+    const float a = v[lo];
+    const float b = hi == lo ? a : *std::min_element(v + lo + 1, v + n);
+    return float(double(a) + (pos - double(lo)) * (double(b) - double(a)));
+  };
+  const float top = at(percentile), bottom = at(100.0 - double(percentile));
+  if (batch <= 1) {
+    out[0] = bottom;
+    out[1] = top;
+  } else {
+    out[0] = range[0] + (bottom - range[0]) / float(batch);
+    out[1] = range[1] + (top - range[1]) / float(batch);
+  }
+}
+
 void loom_observe_ema(loom_ctx *ctx, int64_t n, const float *x,
                       const float *range, float momentum, int64_t freeze,
                       float *out) {

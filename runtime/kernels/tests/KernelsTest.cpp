@@ -482,6 +482,35 @@ TEST(Qat, MovingAverageObserverFollowsTorch) {
       << ctx.errorMessage;
 }
 
+TEST(Ptq, PercentileObserverAveragesBatchPercentiles) {
+  // 0..100 in steps of 1 (shuffled): the 90th percentile is 90, the 10th
+  // 10 (positions land on order statistics); 0..10 in steps of 0.1 for
+  // batch 2 gives 9 and 1; the range is their mean.
+  FVec a, b;
+  for (int i = 0; i <= 100; ++i) {
+    a.push_back(float((i * 37) % 101));
+    b.push_back(float((i * 37) % 101) / 10.0f);
+  }
+  FVec r = {0.0f, 0.0f};
+  TestContext ctx;
+  ctx.step = 1;
+  loom_observe_percentile(&ctx, int64_t(a.size()), a.data(), r.data(), 90.0f,
+                          r.data());
+  EXPECT_EQ(r, (FVec{10.0f, 90.0f}));
+  ctx.step = 2;
+  loom_observe_percentile(&ctx, int64_t(b.size()), b.data(), r.data(), 90.0f,
+                          r.data());
+  EXPECT_FLOAT_EQ(r[0], (10.0f + 1.0f) / 2);
+  EXPECT_FLOAT_EQ(r[1], (90.0f + 9.0f) / 2);
+  // Between order statistics: linear interpolation (numpy's default).
+  const FVec c = {4.0f, 1.0f, 3.0f, 2.0f};
+  ctx.step = 1;
+  loom_observe_percentile(&ctx, 4, c.data(), r.data(), 75.0f, r.data());
+  EXPECT_FLOAT_EQ(r[1], 3.25f); // position 2.25
+  EXPECT_FLOAT_EQ(r[0], 1.75f); // position 0.75
+  ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
+}
+
 TEST(Qat, RangeParametersFollowSemantics) {
   TestContext ctx;
   float s = 0, z = 0;

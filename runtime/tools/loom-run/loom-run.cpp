@@ -855,6 +855,8 @@ int Trainer::calibrate(int64_t batches) {
   double lossSum = 0;
   for (int64_t i = 0; i < batches; ++i) {
     nextTrainBatch();
+    // Observers that average over batches count them (1-based).
+    ctx_.step = i + 1;
     callProgram(cal, "calibrate_step", i);
     lossSum += readOutput("eval_loss");
   }
