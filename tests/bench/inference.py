@@ -4,7 +4,8 @@
 the same model in the same run.
 
 Configurations: the MLP at -Dhidden=1024, batch 256 (GEMM-bound), and the
-samples as they are (samples/mlp.loom, samples/gpt.loom) at batch 1 and 64.
+samples as they are (samples/mlp.loom, samples/cnn.loom, samples/gpt.loom)
+at batch 1 and 64.
 
 - Loom: `loom-run X.loomx --infer --steps=N --threads=T --metrics=m.jsonl`
   (one untimed warm-up call, then N timed calls of the evaluation step:
@@ -17,9 +18,9 @@ samples as they are (samples/mlp.loom, samples/gpt.loom) at batch 1 and 64.
   on pre-built batches of the same shapes, torch.set_num_threads(T), one
   warm-up call then N timed calls, time.perf_counter around each.
 
-- Loom INT8 (the MLP configurations: their matmuls are activation-by-
-  weight; the GPT's are batched and stay FP32, so it has no INT8 artifact):
-  `loomc --mode=infer --quantize=ptq-int8`, `loom-run Q.loomx
+- Loom INT8: `loomc --mode=infer --quantize=ptq-int8` (every matmul of an
+  activation by a weight and every conv2d in INT8, batch norms folded;
+  the GPT's attention, norms and softmax stay FP32), `loom-run Q.loomx
   --calibrate=4 --save=q.safetensors`, then `loom-run Q.loomx --infer
   --init-from=q.safetensors` as above; INT8/FP32 is the throughput ratio.
 
@@ -48,6 +49,8 @@ CONFIGS = {
                      "samples/data/digits.bin"),
     "mlp-b1": ("samples/mlp.loom", ["-Dbatch=1"], "samples/data/digits.bin"),
     "mlp-b64": ("samples/mlp.loom", ["-Dbatch=64"], "samples/data/digits.bin"),
+    "cnn-b1": ("samples/cnn.loom", ["-Dbatch=1"], "samples/data/digits.bin"),
+    "cnn-b64": ("samples/cnn.loom", ["-Dbatch=64"], "samples/data/digits.bin"),
     "gpt-b1": ("samples/gpt.loom", ["-Dbatch=1"], "samples/data/text.bin"),
     "gpt-b64": ("samples/gpt.loom", ["-Dbatch=64"], "samples/data/text.bin"),
 }
@@ -108,6 +111,10 @@ def torch_infer(model, weights, batch):
                 logits = h @ p["w2"] + p["b2"]
                 loss = torch.nn.functional.cross_entropy(logits, b["y"].long())
                 return loss, logits.argmax(-1)
+            if model.name == "Cnn":
+                logits = twin.logits(b["x"], training=False)
+                loss = torch.nn.functional.cross_entropy(logits, b["y"].long())
+                return loss, logits.argmax(-1)
             logits = twin.forward_logits(b["tokens"].long())
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, twin.vocab), b["targets"].reshape(-1).long())
@@ -143,7 +150,7 @@ def main():
             batch = data.Loader(data.Dataset(datap), model.inputs).batches(1)[0]
             lt, l50, l99 = loom_infer(loomx, datap, workdir)
             int8 = ("-", "-", "-")
-            if model.name == "Mlp":
+            if True:  # every sample has an INT8 artifact
                 qx = os.path.join(workdir, f"{name}.int8.loomx")
                 qw = os.path.join(workdir, f"{name}.q.safetensors")
                 subprocess.run([ARGS.loomc, os.path.join(SRC, sample), *defines,

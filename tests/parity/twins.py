@@ -124,9 +124,34 @@ class GptTwin(Twin):
         return batch_size * self.seq
 
 
+class CnnTwin(Twin):
+    """samples/cnn.loom: two conv2d + batch_norm (batch statistics) + ReLU
+    blocks, the second with stride 2, then a linear classifier."""
+
+    def logits(self, x, training=True):
+        p = self.params
+        h = x.reshape(x.shape[0], 1, 8, 8)
+        for k, g, b, stride in (("k1", "g1", "b1", 1), ("k2", "g2", "b2", 2)):
+            c = F.conv2d(h, p[k], stride=stride, padding=1)
+            ones = torch.ones(c.shape[1])
+            h = torch.relu(F.batch_norm(c, ones * 0, ones, p[g], p[b],
+                                        training=training))
+        return h.reshape(x.shape[0], -1) @ p["w"] + p["bw"]
+
+    def loss(self, batch):
+        x = torch.as_tensor(batch["x"], dtype=torch.float32)
+        y = torch.as_tensor(batch["y"]).long()
+        return F.cross_entropy(self.logits(x), y)
+
+    def tokens_per_batch(self, batch_size):
+        return batch_size
+
+
 def make_twin(model, weights):
     if model.name == "Mlp":
         return MlpTwin(model, weights)
+    if model.name == "Cnn":
+        return CnnTwin(model, weights)
     if model.name == "Gpt":
         return GptTwin(model, weights)
     raise ValueError(f"no PyTorch twin for model '{model.name}'")
