@@ -196,8 +196,10 @@ private:
       str("quant_activations", c.quantActivations);
       i64("quant_start", c.quantStart);
       i64("quant_freeze", c.quantFreeze);
-      str("quant_observer", c.quantObserver);
-      f64("quant_percentile", c.quantPercentile);
+      if (c.quantize == "ptq") {
+        str("quant_observer", c.quantObserver);
+        f64("quant_percentile", c.quantPercentile);
+      }
     }
     str("optimizer", c.optimizer);
     f64("lr", c.lr);

@@ -618,8 +618,12 @@ def Loom_Conv2dOp : Loom_InferredOp<"conv2d"> {
                        DefaultValuedAttr<I64Attr, "1">:$stride,
                        DefaultValuedAttr<I64Attr, "0">:$padding);
   let results = (outs Loom_Tensor:$result);
+  // stride and padding are part of the syntax, not the attribute
+  // dictionary: they decide the result type, and the parser's inference
+  // only sees what the format itself parses.
   let assemblyFormat =
-      "$input `,` $weight attr-dict `:` type($input) `,` type($weight)";
+      "$input `,` $weight `stride` $stride `padding` $padding attr-dict `:` "
+      "type($input) `,` type($weight)";
 }
 
 def Loom_BatchNormOp : Loom_InferredOp<"batch_norm"> {

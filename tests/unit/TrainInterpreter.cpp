@@ -262,6 +262,12 @@ private:
       result_.gradients[stringAttr(op, "name")] = in(op, 0);
       return true;
     }
+    // State (a batch norm's running statistics) starts as the runtime
+    // starts it; its updates do not feed the loss.
+    if (n == "train.state")
+      return set(op, 0, resultLike(op, 0, stringAttr(op, "init") == "ones"));
+    if (n == "train.update")
+      return true;
 
     // Elementwise.
     if (n == "loom.neg" || n == "loom.exp" || n == "loom.log" ||
@@ -320,6 +326,15 @@ private:
       return evalGatedAttention(op);
     if (n == "train.cross_entropy" || n == "loom.cross_entropy")
       return evalCrossEntropy(op);
+
+    // Convolution and batch normalisation (plain loops, not the kernels).
+    if (n == "loom.conv2d" || n == "train.conv2d_grad_input" ||
+        n == "train.conv2d_grad_weight")
+      return evalConv(op, n);
+    if (n == "train.batch_norm")
+      return evalBatchNorm(op);
+    if (n == "train.batch_norm_grad")
+      return evalBatchNormGrad(op);
 
     // Backward ops.
     if (n == "train.relu_grad" || n == "train.gelu_grad")
@@ -766,6 +781,126 @@ private:
     cols = x.shape.back();
     rows = x.size() / cols;
     return true;
+  }
+
+  /// conv2d (NCHW) and its two VJPs as direct sums over the same index
+  /// set: y[n,o,i,j] += x[n,c,i*s+a-p, j*s+b-p] * w[o,c,a,b].
+  bool evalConv(Operation *op, StringRef n) {
+    int64_t stride = intAttr(op, "stride", 1), pad = intAttr(op, "padding", 0);
+    Shape xs, ws, ys;
+    Tensor out;
+    const Tensor *x = nullptr, *w = nullptr, *dy = nullptr;
+    if (n == "loom.conv2d") {
+      x = &in(op, 0);
+      w = &in(op, 1);
+      xs = x->shape;
+      ws = w->shape;
+      ys = typeShape(op->getResult(0).getType());
+    } else if (n == "train.conv2d_grad_input") {
+      dy = &in(op, 0);
+      w = &in(op, 1);
+      xs = typeShape(op->getResult(0).getType());
+      ws = w->shape;
+      ys = dy->shape;
+    } else {
+      x = &in(op, 0);
+      dy = &in(op, 1);
+      xs = x->shape;
+      ws = typeShape(op->getResult(0).getType());
+      ys = dy->shape;
+    }
+    if (xs.size() != 4 || ws.size() != 4 || ys.size() != 4)
+      return fail(op, "conv2d operands are not rank 4");
+    out = resultLike(op, 0);
+    const int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3], O = ws[0],
+                  KH = ws[2], KW = ws[3], Ho = ys[2], Wo = ys[3];
+    for (int64_t b0 = 0; b0 < N; ++b0)
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t i = 0; i < Ho; ++i)
+          for (int64_t j = 0; j < Wo; ++j)
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t a = 0; a < KH; ++a)
+                for (int64_t b = 0; b < KW; ++b) {
+                  int64_t h = i * stride + a - pad, v = j * stride + b - pad;
+                  if (h < 0 || h >= H || v < 0 || v >= W)
+                    continue;
+                  int64_t xi = ((b0 * C + c) * H + h) * W + v;
+                  int64_t wi = ((o * C + c) * KH + a) * KW + b;
+                  int64_t yi = ((b0 * O + o) * Ho + i) * Wo + j;
+                  if (n == "loom.conv2d")
+                    out.data[yi] += x->data[xi] * w->data[wi];
+                  else if (n == "train.conv2d_grad_input")
+                    out.data[xi] += dy->data[yi] * w->data[wi];
+                  else
+                    out.data[wi] += dy->data[yi] * x->data[xi];
+                }
+    return set(op, 0, std::move(out));
+  }
+
+  /// Training batch norm over axis 1 of x [N, C, ...]: y, mean, rstd, and
+  /// the running statistics' updates.
+  bool evalBatchNorm(Operation *op) {
+    const Tensor &x = in(op, 0), &g = in(op, 1), &b = in(op, 2);
+    const Tensor &rm = in(op, 3), &rv = in(op, 4);
+    const int64_t N = x.shape[0], C = x.shape[1], S = x.size() / (N * C);
+    const double eps = floatAttr(op, "eps", 1e-5),
+                 mom = floatAttr(op, "momentum", 0.1), m = double(N * S);
+    Tensor y(x.shape), mean(Shape{C}), rstd(Shape{C}), nm(Shape{C}),
+        nv(Shape{C});
+    for (int64_t c = 0; c < C; ++c) {
+      double sum = 0, sq = 0;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < S; ++i)
+          sum += x.data[(n * C + c) * S + i];
+      double mu = sum / m;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < S; ++i) {
+          double d = x.data[(n * C + c) * S + i] - mu;
+          sq += d * d;
+        }
+      double r = 1 / std::sqrt(sq / m + eps);
+      mean.data[c] = mu;
+      rstd.data[c] = r;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < S; ++i) {
+          int64_t at = (n * C + c) * S + i;
+          y.data[at] = (x.data[at] - mu) * r * g.data[c] + b.data[c];
+        }
+      nm.data[c] = (1 - mom) * rm.data[c] + mom * mu;
+      nv.data[c] = (1 - mom) * rv.data[c] + mom * sq / std::max(1.0, m - 1);
+    }
+    return set(op, 0, std::move(y)) && set(op, 1, std::move(mean)) &&
+           set(op, 2, std::move(rstd)) && set(op, 3, std::move(nm)) &&
+           set(op, 4, std::move(nv));
+  }
+
+  bool evalBatchNormGrad(Operation *op) {
+    const Tensor &dy = in(op, 0), &x = in(op, 1), &g = in(op, 2);
+    const Tensor &mean = in(op, 3), &rstd = in(op, 4);
+    const int64_t N = x.shape[0], C = x.shape[1], S = x.size() / (N * C);
+    const double m = double(N * S);
+    Tensor dx(x.shape), dg(Shape{C}), db(Shape{C});
+    for (int64_t c = 0; c < C; ++c) {
+      double sdy = 0, sdyx = 0;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < S; ++i) {
+          int64_t at = (n * C + c) * S + i;
+          double xh = (x.data[at] - mean.data[c]) * rstd.data[c];
+          sdy += dy.data[at];
+          sdyx += dy.data[at] * xh;
+        }
+      db.data[c] = sdy;
+      dg.data[c] = sdyx;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < S; ++i) {
+          int64_t at = (n * C + c) * S + i;
+          double xh = (x.data[at] - mean.data[c]) * rstd.data[c];
+          dx.data[at] = g.data[c] * rstd.data[c] / m *
+                        (m * dy.data[at] - sdy - xh * sdyx);
+        }
+    }
+    return set(op, 0, std::move(dx)) && set(op, 1, std::move(dg)) &&
+           set(op, 2, std::move(db));
   }
 
   bool evalLayerNorm(Operation *op) {

@@ -633,6 +633,53 @@ TEST(Vjp, LayerNorm) {
   checkGradients(l);
 }
 
+TEST(Vjp, Conv2d) {
+  // Padding 1, stride 1: the output has the input's size.
+  Case c;
+  c.source = model("N = 2, C = 2, H = 5, O = 3",
+                   "  input t : f32[N, O, H, H]\n"
+                   "  param x : f32[N, C, H, H]\n"
+                   "  param k : f32[O, C, 3, 3]\n"
+                   "  loss mse(conv2d(x, k, padding = 1), t)");
+  c.sizes = {{"N", 1, 3}, {"C", 1, 3}, {"H", 3, 6}, {"O", 1, 4}};
+  checkGradients(c);
+  // Stride 2 and a 2x3 kernel without padding (the last rows and columns
+  // of x may not be read); a quadratic loss.
+  Case s;
+  s.source = model("N = 2, C = 3, H = 6, W = 7, O = 2",
+                   "  param x : f32[N, C, H, W]\n"
+                   "  param k : f32[O, C, 2, 3]\n"
+                   "  let y = conv2d(x, k, stride = 2)\n"
+                   "  loss mean(y * y)");
+  s.sizes = {{"N", 1, 2}, {"C", 1, 3}, {"H", 2, 7}, {"W", 3, 8}, {"O", 1, 3}};
+  checkGradients(s);
+}
+
+// Batch statistics make every output depend on every input of its channel:
+// the sizes keep at least two values per channel.
+TEST(Vjp, BatchNorm) {
+  Case c;
+  c.source = model("N = 3, C = 2, H = 2",
+                   "  input t : f32[N, C, H, H]\n"
+                   "  param x : f32[N, C, H, H]\n"
+                   "  param g : f32[C]\n"
+                   "  param b : f32[C]\n"
+                   "  loss mse(relu(batch_norm(x, g, b)) * x, t)");
+  c.sizes = {{"N", 2, 4}, {"C", 1, 3}, {"H", 1, 3}};
+  checkGradients(c);
+  // Rank 2 (BatchNorm1d), after a linear layer.
+  Case l;
+  l.source = model("N = 4, D = 3, E = 2",
+                   "  input x : f32[N, D]\n"
+                   "  input t : f32[N, E]\n"
+                   "  param w : f32[D, E]\n"
+                   "  param g : f32[E]\n"
+                   "  param b : f32[E]\n"
+                   "  loss mse(batch_norm(x @ w, g, b, eps = 0.001) * (x @ w), t)");
+  l.sizes = {{"N", 2, 5}, {"D", 1, 4}, {"E", 1, 3}};
+  checkGradients(l);
+}
+
 TEST(Vjp, RmsNorm) {
   Case c;
   c.source = model("B = 2, T = 3, D = 4", "  input t : f32[B, T, D]\n"

@@ -90,3 +90,45 @@ loom.model @None attributes {config = {quantize = "qat"}} {
   %l = loom.reduce_mean %x dims [0, 1] : tensor<4x8xf32>
   loom.loss %l : tensor<f32>
 }
+
+// -----
+
+// A conv2d feeding a batch norm alone is folded (torch's ConvBn2d): the
+// weight scaled by gamma / sqrt(running_var + eps) is fake-quantized per
+// output channel (axis 0), and the conv's output is divided by the factor
+// before the batch norm. A conv without one quantizes its weight directly.
+loom.model @Conv attributes {config = {quantize = "qat", quant_start = 0 : i64, quant_freeze = -1 : i64, quant_weights = "per_channel_symmetric", quant_activations = "per_tensor_affine"}} {
+  %x = loom.input "x" : tensor<2x1x6x6xf32>
+  %k = loom.param "k" init glorot : tensor<4x1x3x3xf32>
+  %g = loom.param "g" init ones : tensor<4xf32>
+  %b = loom.param "b" init zeros : tensor<4xf32>
+  %k2 = loom.param "k2" init glorot : tensor<5x4x3x3xf32>
+  %c = loom.conv2d %x, %k stride 1 padding 1 : tensor<2x1x6x6xf32>, tensor<4x1x3x3xf32>
+  %n = loom.batch_norm %c, %g, %b {eps = 1.0e-3 : f64} : tensor<2x4x6x6xf32>, tensor<4xf32>, tensor<4xf32>
+  %c2 = loom.conv2d %n, %k2 stride 1 padding 0 : tensor<2x4x6x6xf32>, tensor<5x4x3x3xf32>
+  %l = loom.reduce_mean %c2 dims [0, 1, 2, 3] : tensor<2x5x4x4xf32>
+  loom.loss %l : tensor<f32>
+}
+
+// CHECK-LABEL: loom.model @Conv
+// CHECK:         %[[X:.*]] = loom.input "x"
+// CHECK:         %[[K:.*]] = loom.param "k"
+// CHECK:         %[[G:.*]] = loom.param "g"
+// CHECK:         %[[K2:.*]] = loom.param "k2"
+// CHECK-NEXT:    %[[S2:.*]] = loom.weight_scale %[[K2]] {axis = 0 : i64} : tensor<5x4x3x3xf32> -> tensor<5xf32>
+// CHECK:         %[[K2Q:.*]] = loom.fake_quant %[[K2]], %[[S2]], %{{.*}} {qmax = 127 : i64, qmin = -127 : i64}
+// CHECK:         loom.observe %[[X]] for "k"
+// CHECK:         %[[XQ:.*]] = loom.fake_quant %[[X]]
+// CHECK-NEXT:    %[[R:.*]] = loom.running_rstd %[[G]] {eps = 1.000000e-03 : f64} : tensor<4xf32> -> tensor<4xf32>
+// CHECK-NEXT:    %[[F:.*]] = loom.mul %[[G]], %[[R]]
+// CHECK-NEXT:    %[[FW:.*]] = loom.reshape %[[F]] : tensor<4xf32> -> tensor<4x1x1x1xf32>
+// CHECK-NEXT:    %[[KS:.*]] = loom.mul %[[K]], %[[FW]]
+// CHECK-NEXT:    %[[SS:.*]] = loom.weight_scale %[[KS]] {axis = 0 : i64}
+// CHECK-NEXT:    %[[Z:.*]] = loom.constant
+// CHECK-NEXT:    %[[KQ:.*]] = loom.fake_quant %[[KS]], %[[SS]], %[[Z]]
+// CHECK-NEXT:    %[[C:.*]] = loom.conv2d %[[XQ]], %[[KQ]] stride 1 padding 1
+// CHECK-NEXT:    %[[FO:.*]] = loom.reshape %[[F]] : tensor<4xf32> -> tensor<1x4x1x1xf32>
+// CHECK-NEXT:    %[[CO:.*]] = loom.div %[[C]], %[[FO]]
+// CHECK-NEXT:    %[[N:.*]] = loom.batch_norm %[[CO]], %[[G]]
+// CHECK:         loom.observe %[[N]] for "k2"
+// CHECK:         loom.conv2d %{{.*}}, %[[K2Q]]
