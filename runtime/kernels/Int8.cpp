@@ -73,6 +73,11 @@ struct QMatmul {
   FusedLayer layer;
   dnnl::matmul primitive;
   dnnl::memory packed;
+  /// The call's memory objects and arguments, made once; each call points
+  /// them at its buffers (a batch-1 call is a few microseconds, so their
+  /// construction would be a visible share of it).
+  dnnl::memory src, dst, bias;
+  std::unordered_map<int, dnnl::memory> args;
 };
 struct QMatmulCache {
   std::mutex lock;
@@ -131,17 +136,24 @@ void fusedMatmul(int64_t M, int64_t N, int64_t K, const uint8_t *xq,
     dnnl::memory user({{K, N}, dt::s8, tag::ab}, c.engine,
                       const_cast<int8_t *>(wq));
     dnnl::reorder(user, made->packed).execute(stream, user, made->packed);
+    made->src = dnnl::memory({{M, K}, dt::u8, tag::ab}, c.engine,
+                             const_cast<uint8_t *>(xq));
+    made->dst = dnnl::memory({{M, N}, out, tag::ab}, c.engine, y);
+    made->args = {{DNNL_ARG_SRC, made->src},
+                  {DNNL_ARG_WEIGHTS, made->packed},
+                  {DNNL_ARG_DST, made->dst}};
+    if (layer.bias) {
+      made->bias = dnnl::memory({{1, N}, dt::f32, tag::ab}, c.engine,
+                                const_cast<float *>(biasAcc));
+      made->args[DNNL_ARG_BIAS] = made->bias;
+    }
     entry = std::move(made);
   }
-  dnnl::memory src({{M, K}, dt::u8, tag::ab}, c.engine,
-                   const_cast<uint8_t *>(xq));
-  dnnl::memory dst({{M, N}, out, tag::ab}, c.engine, y);
-  std::unordered_map<int, dnnl::memory> args = {
-      {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, entry->packed}, {DNNL_ARG_DST, dst}};
+  entry->src.set_data_handle(const_cast<uint8_t *>(xq));
+  entry->dst.set_data_handle(y);
   if (layer.bias)
-    args[DNNL_ARG_BIAS] = dnnl::memory({{1, N}, dt::f32, tag::ab}, c.engine,
-                                       const_cast<float *>(biasAcc));
-  entry->primitive.execute(stream, args);
+    entry->bias.set_data_handle(const_cast<float *>(biasAcc));
+  entry->primitive.execute(stream, entry->args);
   stream.wait();
 }
 } // namespace
@@ -382,7 +394,9 @@ void qlinear(loom_ctx *ctx, const char *op, const QLinear &q) {
     // 1 / scale folds into the scale (ReLU commutes with it) and the bias
     // goes into the accumulator's units. Roundings differ from the fake
     // quantization's order by at most one quantization step.
-    FusedLayer layer;
+    // Reused: a call compares its constants with the cached primitive's
+    // without allocating.
+    thread_local FusedLayer layer;
     layer.scales.assign(scales, scales + N);
     if (q.rangeOut)
       for (float &v : layer.scales)
