@@ -13,6 +13,7 @@
 #include "runtime/Context.h"
 #include "runtime/abi/loom_abi.h"
 #include "runtime/kernels/Kernels.h"
+#include "runtime/kernels/Threads.h"
 
 #include <algorithm>
 #include <cmath>
@@ -30,14 +31,7 @@ namespace {
 
 constexpr int64_t kParallelWork = kn::kParallelWork;
 
-void useContextThreads(loom_ctx *ctx) {
-#ifdef _OPENMP
-  if (ctx && ctx->threads > 0 && omp_get_max_threads() != ctx->threads)
-    omp_set_num_threads(ctx->threads);
-#else
-  (void)ctx;
-#endif
-}
+using loom::kernels::threads::useContextThreads;
 
 void report(loom_ctx *ctx, const char *op, const std::string &problem) {
   if (!problem.empty())

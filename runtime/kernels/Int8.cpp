@@ -178,26 +178,35 @@ ActivationQuant activationQuant(float lo, float hi, bool symmetric) {
           255.0f};
 }
 
-/// scale[n] = max(max_k |w[k, n]| / 127, eps) for w [K, N]; the index of
-/// the first non-finite element, or -1.
-int64_t weightScales(int64_t K, int64_t N, const float *w, float *scale) {
+/// scale[c] = max(max_k |w[c * channelStride + k * stride]| / 127, eps)
+/// over `count` elements of each of `channels` channels (the columns of a
+/// [K, N] matmul weight, the rows of a [O, C*kh*kw] conv weight); the index
+/// of the first non-finite element, or -1.
+int64_t channelScales(int64_t channels, int64_t count, int64_t channelStride,
+                      int64_t stride, const float *w, float *scale) {
   const float eps = std::numeric_limits<float>::epsilon();
   int64_t bad = -1;
-#pragma omp parallel for schedule(static) if (K * N >= kn::kParallelWork)
-  for (int64_t n = 0; n < N; ++n) {
+#pragma omp parallel for schedule(static) if (channels * count >= kn::kParallelWork)
+  for (int64_t c = 0; c < channels; ++c) {
     float top = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = w[k * N + n];
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t at = c * channelStride + k * stride;
+      const float v = w[at];
       if (!std::isfinite(v)) {
 #pragma omp critical(loom_weight_scale_bad)
-        if (bad < 0 || k * N + n < bad)
-          bad = k * N + n;
+        if (bad < 0 || at < bad)
+          bad = at;
       }
       top = std::max(top, std::fabs(v));
     }
-    scale[n] = std::max(top / 127.0f, eps);
+    scale[c] = std::max(top / 127.0f, eps);
   }
   return bad;
+}
+
+/// The per-column scales of a [K, N] matmul weight.
+int64_t weightScales(int64_t K, int64_t N, const float *w, float *scale) {
+  return channelScales(N, K, 1, N, w, scale);
 }
 
 /// The batch's [min, max] into lo, hi; the index of a NaN, or -1.
@@ -500,22 +509,7 @@ void loom_weight_scale_rows_s8(loom_ctx *ctx, int64_t O, int64_t K,
     loom_error(ctx, "weight_scale_rows_s8", "negative size");
     return;
   }
-  const float eps = std::numeric_limits<float>::epsilon();
-  int64_t bad = -1;
-#pragma omp parallel for schedule(static) if (O * K >= kn::kParallelWork)
-  for (int64_t o = 0; o < O; ++o) {
-    float top = 0;
-    for (int64_t k = 0; k < K; ++k) {
-      const float v = w[o * K + k];
-      if (!std::isfinite(v)) {
-#pragma omp critical(loom_weight_scale_rows_bad)
-        if (bad < 0 || o * K + k < bad)
-          bad = o * K + k;
-      }
-      top = std::max(top, std::fabs(v));
-    }
-    scale[o] = std::max(top / 127.0f, eps);
-  }
+  const int64_t bad = channelScales(O, K, K, 1, w, scale);
   if (bad >= 0)
     loom_error(ctx, "weight_scale_rows_s8",
                ("weight element " + std::to_string(bad) + " is not finite")

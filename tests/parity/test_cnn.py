@@ -17,7 +17,6 @@ usage: test_cnn.py --loomc PATH --loom-run PATH --workdir DIR
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -31,20 +30,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import artifact  # noqa: E402
+import checks  # noqa: E402
 import data  # noqa: E402
 import safetensors_io  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(HERE))
 STEPS, LR = 10, 0.05
 PARAMS = ("k1", "g1", "b1", "k2", "g2", "b2", "w", "bw")
-
-
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stdout + p.stderr)
-        raise SystemExit(f"cnn parity: {' '.join(cmd)} failed ({p.returncode})")
-    return p
 
 
 def main():
@@ -57,14 +49,14 @@ def main():
     src = os.path.join(HERE, "models", "cnn.loom")
     loomx = os.path.join(a.workdir, "cnn.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
-    run([a.loomc, src, "-o", loomx])
+    checks.run([a.loomc, src, "-o", loomx], "cnn parity")
     model = artifact.load_model(loomx)
     base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
     init_path = os.path.join(a.workdir, "init.safetensors")
     after_path = os.path.join(a.workdir, "after.safetensors")
     metrics = os.path.join(a.workdir, "m.jsonl")
-    run(base + ["--steps=0", f"--save={init_path}"])
-    run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"])
+    checks.run(base + ["--steps=0", f"--save={init_path}"], "cnn parity")
+    checks.run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"], "cnn parity")
     loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
     init, _ = safetensors_io.load(init_path)
     after, _ = safetensors_io.load(after_path)
@@ -94,15 +86,8 @@ def main():
                 w[n] -= LR * w[n].grad
                 w[n].grad = None
 
-    failures = 0
-
-    def check(what, value, limit):
-        nonlocal failures
-        ok = value <= limit
-        failures += 0 if ok else 1
-        print(f"{what:<48} {value:10.3e}  (limit {limit:.0e})  {'PASS' if ok else 'FAIL'}")
-
-    rel = lambda l, r: abs(l - r) / max(abs(r), 1e-30)  # noqa: E731
+    c = checks.Checks(48)
+    check, rel = c.check, checks.relative
     check("loss at step 1, relative", rel(loom_losses[0], losses[0]), 1e-5)
     check(f"loss at step {STEPS}, relative", rel(loom_losses[-1], losses[-1]), 1e-4)
     diff = lambda got, ref: float(  # noqa: E731
@@ -113,8 +98,7 @@ def main():
     for n in sorted(stats):
         check(f"{n} after {STEPS} steps, relative",
               diff(after[n], stats[n].numpy().astype(np.float64)), 1e-5)
-    print(f"cnn parity: {'PASSED' if failures == 0 else 'FAILED'}")
-    sys.exit(1 if failures else 0)
+    c.finish("cnn parity")
 
 
 if __name__ == "__main__":

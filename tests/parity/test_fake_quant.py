@@ -16,7 +16,6 @@ usage: test_fake_quant.py --loomc PATH --loom-run PATH --workdir DIR
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -29,19 +28,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import artifact  # noqa: E402
+import checks  # noqa: E402
 import data  # noqa: E402
 import safetensors_io  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(HERE))
 STEPS = 10
-
-
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stdout + p.stderr)
-        raise SystemExit(f"fake_quant parity: {' '.join(cmd)} failed ({p.returncode})")
-    return p
 
 
 def twin_loss(w, x, y):
@@ -63,14 +55,14 @@ def main():
     src = os.path.join(HERE, "models", "fake_quant.loom")
     loomx = os.path.join(a.workdir, "fq.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
-    run([a.loomc, src, "-o", loomx])
+    checks.run([a.loomc, src, "-o", loomx], "fake_quant parity")
     model = artifact.load_model(loomx)
     base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
     init_path = os.path.join(a.workdir, "init.safetensors")
     after_path = os.path.join(a.workdir, "after.safetensors")
     metrics = os.path.join(a.workdir, "m.jsonl")
-    run(base + ["--steps=0", f"--save={init_path}"])
-    run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"])
+    checks.run(base + ["--steps=0", f"--save={init_path}"], "fake_quant parity")
+    checks.run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"], "fake_quant parity")
     loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
     init, _ = safetensors_io.load(init_path)
     after, _ = safetensors_io.load(after_path)
@@ -90,15 +82,8 @@ def main():
                 w[n] -= 0.1 * w[n].grad
                 w[n].grad = None
 
-    failures = 0
-
-    def check(what, value, limit):
-        nonlocal failures
-        ok = value <= limit
-        failures += 0 if ok else 1
-        print(f"{what:<44} {value:10.3e}  (limit {limit:.0e})  {'PASS' if ok else 'FAIL'}")
-
-    rel = lambda l, t: abs(l - t) / max(abs(t), 1e-30)  # noqa: E731
+    c = checks.Checks(44)
+    check, rel = c.check, checks.relative
     check("loss at step 1, relative", rel(loom_losses[0], losses[0]), 1e-5)
     check(f"loss at step {STEPS}, relative", rel(loom_losses[-1], losses[-1]), 1e-4)
     for n in sorted(after):
@@ -108,8 +93,7 @@ def main():
     for n in ("s1", "z1"):
         moved = float(np.max(np.abs(np.array(after[n]) - np.array(init[n]))))
         check(f"{n} (no gradient) moved by", moved, 0.0)
-    print(f"fake_quant parity: {'PASSED' if failures == 0 else 'FAILED'}")
-    sys.exit(1 if failures else 0)
+    c.finish("fake_quant parity")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ usage: test_qat.py --loomc PATH --loom-run PATH --workdir DIR [--symmetric]
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -45,20 +44,13 @@ import torch.nn.functional as F  # noqa: E402
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver  # noqa: E402
 
 import artifact  # noqa: E402
+import checks  # noqa: E402
 import data  # noqa: E402
 import safetensors_io  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(HERE))
 STEPS, START, FREEZE, LR = 20, 4, 12, 0.1
 EPS = torch.finfo(torch.float32).eps
-
-
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stdout + p.stderr)
-        raise SystemExit(f"qat parity: {' '.join(cmd)} failed ({p.returncode})")
-    return p
 
 
 def activation_fq(symmetric):
@@ -116,14 +108,14 @@ def main():
     loomx = os.path.join(a.workdir, "qat.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
     extra = ["--set=quantize.activations=per_tensor_symmetric"] if a.symmetric else []
-    run([a.loomc, src, "-o", loomx] + extra)
+    checks.run([a.loomc, src, "-o", loomx] + extra, "qat parity")
     model = artifact.load_model(loomx)
     base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
     init_path = os.path.join(a.workdir, "init.safetensors")
     after_path = os.path.join(a.workdir, "after.safetensors")
     metrics = os.path.join(a.workdir, "m.jsonl")
-    run(base + ["--steps=0", f"--save={init_path}"])
-    run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"])
+    checks.run(base + ["--steps=0", f"--save={init_path}"], "qat parity")
+    checks.run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"], "qat parity")
     loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
     init, _ = safetensors_io.load(init_path)
     after, _ = safetensors_io.load(after_path)
@@ -154,15 +146,8 @@ def main():
                 w[n] -= LR * w[n].grad
                 w[n].grad = None
 
-    failures = 0
-
-    def check(what, value, limit):
-        nonlocal failures
-        ok = value <= limit
-        failures += 0 if ok else 1
-        print(f"{what:<48} {value:10.3e}  (limit {limit:.0e})  {'PASS' if ok else 'FAIL'}")
-
-    rel = lambda l, t: abs(l - t) / max(abs(t), 1e-30)  # noqa: E731
+    c = checks.Checks(48)
+    check, rel = c.check, checks.relative
     check("loss at step 1, relative", rel(loom_losses[0], losses[0]), 1e-5)
     check(f"worst loss at steps 2..{STEPS}, relative",
           max(rel(l, t) for l, t in zip(loom_losses[1:], losses[1:])), 1e-4)
@@ -181,9 +166,8 @@ def main():
         ref = stats[n].numpy().astype(np.float64)
         check(f"{n} after {STEPS} steps, relative",
               float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)), 1e-5)
-    print(f"qat parity ({a.model}, {'symmetric' if a.symmetric else 'affine'} activations): "
-          f"{'PASSED' if failures == 0 else 'FAILED'}")
-    sys.exit(1 if failures else 0)
+    c.finish(f"qat parity ({a.model}, {'symmetric' if a.symmetric else 'affine'} "
+             "activations)")
 
 
 if __name__ == "__main__":
