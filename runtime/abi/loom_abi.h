@@ -80,8 +80,9 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
  *  y[m, n] = float(acc[m, n]) * (s * wscale[n]) -- the fake-quantized
  *  product up to that one rounding. Where the CPU has VNNI (exact there):
  *  a oneDNN matmul with wq reordered once into its layout, cached per
- *  weight buffer until loom_quantize_weight_s8 rewrites that buffer (wq
- *  must not change otherwise); elsewhere a plain loop. */
+ *  weight buffer until loom_quantize_weight_s8 (or _conv_weight_s8)
+ *  rewrites that buffer (wq must not change otherwise); elsewhere a plain
+ *  loop. */
 void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                      const float *x, const float *range, const int8_t *wq,
                      const float *wscale, float *y);
