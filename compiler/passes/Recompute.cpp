@@ -64,6 +64,11 @@ int64_t flopsOf(Operation *op) {
     auto q = shape(op->getOperand(0)), k = shape(op->getOperand(1));
     return 4 * q[0] * q[1] * q[2] * k[2] * q[3];
   }
+  if (n == "loom.conv2d") {
+    auto w = cast<RankedTensorType>(op->getOperand(1).getType());
+    return 2 * cast<RankedTensorType>(op->getResult(0).getType()).getNumElements() *
+           (w.getNumElements() / w.getDimSize(0));
+  }
   int64_t out = 0;
   for (Value r : op->getResults())
     if (auto t = dyn_cast<RankedTensorType>(r.getType()))

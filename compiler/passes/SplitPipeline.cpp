@@ -78,6 +78,14 @@ double flopsOf(Operation *op) {
     double f = double(q[0] * q[1] * q[2] * k[2] * q[3]);
     return n.ends_with("_grad") ? 8 * f : 4 * f;
   }
+  if (n == "loom.conv2d" || n == "train.conv2d_grad_input" ||
+      n == "train.conv2d_grad_weight") {
+    Value w = n == "train.conv2d_grad_weight" ? op->getResult(0) : op->getOperand(1);
+    Value y = n == "loom.conv2d" ? op->getResult(0)
+                                 : op->getOperand(n == "train.conv2d_grad_input" ? 0 : 1);
+    return 2.0 * double(ttype(y).getNumElements()) *
+           double(ttype(w).getNumElements() / ttype(w).getDimSize(0));
+  }
   return 0;
 }
 

@@ -123,7 +123,8 @@ cl::list<std::string> sets("set",
 bool writeOutput(const std::function<void(raw_ostream &)> &print);
 int userError(const Twine &msg);
 
-/// GEMM and attention FLOPs of one training step (forward and backward).
+/// GEMM, attention and convolution FLOPs of one training step (forward and
+/// backward).
 uint64_t countFlops(mlir::ModuleOp module, int stage = -1) {
   uint64_t flops = 0;
   module.walk([&](mlir::Operation *op) {
@@ -158,6 +159,15 @@ uint64_t countFlops(mlir::ModuleOp module, int stage = -1) {
                n == "train.gated_attention_grad") {
       auto q = shapeOf(op->getOperand(0)), k = shapeOf(op->getOperand(1));
       flops += 8 * static_cast<uint64_t>(q[0] * q[1] * q[2] * k[2] * q[3]);
+    } else if (n == "loom.conv2d" || n == "train.conv2d_grad_input" ||
+               n == "train.conv2d_grad_weight") {
+      // 2 · (output elements) · C·kh·kw, the weight [O, C, kh, kw] being
+      // operand 1 (or the result, for the weight gradient).
+      mlir::Value w = n == "train.conv2d_grad_weight" ? op->getResult(0)
+                                                      : op->getOperand(1);
+      mlir::Value y = n == "loom.conv2d" ? op->getResult(0) : op->getOperand(
+                                               n == "train.conv2d_grad_input" ? 0 : 1);
+      flops += 2 * numel(y) * (numel(w) / static_cast<uint64_t>(shapeOf(w)[0]));
     }
   });
   return flops;
@@ -244,7 +254,7 @@ bool printReport(mlir::ModuleOp module, uint64_t flops, bool asJson,
                          humanBytes(get("peak")).c_str(),
                          humanBytes(fp32Peak).c_str(),
                          100.0 * (1.0 - double(get("peak")) / double(fp32Peak)));
-    os << llvm::format("FLOPs per step and rank (GEMM + attention, fwd+bwd): %.3g\n",
+    os << llvm::format("FLOPs per step and rank (GEMM + attention + conv, fwd+bwd): %.3g\n",
                        static_cast<double>(flops));
     if (auto stages = manifest.getAs<mlir::ArrayAttr>("stage_memory")) {
       // Activations held by the schedule are in each stage's plan: 1F1B
