@@ -86,16 +86,12 @@ void loom_quantize_weight_s8(loom_ctx *ctx, int64_t K, int64_t N,
 void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                      const float *x, const float *range, const int8_t *wq,
                      const float *wscale, float *y);
-/** loom_qgemm_u8s8 with the activation quantized symmetrically from its
- *  range: s = max(max(-min, max) / 127, 2^-23), q = clamp(round_half_even(x
- *  * (1 / s)), -127, 127) (held as UINT8 with 128 added). */
-void loom_qgemm_u8s8_symmetric(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
-                               const float *x, const float *range,
-                               const int8_t *wq, const float *wscale,
-                               float *y);
 /** An INT8 linear layer with its neighbours fused (an inference artifact's
  *  requantized chains): acc = xq @ wq exactly in INT32, where xq [M, K] is x
- *  quantized from rangeIn as loom_qgemm_u8s8 (or _symmetric) does, or x
+ *  quantized from rangeIn as loom_qgemm_u8s8 does (with
+ *  LOOM_QLINEAR_SYMMETRIC_INPUT symmetrically: s = max(max(-min, max) /
+ *  127, 2^-23), q = clamp(round_half_even(x * (1 / s)), -127, 127), held
+ *  as UINT8 with 128 added), or x
  *  itself (UINT8 bits) with LOOM_QLINEAR_QUANTIZED_INPUT; then v =
  *  float(acc) * (scale_in * wscale[n]) (the zero point taken out exactly),
  *  + bias[n] with LOOM_QLINEAR_BIAS, max(v, 0) with LOOM_QLINEAR_RELU, and

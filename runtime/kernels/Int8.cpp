@@ -718,15 +718,6 @@ void loom_qgemm_u8s8(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
            nullptr, false, y});
 }
 
-void loom_qgemm_u8s8_symmetric(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
-                               const float *x, const float *range,
-                               const int8_t *wq, const float *wscale,
-                               float *y) {
-  qlinear(ctx, "qgemm_u8s8",
-          {M, N, K, x, false, range, true, wq, wscale, nullptr, false,
-           nullptr, false, y});
-}
-
 void loom_qlinear(loom_ctx *ctx, int64_t M, int64_t N, int64_t K,
                   const void *x, int32_t flags, const float *rangeIn,
                   const int8_t *wq, const float *wscale, const float *bias,

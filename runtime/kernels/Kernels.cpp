@@ -22,11 +22,6 @@
 #if LOOM_HAVE_DNNL
 #include <dnnl.h>
 #include <dnnl.hpp>
-
-#include <map>
-#include <memory>
-#include <mutex>
-#include <tuple>
 #endif
 #ifdef _OPENMP
 #include <omp.h>

@@ -361,8 +361,9 @@ TEST(Int8, SymmetricActivationsMatchTheirFakeQuantization) {
   const FVec range = {-2.5f, 1.5f}; // x beyond it clamps at -127
   TestContext ctx;
   loom_quantize_weight_s8(&ctx, K, N, w.data(), wq.data(), wscale.data());
-  loom_qgemm_u8s8_symmetric(&ctx, M, N, K, x.data(), range.data(), wq.data(),
-                            wscale.data(), y.data());
+  loom_qlinear(&ctx, M, N, K, x.data(), LOOM_QLINEAR_SYMMETRIC_INPUT,
+               range.data(), wq.data(), wscale.data(), nullptr, nullptr,
+               y.data());
   ASSERT_FALSE(ctx.failed) << ctx.errorMessage;
   const float s = 2.5f / 127.0f;
   for (int64_t m = 0; m < M; ++m)
