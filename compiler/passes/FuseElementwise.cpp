@@ -13,6 +13,7 @@
 #include "dialects/Loom/LoomOps.h"
 
 #include "mlir/Dialect/Linalg/Transforms/Transforms.h"
+#include "llvm/ADT/SetVector.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
 
 #include <cmath>
@@ -501,10 +502,291 @@ void foldCrossEntropyCasts(dist::ProgramOp program) {
   }
 }
 
+/// On the GPU, the bf16 attention kernels read q, k, v and write out, attn
+/// and the gradients as bf16. A bf16 program hands them q = split_heads(
+/// widen(x @ wq)) and rounds merge_heads(out) back to bf16 for the next
+/// GEMM: per layer, twenty-one passes over [B,T,d] tensors that only move
+/// and widen bits. When all of a gated attention's q, k, v and its
+/// gradients' dout are such splits of widened bf16 values, and its out and
+/// its gradients' dq, dk, dv reach the rest of the program only through
+/// merge_heads then a rounding to bf16, the op and its gradients take the
+/// bf16 [B,T,H,D] tensors themselves (`layout = "bthd"`, reshapes of the
+/// GEMMs' outputs: no copy) and the splits, merges and casts go. The
+/// kernels compute exactly what they computed before (every rounding they
+/// skip was exact), and the saved q, k, v and attn halve.
+void foldAttentionLayouts(dist::ProgramOp program) {
+  auto tensorType = [](Value v) { return dyn_cast<RankedTensorType>(v.getType()); };
+  auto named = [](Operation *op, StringRef n) {
+    return op && op->getName().getStringRef() == n;
+  };
+  // The bf16 [B,T,H*D] tensor a [B,H,T,D] operand was split from, if any.
+  auto splitSource = [&](Value v) -> Value {
+    Operation *split = v.getDefiningOp();
+    if (!named(split, "loom.split_heads"))
+      return {};
+    Operation *widen = split->getOperand(0).getDefiningOp();
+    if (!named(widen, "loom.cast"))
+      return {};
+    Value src = widen->getOperand(0);
+    auto t = tensorType(src);
+    return t && t.getRank() == 3 && t.getElementType().isBF16() ? src : Value();
+  };
+  // Whether every use of `v` is a merge_heads whose every use rounds to bf16.
+  auto onlyRounded = [&](Value v) {
+    for (Operation *merge : v.getUsers()) {
+      if (!named(merge, "loom.merge_heads"))
+        return false;
+      for (Operation *cast : merge->getResult(0).getUsers()) {
+        auto t = named(cast, "loom.cast") ? tensorType(cast->getResult(0))
+                                          : RankedTensorType();
+        if (!t || !t.getElementType().isBF16())
+          return false;
+      }
+    }
+    return true;
+  };
+  SmallVector<Operation *> forwards;
+  for (Operation &op : program.getBody().front())
+    if (named(&op, "train.gated_attention") && !op.hasAttr("layout"))
+      forwards.push_back(&op);
+  for (Operation *fwd : forwards) {
+    auto q = tensorType(fwd->getOperand(0)), v = tensorType(fwd->getOperand(2));
+    if (!q || !v || q.getRank() != 4 || v.getRank() != 4 ||
+        !q.getElementType().isF32())
+      continue;
+    int64_t B = q.getDimSize(0), H = q.getDimSize(1), T = q.getDimSize(2),
+            D = q.getDimSize(3);
+    if (v.getDimSize(3) != D || (D != 32 && D != 64 && D != 128))
+      continue;
+    Value src[3];
+    bool ok = true;
+    for (int i = 0; i < 3; ++i)
+      ok &= static_cast<bool>(src[i] = splitSource(fwd->getOperand(i)));
+    ok = ok && onlyRounded(fwd->getResult(0));
+    // The saved attn feeds gradients only; each must fold too.
+    SmallVector<Operation *> grads;
+    for (OpOperand &use : fwd->getResult(3).getUses()) {
+      Operation *g = use.getOwner();
+      if (!named(g, "train.gated_attention_grad") || use.getOperandNumber() != 7) {
+        ok = false;
+        break;
+      }
+      for (int i = 0; i < 3; ++i)
+        ok &= g->getOperand(i) == fwd->getOperand(i) ||
+              static_cast<bool>(splitSource(g->getOperand(i)));
+      ok &= static_cast<bool>(splitSource(g->getOperand(8)));
+      for (int i = 0; i < 3; ++i)
+        ok &= onlyRounded(g->getResult(i));
+      grads.push_back(g);
+    }
+    if (!ok)
+      continue;
+    MLIRContext *ctx = fwd->getContext();
+    auto bthdType = RankedTensorType::get({B, T, H, D}, BFloat16Type::get(ctx));
+    auto reshape = [&](OpBuilder &b, Value x, Type to) {
+      OperationState state(x.getLoc(), "loom.reshape");
+      state.addOperands(x);
+      state.addTypes(to);
+      return b.create(state)->getResult(0);
+    };
+    llvm::SetVector<Operation *> dead;
+    // Replaces merge_heads(x) -> round with a reshape of the bf16 result.
+    auto replaceRoundings = [&](OpBuilder &b, Value old, Value bf) {
+      for (Operation *merge : llvm::make_early_inc_range(old.getUsers())) {
+        for (Operation *cast :
+             llvm::make_early_inc_range(merge->getResult(0).getUsers())) {
+          b.setInsertionPoint(cast);
+          cast->getResult(0).replaceAllUsesWith(
+              reshape(b, bf, cast->getResult(0).getType()));
+          cast->erase();
+        }
+        merge->erase();
+      }
+    };
+    auto rebuild = [&](Operation *op, ArrayRef<Value> operands,
+                       ArrayRef<Type> types) {
+      OpBuilder b(op);
+      OperationState state(op->getLoc(), op->getName());
+      state.addOperands(operands);
+      state.addTypes(types);
+      state.addAttributes(op->getAttrs());
+      state.addAttribute("layout", b.getStringAttr("bthd"));
+      return b.create(state);
+    };
+    auto noteSplit = [&](Value v) {
+      if (Operation *split = v.getDefiningOp())
+        if (named(split, "loom.split_heads"))
+          dead.insert(split);
+    };
+    OpBuilder b(fwd);
+    Value qkv[3];
+    for (int i = 0; i < 3; ++i) {
+      qkv[i] = reshape(b, src[i], bthdType);
+      noteSplit(fwd->getOperand(i));
+    }
+    Operation *nf = rebuild(
+        fwd, {qkv[0], qkv[1], qkv[2], fwd->getOperand(3), fwd->getOperand(4)},
+        {bthdType, fwd->getResult(1).getType(), fwd->getResult(2).getType(),
+         bthdType});
+    replaceRoundings(b, fwd->getResult(0), nf->getResult(0));
+    fwd->getResult(1).replaceAllUsesWith(nf->getResult(1));
+    fwd->getResult(2).replaceAllUsesWith(nf->getResult(2));
+    for (Operation *g : grads) {
+      OpBuilder gb(g);
+      SmallVector<Value> operands;
+      for (int i = 0; i < 3; ++i) {
+        Value x = g->getOperand(i);
+        operands.push_back(x == fwd->getOperand(i)
+                               ? qkv[i]
+                               : reshape(gb, splitSource(x), bthdType));
+        noteSplit(x);
+      }
+      for (int i = 3; i < 7; ++i)
+        operands.push_back(g->getOperand(i));
+      operands.push_back(nf->getResult(3));
+      operands.push_back(reshape(gb, splitSource(g->getOperand(8)), bthdType));
+      noteSplit(g->getOperand(8));
+      Operation *ng = rebuild(g, operands,
+                              {bthdType, bthdType, bthdType,
+                               g->getResult(3).getType(),
+                               g->getResult(4).getType()});
+      for (int i = 0; i < 3; ++i)
+        replaceRoundings(gb, g->getResult(i), ng->getResult(i));
+      g->getResult(3).replaceAllUsesWith(ng->getResult(3));
+      g->getResult(4).replaceAllUsesWith(ng->getResult(4));
+      g->erase();
+    }
+    fwd->erase();
+    // The splits and widenings nothing reads any more.
+    for (Operation *split : dead) {
+      if (!split->use_empty())
+        continue;
+      Operation *widen = split->getOperand(0).getDefiningOp();
+      split->erase();
+      if (widen && widen->use_empty())
+        widen->erase();
+    }
+  }
+}
+
+/// On the GPU, a bf16 program's layer norm writes its output as bf16 when
+/// every user rounds it to bf16 (the GEMM after it), and its backward reads
+/// a dy that was widened from bf16 (the GEMM's dX) as bf16: the kernels
+/// round and widen exactly as the casts did (loom_layer_norm_{fwd,bwd}_bf16).
+void foldNormCasts(dist::ProgramOp program) {
+  auto elementType = [](Value v) -> Type {
+    auto t = dyn_cast<RankedTensorType>(v.getType());
+    return t ? t.getElementType() : Type();
+  };
+  auto isCast = [](Operation *op) {
+    return op && op->getName().getStringRef() == "loom.cast";
+  };
+  SmallVector<Operation *> norms, grads;
+  for (Operation &op : program.getBody().front()) {
+    StringRef n = op.getName().getStringRef();
+    if (n == "train.layer_norm")
+      norms.push_back(&op);
+    else if (n == "train.layer_norm_grad")
+      grads.push_back(&op);
+  }
+  for (Operation *norm : norms) {
+    Value y = norm->getResult(0);
+    if (y.use_empty() || !elementType(y) || !elementType(y).isF32())
+      continue;
+    bool ok = true;
+    for (Operation *user : y.getUsers())
+      ok &= isCast(user) && elementType(user->getResult(0)) &&
+            elementType(user->getResult(0)).isBF16();
+    if (!ok)
+      continue;
+    y.setType(cast<RankedTensorType>(y.getType())
+                  .clone(BFloat16Type::get(norm->getContext())));
+    for (Operation *round : llvm::make_early_inc_range(y.getUsers())) {
+      round->getResult(0).replaceAllUsesWith(y);
+      round->erase();
+    }
+  }
+  for (Operation *grad : grads) {
+    Operation *widen = grad->getOperand(0).getDefiningOp();
+    if (!isCast(widen) || !elementType(widen->getOperand(0)) ||
+        !elementType(widen->getOperand(0)).isBF16())
+      continue;
+    grad->setOperand(0, widen->getOperand(0));
+    if (widen->use_empty())
+      widen->erase();
+  }
+}
+
+/// Elementwise producers that are cheaper to recompute than to store and
+/// read back get one copy per consumer, so that each copy fuses into its
+/// consumer and the producer's tensor is never written. The case that
+/// matters: a bf16 program's `f32(x @ w1) + c1` before GELU, read again by
+/// GELU's backward pass. Stored, it is a 4-byte tensor written once and read
+/// twice; recomputed, each consumer reads the 2-byte GEMM output (which the
+/// backward pass then keeps alive instead). A producer qualifies when its
+/// body is plain arithmetic (no transcendental functions), its full-size
+/// inputs hold no more bytes per point than its output, and every use is an
+/// operand the upstream elementwise fusion can take. The copies compute the
+/// same operations on the same values: results are bitwise unchanged.
+void duplicateCheapProducers(dist::ProgramOp program) {
+  auto bytes = [](Type t) {
+    return static_cast<int64_t>((t.getIntOrFloatBitWidth() + 7) / 8);
+  };
+  // Last to first: copying a producer gives its own producers more uses,
+  // and they are visited after it (a widening before a bias add).
+  SmallVector<linalg::GenericOp> candidates;
+  for (Operation &op : program.getBody().front())
+    if (auto g = dyn_cast<linalg::GenericOp>(op))
+      candidates.push_back(g);
+  for (linalg::GenericOp g : llvm::reverse(candidates)) {
+    if (g->getNumResults() != 1 || g.getNumDpsInits() != 1 ||
+        g.getNumReductionLoops() != 0 || g->getResult(0).hasOneUse() ||
+        g->getResult(0).use_empty())
+      continue;
+    auto out = cast<RankedTensorType>(g->getResult(0).getType());
+    if (!g.getMatchingIndexingMap(g.getDpsInitOperand(0)).isIdentity())
+      continue;
+    int64_t inBytes = 0;
+    for (OpOperand *in : g.getDpsInputOperands()) {
+      auto t = dyn_cast<RankedTensorType>(in->get().getType());
+      if (t && t.getNumElements() == out.getNumElements())
+        inBytes += bytes(t.getElementType());
+    }
+    if (inBytes > bytes(out.getElementType()))
+      continue;
+    bool cheap = true;
+    g.getBody()->walk([&](Operation *inner) {
+      StringRef d = inner->getDialect()->getNamespace();
+      cheap &= d == "arith" || d == "linalg";
+    });
+    SmallVector<OpOperand *> uses;
+    for (OpOperand &use : g->getResult(0).getUses()) {
+      cheap &= isa<linalg::GenericOp>(use.getOwner()) &&
+               linalg::areElementwiseOpsFusable(&use);
+      uses.push_back(&use);
+    }
+    if (!cheap)
+      continue;
+    // The first use keeps the original; every other gets its own copy,
+    // placed just before it.
+    for (OpOperand *use : llvm::drop_begin(uses)) {
+      OpBuilder b(use->getOwner());
+      use->set(b.clone(*g)->getResult(0));
+    }
+  }
+}
+
 struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
     module.walk([&](dist::ProgramOp p) { foldCrossEntropyCasts(p); });
+    // The layouts the GPU's bf16 kernels read (loomc marks CUDA modules).
+    if (auto target = module->getAttrOfType<StringAttr>("loom.target");
+        target && target.getValue() == "cuda")
+      module.walk([&](dist::ProgramOp p) {
+        foldAttentionLayouts(p);
+        foldNormCasts(p);
+      });
     SmallVector<Operation *> work;
     module.walk([&](dist::ProgramOp p) {
       for (Operation &op : p.getBody().front())
@@ -521,8 +803,9 @@ struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
       op->getResult(0).replaceAllUsesWith(v);
       op->erase();
     }
-    // Fuse producer/consumer chains whose intermediate has no other use, so
-    // nothing is computed twice.
+    module.walk([&](dist::ProgramOp p) { duplicateCheapProducers(p); });
+    // Fuse producer/consumer chains whose intermediate has no other use
+    // (after the copies above, cheap producers have one use per copy).
     RewritePatternSet patterns(&getContext());
     linalg::populateElementwiseOpsFusionPatterns(
         patterns, [](OpOperand *fused) { return fused->get().hasOneUse(); });

@@ -532,14 +532,17 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     return lowerGemm(b, op, battr("transpose_a"), battr("transpose_b"));
   if (n == "train.layer_norm") {
     auto [rows, cols] = rowsCols(op->getOperand(0));
-    call(b, loc, "loom_layer_norm_fwd",
+    // A bf16 output: FuseElementwise folded the rounding in (CUDA only).
+    bool low = cast<ShapedType>(op->getResult(0).getType()).getElementType().isBF16();
+    call(b, loc, low ? "loom_layer_norm_fwd_bf16" : "loom_layer_norm_fwd",
          {i64(b, rows), i64(b, cols), V(0), V(1), V(2), f32(b, fattr("eps", 1e-5)),
           R(0), R(1), R(2)});
     return success();
   }
   if (n == "train.layer_norm_grad") {
     auto [rows, cols] = rowsCols(op->getOperand(1));
-    call(b, loc, "loom_layer_norm_bwd",
+    bool low = cast<ShapedType>(op->getOperand(0).getType()).getElementType().isBF16();
+    call(b, loc, low ? "loom_layer_norm_bwd_bf16" : "loom_layer_norm_bwd",
          {i64(b, rows), i64(b, cols), V(0), V(1), V(2), V(3), V(4), R(0), R(1),
           R(2)});
     return success();
@@ -909,17 +912,22 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
   }
   if (n == "train.gated_attention" || n == "train.gated_attention_grad") {
     auto q = shapeOf(op->getOperand(0)), v = shapeOf(op->getOperand(2));
-    SmallVector<Value> args = {i64(b, q[0]), i64(b, q[1]), i64(b, q[2]),
+    // layout = "bthd" (FuseElementwise, CUDA only): bf16 [B,T,H,D] tensors.
+    bool bthd = op->hasAttr("layout");
+    int64_t H = bthd ? q[2] : q[1], T = bthd ? q[1] : q[2];
+    SmallVector<Value> args = {i64(b, q[0]), i64(b, H), i64(b, T),
                                i64(b, q[3]), i64(b, v[3]), i32(b, battr("causal")),
                                f32(b, fattr("gate_threshold", -1.0))};
     for (unsigned i = 0; i < op->getNumOperands(); ++i)
       args.push_back(V(i));
     for (unsigned i = 0; i < op->getNumResults(); ++i)
       args.push_back(R(i));
-    call(b, loc,
-         n == "train.gated_attention" ? "loom_gated_attention_fwd"
-                                      : "loom_gated_attention_bwd",
-         args);
+    std::string callee = n == "train.gated_attention"
+                             ? (bthd ? "loom_gated_attention_bthd_fwd"
+                                     : "loom_gated_attention_fwd")
+                             : (bthd ? "loom_gated_attention_bthd_bwd"
+                                     : "loom_gated_attention_bwd");
+    call(b, loc, callee, args);
     return success();
   }
   if (n == "loom.dropout") {

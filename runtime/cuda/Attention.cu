@@ -95,6 +95,20 @@ template <class E> struct Params {
   E *dq = nullptr, *dk = nullptr, *dv = nullptr;
   int H = 0, Tq = 0, Tk = 0, D = 0, Dv = 0, causal = 1;
   float scale = 1.f;
+  // The layout of q, k, v, out, attn, dout, dq, dk, dv: [B,H,T,width]
+  // dense, or [B,T,H,width] (AttentionDims::interleaved, bf16 only).
+  int interleaved = 0;
+  /// Offset of time step t of head bh (= b H + h) in a tensor of T steps
+  /// and `width` columns per head.
+  __device__ __forceinline__ int64_t off(int64_t bh, int64_t t, int T,
+                                         int width) const {
+    return interleaved ? ((bh / H) * T + t) * H * width + (bh % H) * width
+                       : (bh * T + t) * width;
+  }
+  /// Elements between consecutive time steps of one head.
+  __device__ __forceinline__ int64_t rowStride(int width) const {
+    return interleaved ? int64_t(H) * width : width;
+  }
 };
 
 /// Whether flat row `row` of [B*H*Tq] is computed (the gate's threshold).
@@ -116,7 +130,8 @@ __global__ void gateKernel(Params<E> p, int64_t rows) {
     return;
   const int lane = threadIdx.x & 31;
   const int h = int((row / p.Tq) % p.H);
-  const E *qr = p.q + row * p.D, *kr = p.k + row * p.D;
+  const int64_t at = p.off(row / p.Tq, row % p.Tq, p.Tq, p.D); // Tq == Tk
+  const E *qr = p.q + at, *kr = p.k + at;
   const float *w = p.wg + int64_t(h) * 2 * p.D;
   double z = 0.0;
   for (int d = lane; d < p.D; d += 32)
@@ -141,7 +156,8 @@ __global__ void backwardPrepKernel(Params<E> p, const E *dout, const E *out,
   if (row >= rows)
     return;
   const int lane = threadIdx.x & 31;
-  const E *dr = dout + row * p.Dv, *orow = out + row * p.Dv;
+  const int64_t at = p.off(row / p.Tq, row % p.Tq, p.Tq, p.Dv);
+  const E *dr = dout + at, *orow = out + at;
   double e = 0.0;
   for (int c = lane; c < p.Dv; c += 32)
     e += double(toFloat(dr[c])) * double(toFloat(orow[c]));
@@ -152,7 +168,7 @@ __global__ void backwardPrepKernel(Params<E> p, const E *dout, const E *out,
   const double g = gated && active ? double(p.gate[row]) : 1.0;
   if (gated) {
     const float gf = active ? float(g) : 0.f;
-    E *ar = dattn + row * p.Dv;
+    E *ar = dattn + at;
     for (int c = lane; c < p.Dv; c += 32)
       storeAs(ar + c, gf * toFloat(dr[c]));
   }
@@ -178,10 +194,10 @@ __global__ void gateGradPartialKernel(Params<E> p, double *partial,
   for (int j = threadIdx.x; j < width; j += blockDim.x) {
     double s = 0.0;
     for (int t = t0; t < t1; ++t) {
-      const int64_t row = bh * T + t;
+      const int64_t row = bh * T + t, at = p.off(bh, t, T, D);
       const double z = double(p.dz[row]);
-      const double x = j < D       ? double(toFloat(p.q[row * D + j]))
-                       : j < 2 * D ? double(toFloat(p.k[row * D + j - D]))
+      const double x = j < D       ? double(toFloat(p.q[at + j]))
+                       : j < 2 * D ? double(toFloat(p.k[at + j - D]))
                                    : 1.0;
       s += z * x;
     }
@@ -563,17 +579,18 @@ __device__ __forceinline__ uint32_t fragB(const bf16 *s, int n0, int c0,
                   ((lane >> 3) & 1) * 8);
 }
 
-/// Rows [r0, r0 + ROWS) of a [rows, D] bf16 matrix into a [ROWS][D + 8]
-/// tile (cp.async, zero-filled past `rows`).
+/// Rows [r0, r0 + ROWS) of a [rows, D] bf16 matrix whose rows are `ld`
+/// elements apart into a [ROWS][D + 8] tile (cp.async, zero-filled past
+/// `rows`).
 template <int ROWS, int D, int NT>
 __device__ __forceinline__ void loadTileBf16(bf16 *s, const bf16 *g, int r0,
-                                             int rows) {
+                                             int rows, int64_t ld) {
   constexpr int CH = D / 8, LD = D + 8;
 #pragma unroll
   for (int x = threadIdx.x; x < ROWS * CH; x += NT) {
     const int rr = x / CH, ch = x % CH;
     const bool ok = r0 + rr < rows;
-    const bf16 *src = g + (ok ? int64_t(r0 + rr) * D + ch * 8 : 0);
+    const bf16 *src = g + (ok ? int64_t(r0 + rr) * ld + ch * 8 : 0);
     cpAsync16(smemAddr(s + rr * LD + ch * 8), src, ok);
   }
 }
@@ -621,14 +638,15 @@ __global__ void __launch_bounds__(NW * 32)
   __syncthreads();
   if (lane == 0 && warpMax > 0)
     atomicMax(&blockKeys, warpMax);
-  const bf16 *q = p.q + bh * Tq * D, *k = p.k + bh * Tk * D,
-             *v = p.v + bh * Tk * D;
-  loadTileBf16<BM, D, NT>(Qs, q, i0, Tq);
+  const int64_t ld = p.rowStride(D); // D == Dv
+  const bf16 *q = p.q + p.off(bh, 0, Tq, D), *k = p.k + p.off(bh, 0, Tk, D),
+             *v = p.v + p.off(bh, 0, Tk, D);
+  loadTileBf16<BM, D, NT>(Qs, q, i0, Tq, ld);
   __syncthreads(); // blockKeys is final.
   const int nBlocks = (blockKeys + BN - 1) / BN;
   if (nBlocks > 0) {
-    loadTileBf16<BN, D, NT>(Ks, k, 0, Tk);
-    loadTileBf16<BN, D, NT>(Vs, v, 0, Tk);
+    loadTileBf16<BN, D, NT>(Ks, k, 0, Tk, ld);
+    loadTileBf16<BN, D, NT>(Vs, v, 0, Tk, ld);
   }
   cpAsyncCommit();
   const float c = p.scale * kLog2e;
@@ -655,8 +673,8 @@ __global__ void __launch_bounds__(NW * 32)
     }
     if (jb + 1 < nBlocks) {
       const int nb = (jb + 1) & 1;
-      loadTileBf16<BN, D, NT>(Ks + nb * BN * LD, k, (jb + 1) * BN, Tk);
-      loadTileBf16<BN, D, NT>(Vs + nb * BN * LD, v, (jb + 1) * BN, Tk);
+      loadTileBf16<BN, D, NT>(Ks + nb * BN * LD, k, (jb + 1) * BN, Tk, ld);
+      loadTileBf16<BN, D, NT>(Vs + nb * BN * LD, v, (jb + 1) * BN, Tk, ld);
       cpAsyncCommit();
     }
     const int j0 = jb * BN;
@@ -755,17 +773,16 @@ __global__ void __launch_bounds__(NW * 32)
         continue;
       const bool any = sum > 0.f;
       const float inv = any ? 1.f / sum : 0.f;
-      const int64_t flat = bh * Tq + row;
+      const int64_t flat = bh * Tq + row, at = p.off(bh, row, Tq, D);
       const float gv = p.gatedOut ? p.gate[flat] : 0.f;
 #pragma unroll
       for (int n = 0; n < NTD; ++n) {
         const int col = n * 8 + 2 * t4;
         const float v0 = any ? o[mt][n][2 * h] * inv : 0.f;
         const float v1 = any ? o[mt][n][2 * h + 1] * inv : 0.f;
-        *reinterpret_cast<uint32_t *>(p.out + flat * D + col) =
-            packBf16(v0, v1);
+        *reinterpret_cast<uint32_t *>(p.out + at + col) = packBf16(v0, v1);
         if (p.gatedOut)
-          *reinterpret_cast<uint32_t *>(p.gatedOut + flat * D + col) =
+          *reinterpret_cast<uint32_t *>(p.gatedOut + at + col) =
               packBf16(gv * v0, gv * v1);
       }
       if (t4 == 0 && p.lse)
@@ -796,17 +813,18 @@ __global__ void __launch_bounds__(NW * 32) dkdvBf16Kernel(Params<bf16> p) {
   const int64_t bh = blockIdx.x;
   const int Tq = p.Tq, Tk = p.Tk, off = Tk - Tq;
   const int j0 = blockIdx.y * BN, wl = warp * 16 * MT, jw = j0 + wl;
-  const bf16 *q = p.q + bh * Tq * D, *k = p.k + bh * Tk * D,
-             *v = p.v + bh * Tk * D, *dO = p.dO + bh * Tq * D;
+  const int64_t ld = p.rowStride(D); // D == Dv
+  const bf16 *q = p.q + p.off(bh, 0, Tq, D), *k = p.k + p.off(bh, 0, Tk, D),
+             *v = p.v + p.off(bh, 0, Tk, D), *dO = p.dO + p.off(bh, 0, Tq, D);
   const float *lseG = p.lseEff + bh * Tq, *delG = p.delta + bh * Tq;
   int iStart = p.causal ? max(0, j0 - off) : 0;
   iStart = iStart / BQ * BQ;
   const int nQ = Tq > iStart ? (Tq - iStart + BQ - 1) / BQ : 0;
-  loadTileBf16<BN, D, NT>(Ks, k, j0, Tk);
-  loadTileBf16<BN, D, NT>(Vs, v, j0, Tk);
+  loadTileBf16<BN, D, NT>(Ks, k, j0, Tk, ld);
+  loadTileBf16<BN, D, NT>(Vs, v, j0, Tk, ld);
   auto loadQueries = [&](int i0, int buf) {
-    loadTileBf16<BQ, D, NT>(Qs + buf * BQ * LD, q, i0, Tq);
-    loadTileBf16<BQ, D, NT>(Os + buf * BQ * LD, dO, i0, Tq);
+    loadTileBf16<BQ, D, NT>(Qs + buf * BQ * LD, q, i0, Tq, ld);
+    loadTileBf16<BQ, D, NT>(Os + buf * BQ * LD, dO, i0, Tq, ld);
     for (int x = tid; x < BQ; x += NT) {
       const bool in = i0 + x < Tq;
       lseS[buf * BQ + x] = in ? lseG[i0 + x] * kLog2e : INFINITY;
@@ -949,7 +967,7 @@ __global__ void __launch_bounds__(NW * 32) dkdvBf16Kernel(Params<bf16> p) {
       const int j = jw + mt * 16 + g + 8 * h;
       if (j >= Tk)
         continue;
-      const int64_t flat = bh * Tk + j;
+      const int64_t flat = bh * Tk + j, at = p.off(bh, j, Tk, D);
       const float z = p.dz ? p.dz[flat] : 0.f;
 #pragma unroll
       for (int n = 0; n < NTD; ++n) {
@@ -960,9 +978,8 @@ __global__ void __launch_bounds__(NW * 32) dkdvBf16Kernel(Params<bf16> p) {
           k0 += z * w[col];
           k1 += z * w[col + 1];
         }
-        *reinterpret_cast<uint32_t *>(p.dk + flat * D + col) =
-            packBf16(k0, k1);
-        *reinterpret_cast<uint32_t *>(p.dv + flat * D + col) =
+        *reinterpret_cast<uint32_t *>(p.dk + at + col) = packBf16(k0, k1);
+        *reinterpret_cast<uint32_t *>(p.dv + at + col) =
             packBf16(dv[mt][n][2 * h], dv[mt][n][2 * h + 1]);
       }
     }
@@ -1010,15 +1027,16 @@ __global__ void __launch_bounds__(NW * 32) dqBf16Kernel(Params<bf16> p) {
   __syncthreads();
   if (lane == 0 && warpMax > 0)
     atomicMax(&blockKeys, warpMax);
-  const bf16 *q = p.q + bh * Tq * D, *k = p.k + bh * Tk * D,
-             *v = p.v + bh * Tk * D, *dO = p.dO + bh * Tq * D;
-  loadTileBf16<BM, D, NT>(Qs, q, i0, Tq);
-  loadTileBf16<BM, D, NT>(Os, dO, i0, Tq);
+  const int64_t ld = p.rowStride(D); // D == Dv
+  const bf16 *q = p.q + p.off(bh, 0, Tq, D), *k = p.k + p.off(bh, 0, Tk, D),
+             *v = p.v + p.off(bh, 0, Tk, D), *dO = p.dO + p.off(bh, 0, Tq, D);
+  loadTileBf16<BM, D, NT>(Qs, q, i0, Tq, ld);
+  loadTileBf16<BM, D, NT>(Os, dO, i0, Tq, ld);
   __syncthreads(); // blockKeys is final.
   const int nBlocks = (blockKeys + BN - 1) / BN;
   if (nBlocks > 0) {
-    loadTileBf16<BN, D, NT>(Ks, k, 0, Tk);
-    loadTileBf16<BN, D, NT>(Vs, v, 0, Tk);
+    loadTileBf16<BN, D, NT>(Ks, k, 0, Tk, ld);
+    loadTileBf16<BN, D, NT>(Vs, v, 0, Tk, ld);
   }
   cpAsyncCommit();
   const float c = p.scale * kLog2e;
@@ -1043,8 +1061,8 @@ __global__ void __launch_bounds__(NW * 32) dqBf16Kernel(Params<bf16> p) {
     }
     if (jb + 1 < nBlocks) {
       const int nb = (jb + 1) & 1;
-      loadTileBf16<BN, D, NT>(Ks + nb * BN * LD, k, (jb + 1) * BN, Tk);
-      loadTileBf16<BN, D, NT>(Vs + nb * BN * LD, v, (jb + 1) * BN, Tk);
+      loadTileBf16<BN, D, NT>(Ks + nb * BN * LD, k, (jb + 1) * BN, Tk, ld);
+      loadTileBf16<BN, D, NT>(Vs + nb * BN * LD, v, (jb + 1) * BN, Tk, ld);
       cpAsyncCommit();
     }
     const int j0 = jb * BN;
@@ -1135,7 +1153,7 @@ __global__ void __launch_bounds__(NW * 32) dqBf16Kernel(Params<bf16> p) {
       const int row = i0 + w0 + mt * 16 + g + 8 * h;
       if (row >= Tq)
         continue;
-      const int64_t flat = bh * Tq + row;
+      const int64_t flat = bh * Tq + row, at = p.off(bh, row, Tq, D);
       const float z = p.dz ? p.dz[flat] : 0.f;
 #pragma unroll
       for (int n = 0; n < NTD; ++n) {
@@ -1146,8 +1164,7 @@ __global__ void __launch_bounds__(NW * 32) dqBf16Kernel(Params<bf16> p) {
           v0 += z * w[col];
           v1 += z * w[col + 1];
         }
-        *reinterpret_cast<uint32_t *>(p.dq + flat * D + col) =
-            packBf16(v0, v1);
+        *reinterpret_cast<uint32_t *>(p.dq + at + col) = packBf16(v0, v1);
       }
     }
 }
@@ -1213,6 +1230,7 @@ Params<E> makeParams(const AttentionDims &d, const E *q, const E *k,
   p.H = int(d.H), p.Tq = int(d.Tq), p.Tk = int(d.Tk);
   p.D = int(d.D), p.Dv = int(d.Dv), p.causal = d.causal ? 1 : 0;
   p.scale = float(1.0 / std::sqrt(double(d.D)));
+  p.interleaved = d.interleaved ? 1 : 0;
   return p;
 }
 
@@ -1317,6 +1335,8 @@ std::string dispatchBf16(const AttentionDims &d, const Params<bf16> &p,
 template <class E> std::string supported(const AttentionDims &d);
 template <> std::string supported<float>(const AttentionDims &d) {
   LOOM_ATTN_TRY(checkCommon(d, false));
+  if (d.interleaved)
+    return "loom::cuda attention (fp32): the [B,T,H,D] layout is bf16 only";
   if (d.D > 128 || d.Dv > 128)
     return "loom::cuda attention (fp32): head dimensions above 128";
   return {};

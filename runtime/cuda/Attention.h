@@ -44,6 +44,10 @@ namespace loom::cuda {
 struct AttentionDims {
   int64_t B = 0, H = 0, Tq = 0, Tk = 0, D = 0, Dv = 0;
   bool causal = true;
+  /// q, k, v, out, attn, dout, dq, dk, dv laid out [B,T,H,D] (the heads of
+  /// a time step side by side: the output of x @ wq before split_heads)
+  /// instead of [B,H,T,D]; lse and gate stay [B,H,T]. BF16 only.
+  bool interleaved = false;
 };
 
 /// Empty when the kernels of that element type handle `dims`, else why not.

@@ -32,6 +32,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace loom::cuda {
@@ -82,6 +83,16 @@ void layerNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
 void layerNormBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *dy,
                   const float *x, const float *gain, const float *mean,
                   const float *rstd, float *dx, float *dgain, float *dbias);
+/// The same with the output rounded to bf16 (bit patterns; bitwise the f32
+/// output rounded once to nearest even), and with a bf16 dy (widened
+/// exactly): a bf16 program's casts around its norms folded in.
+void layerNormFwdBf16Out(CudaContext &ctx, int64_t rows, int64_t cols,
+                         const float *x, const float *gain, const float *bias,
+                         float eps, uint16_t *y, float *mean, float *rstd);
+void layerNormBwdBf16Dy(CudaContext &ctx, int64_t rows, int64_t cols,
+                        const uint16_t *dy, const float *x, const float *gain,
+                        const float *mean, const float *rstd, float *dx,
+                        float *dgain, float *dbias);
 void rmsNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
                 const float *gain, float eps, float *y, float *rstd);
 void rmsNormBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *dy,
@@ -244,6 +255,38 @@ void sgd(CudaContext &ctx, int64_t n, float *param, const float *grad,
 /// in a fixed order. Uses ctx scratch.
 void sumSquares(CudaContext &ctx, int64_t n, const float *x, double *out,
                 bool accumulate = false);
+
+/// One tensor of a multi-tensor sumSquares: its partials are blocks
+/// [first, first + blocks) of the launch.
+struct SumSquaresItem {
+  const float *x;
+  int64_t n, first, blocks;
+};
+
+/// A device list of tensors for sumSquaresMulti (built once, reused).
+class SumSquaresList {
+public:
+  SumSquaresList(CudaContext &ctx,
+                 const std::vector<std::pair<const float *, int64_t>> &tensors);
+  ~SumSquaresList();
+  SumSquaresList(const SumSquaresList &) = delete;
+  SumSquaresList &operator=(const SumSquaresList &) = delete;
+  const SumSquaresItem *device() const { return list; }
+  int32_t count() const { return size; }
+  int64_t blocks() const { return totalBlocks; }
+
+private:
+  SumSquaresItem *list = nullptr;
+  int32_t size = 0;
+  int64_t totalBlocks = 0;
+};
+
+/// The sequence of calls sumSquares(x_0, out, accumulate), sumSquares(x_1,
+/// out, true), ... in three launches, with bitwise the same result: each
+/// tensor's partials and sum as sumSquares computes them, added into *out
+/// in list order.
+void sumSquaresMulti(CudaContext &ctx, const SumSquaresList &tensors,
+                     double *out, bool accumulate);
 
 /// loom_adaptive_clip on device state, one thread: *coef = the clipping
 /// coefficient for *norm; history (window floats) and *count as the CPU.

@@ -185,6 +185,36 @@ struct GpuSession::Impl {
     });
   }
 
+  /// Consecutive sum_squares calls into one result (the global norm's
+  /// parameters, one call each) likewise: one multi-tensor launch with the
+  /// calls' exact summation order (sumSquaresMulti).
+  struct SumSquaresGroup {
+    double *out = nullptr;
+    bool accumulate = false;
+    std::vector<std::pair<const float *, int64_t>> tensors;
+  };
+  SumSquaresGroup sumSquaresGroup;
+  std::map<std::vector<std::pair<const float *, int64_t>>,
+           std::unique_ptr<SumSquaresList>>
+      sumSquaresLists;
+  void flushSumSquares() {
+    if (sumSquaresGroup.tensors.empty())
+      return;
+    SumSquaresGroup g = std::move(sumSquaresGroup);
+    sumSquaresGroup = SumSquaresGroup{};
+    auto &list = sumSquaresLists[g.tensors];
+    if (!list)
+      list = std::make_unique<SumSquaresList>(ctx, g.tensors);
+    timed("loom_sum_squares (multi-tensor)", [&] {
+      sumSquaresMulti(ctx, *list, g.out, g.accumulate);
+    });
+  }
+  /// Every pending group, before anything that may read its results.
+  void flushGroups() {
+    flushAdamw();
+    flushSumSquares();
+  }
+
   /// setBf16Attention, and the bf16 copies its calls use (grown on demand,
   /// in the eager first call).
   bool bf16Attention = false;
@@ -479,11 +509,17 @@ std::string GpuSession::profileReport() const {
   std::snprintf(line, sizeof line, "  %6s %10s %8s %10s  %s\n", "share",
                 "total ms", "calls", "us/call", "kernel");
   out += line;
+  // LOOM_CUDA_PROFILE_ROWS=N: the N longest rows (default 40), the rest
+  // summed on one line.
+  size_t limit = 40;
+  if (const char *env = std::getenv("LOOM_CUDA_PROFILE_ROWS"))
+    if (long n = std::strtol(env, nullptr, 10); n > 0)
+      limit = size_t(n);
   size_t shown = 0;
   double rest = 0;
   int64_t restCalls = 0;
   for (const auto &[name, t] : rows) {
-    if (shown++ >= 40) {
+    if (shown++ >= limit) {
       rest += t.ms;
       restCalls += t.calls;
       continue;
@@ -496,7 +532,7 @@ std::string GpuSession::profileReport() const {
   if (restCalls) {
     std::snprintf(line, sizeof line, "  %5.1f%% %10.2f %8lld %10s  (%zu more)\n",
                   100.0 * rest / all, rest, static_cast<long long>(restCalls),
-                  "", rows.size() - 40);
+                  "", rows.size() - limit);
     out += line;
   }
   return out;
@@ -540,7 +576,7 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
     s.recycle(s.spans);
     s.capturing = true;
     call.fn(ctx, s.arena);
-    s.flushAdamw();
+    s.flushGroups();
     s.capturing = false;
     cudaGraph_t g = nullptr;
     cudaError_t end = cudaStreamEndCapture(s.ctx.stream, &g);
@@ -573,13 +609,13 @@ void GpuSession::run(const ProgramCall &call, loom_ctx *ctx,
       s.check(cudaGraphLaunch(graph->exec, s.ctx.stream), "cudaGraphLaunch", what);
     } else {
       call.fn(ctx, s.arena);
-      s.flushAdamw();
+      s.flushGroups();
     }
   } else {
     if (graph)
       ++graph->calls;
     call.fn(ctx, s.arena);
-    s.flushAdamw();
+    s.flushGroups();
     // A program that went through the host (staged collectives, the
     // vocabulary-parallel kernels) synchronises inside: never captured.
     if (graph && s.usedHost)
@@ -669,6 +705,8 @@ void guarded(loom_ctx *ctx, const char *name, F &&body, bool timed = true) {
     GpuSession::Impl &s = session(ctx);
     if (std::strcmp(name, "loom_adamw_group") != 0)
       s.flushAdamw();
+    if (std::strcmp(name, "loom_sum_squares_group") != 0)
+      s.flushSumSquares();
     if (timed)
       s.timed(name, [&] { body(s); });
     else
@@ -886,6 +924,25 @@ void loom_cuda_layer_norm_bwd(loom_ctx *c, int64_t rows, int64_t cols,
                               float *dg, float *db) {
   guarded(c, "loom_layer_norm_bwd", [&](GpuSession::Impl &s) {
     cu::layerNormBwd(s.ctx, rows, cols, dy, x, g, mean, rstd, dx, dg, db);
+  });
+}
+// A bf16 CUDA program's norm output rounded to bf16 in the kernel, and its
+// bf16 dy widened in the kernel (compiler/passes/FuseElementwise.cpp).
+void loom_cuda_layer_norm_fwd_bf16(loom_ctx *c, int64_t rows, int64_t cols,
+                                   const float *x, const float *g,
+                                   const float *b, float eps, uint16_t *y,
+                                   float *mean, float *rstd) {
+  guarded(c, "loom_layer_norm_fwd", [&](GpuSession::Impl &s) {
+    cu::layerNormFwdBf16Out(s.ctx, rows, cols, x, g, b, eps, y, mean, rstd);
+  });
+}
+void loom_cuda_layer_norm_bwd_bf16(loom_ctx *c, int64_t rows, int64_t cols,
+                                   const uint16_t *dy, const float *x,
+                                   const float *g, const float *mean,
+                                   const float *rstd, float *dx, float *dg,
+                                   float *db) {
+  guarded(c, "loom_layer_norm_bwd", [&](GpuSession::Impl &s) {
+    cu::layerNormBwdBf16Dy(s.ctx, rows, cols, dy, x, g, mean, rstd, dx, dg, db);
   });
 }
 void loom_cuda_rms_norm_fwd(loom_ctx *c, int64_t rows, int64_t cols,
@@ -1115,6 +1172,46 @@ void loom_cuda_gated_attention_bwd(
   });
 }
 
+/// Gated attention on bf16 tensors laid out [B,T,H,D] (the q/k/v GEMMs'
+/// outputs as they are, no head split, no casts): what the compiler emits
+/// when a bf16 CUDA program's attention operands are split_heads of widened
+/// bf16 values and its outputs are rounded to bf16 after merge_heads
+/// (compiler/passes/FuseElementwise.cpp). The same values bit for bit as
+/// the [B,H,T,D] f32 entry points above; lse and gate stay f32 [B,H,T].
+void loom_cuda_gated_attention_bthd_fwd(loom_ctx *c, int64_t B, int64_t H,
+                                        int64_t T, int64_t D, int64_t Dv,
+                                        int32_t causal, float threshold,
+                                        const uint16_t *q, const uint16_t *k,
+                                        const uint16_t *v, const float *wg,
+                                        const float *bg, uint16_t *out,
+                                        float *lse, float *gate,
+                                        uint16_t *attn) {
+  guarded(c, "loom_gated_attention_fwd", [&](GpuSession::Impl &s) {
+    cu::AttentionDims d{B, H, T, T, D, Dv, causal != 0};
+    d.interleaved = true;
+    throwIf(cu::gatedAttentionForwardBF16(d, threshold, q, k, v, wg, bg, out,
+                                          lse, gate, attn,
+                                          s.ctx.stream));
+  });
+}
+void loom_cuda_gated_attention_bthd_bwd(
+    loom_ctx *c, int64_t B, int64_t H, int64_t T, int64_t D, int64_t Dv,
+    int32_t causal, float threshold, const uint16_t *q, const uint16_t *k,
+    const uint16_t *v, const float *wg, const float *bg, const float *lse,
+    const float *gate, const uint16_t *attn, const uint16_t *dout,
+    uint16_t *dq, uint16_t *dk, uint16_t *dv, float *dwg, float *dbg) {
+  (void)bg; // the gate's bias enters through the saved gate
+  guarded(c, "loom_gated_attention_bwd", [&](GpuSession::Impl &s) {
+    cu::AttentionDims d{B, H, T, T, D, Dv, causal != 0};
+    d.interleaved = true;
+    void *ws = s.scratch(cu::gatedAttentionBackwardWorkspaceBytes(d),
+                         "gated_attention_bwd");
+    throwIf(cu::gatedAttentionBackwardBF16(d, threshold, q, k, v, wg, lse,
+                                           gate, attn, dout, dq, dk, dv, dwg,
+                                           dbg, ws, s.ctx.stream));
+  });
+}
+
 void loom_cuda_dropout_fwd(loom_ctx *c, int64_t n, float p, uint64_t key,
                            const float *x, float *y) {
   guarded(c, "loom_dropout_fwd", [&](GpuSession::Impl &s) {
@@ -1196,15 +1293,32 @@ void loom_cuda_sgd_dev(loom_ctx *c, int64_t n, float *param, const float *grad,
 }
 void loom_cuda_sum_squares_dev(loom_ctx *c, int64_t n, const float *x,
                                double *out, int32_t accumulate) {
-  guarded(c, "loom_sum_squares", [&](GpuSession::Impl &s) {
-    cu::sumSquares(s.ctx, n, x, out, accumulate != 0);
-    // --debug-poison-grads (never captured): the overflow check sees NaN.
-    if (c->poisonStep != 0 && c->step >= c->poisonStep &&
-        c->step <= c->poisonLast &&
-        (c->poisonRank < 0 || c->poisonRank == c->rank))
+  // --debug-poison-grads (never captured): the overflow check sees NaN.
+  if (c->poisonStep != 0 && c->step >= c->poisonStep &&
+      c->step <= c->poisonLast &&
+      (c->poisonRank < 0 || c->poisonRank == c->rank)) {
+    guarded(c, "loom_sum_squares", [&](GpuSession::Impl &s) {
+      cu::sumSquares(s.ctx, n, x, out, accumulate != 0);
       s.check(cudaMemsetAsync(out, 0xff, sizeof(double), s.ctx.stream),
               "cudaMemsetAsync", "sum_squares");
-  });
+    });
+    return;
+  }
+  // Joins the pending group (launched by the next other call): a call
+  // into another result, or one that starts the sum again, starts a group.
+  guarded(
+      c, "loom_sum_squares_group",
+      [&](GpuSession::Impl &s) {
+        GpuSession::Impl::SumSquaresGroup &g = s.sumSquaresGroup;
+        if (!g.tensors.empty() && (g.out != out || accumulate == 0))
+          s.flushSumSquares();
+        if (g.tensors.empty()) {
+          g.out = out;
+          g.accumulate = accumulate != 0;
+        }
+        g.tensors.emplace_back(x, n);
+      },
+      /*timed=*/false);
 }
 void loom_cuda_adaptive_clip_dev(loom_ctx *c, const float *norm,
                                  float *history, int64_t window,

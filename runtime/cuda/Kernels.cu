@@ -206,18 +206,30 @@ using loom::kernels::toF16;
 // Row kernels: layer norm, RMS norm, softmax, log-softmax
 //===----------------------------------------------------------------------===//
 
-template <int G>
+/// An element of a row kernel's input or output: f32, or bf16 bit patterns
+/// (widened exactly; stored rounded once to nearest even from the f32 the
+/// f32 kernel would have stored).
+__device__ __forceinline__ float loadElem(const float *p) { return *p; }
+__device__ __forceinline__ float loadElem(const uint16_t *p) {
+  return fromBF16(*p);
+}
+__device__ __forceinline__ void storeElem(float *p, float v) { *p = v; }
+__device__ __forceinline__ void storeElem(uint16_t *p, float v) {
+  *p = toBF16(v);
+}
+
+template <int G, class Y = float>
 __global__ void __launch_bounds__(kThreads)
     layerNormFwdKernel(int64_t rows, int64_t cols, const float *x,
                        const float *gain, const float *bias, float eps,
-                       float *y, float *mean, float *rstd) {
+                       Y *y, float *mean, float *rstd) {
   __shared__ double shm[32];
   const int64_t r = groupRow<G>();
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
   const float *xr = x + r * cols;
-  float *yr = y + r * cols;
+  Y *yr = y + r * cols;
   double sum = 0;
   for (int64_t c = lane; c < cols; c += G)
     sum += xr[c];
@@ -235,7 +247,7 @@ __global__ void __launch_bounds__(kThreads)
       v *= gain[c];
     if (bias)
       v += bias[c];
-    yr[c] = float(v);
+    storeElem(yr + c, float(v));
   }
   if (lane == 0) {
     if (mean)
@@ -245,9 +257,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int G>
+template <int G, class DY = float>
 __global__ void __launch_bounds__(kThreads)
-    layerNormBwdKernel(int64_t rows, int64_t cols, const float *dy,
+    layerNormBwdKernel(int64_t rows, int64_t cols, const DY *dy,
                        const float *x, const float *gain, const float *mean,
                        const float *rstd, float *dx) {
   __shared__ double shm[32];
@@ -255,18 +267,21 @@ __global__ void __launch_bounds__(kThreads)
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
-  const float *dyr = dy + r * cols, *xr = x + r * cols;
+  const DY *dyr = dy + r * cols;
+  const float *xr = x + r * cols;
   const double mu = mean[r], rs = rstd[r];
   double sumG = 0, sumGX = 0;
   for (int64_t c = lane; c < cols; c += G) {
-    const double g = gain ? double(dyr[c]) * gain[c] : double(dyr[c]);
+    const double d = loadElem(dyr + c);
+    const double g = gain ? d * gain[c] : d;
     sumG += g;
     sumGX += g * (xr[c] - mu) * rs;
   }
   const double meanG = groupSum<G>(sumG, shm) / double(cols);
   const double meanGX = groupSum<G>(sumGX, shm) / double(cols);
   for (int64_t c = lane; c < cols; c += G) {
-    const double g = gain ? double(dyr[c]) * gain[c] : double(dyr[c]);
+    const double d = loadElem(dyr + c);
+    const double g = gain ? d * gain[c] : d;
     const double xhat = (xr[c] - mu) * rs;
     dx[r * cols + c] = float(rs * (g - meanG - xhat * meanGX));
   }
@@ -319,9 +334,10 @@ __global__ void __launch_bounds__(kThreads)
 /// x 8 row lanes) over one chunk of rows; partial[chunk][col] in double.
 /// layer: dgain += dy * ((x - mean) * rstd), dbias += dy; RMS (mean null):
 /// dgain += dy * x * rstd.
+template <class DY>
 __global__ void __launch_bounds__(kThreads)
     normColumnPartials(int64_t rows, int64_t cols, int64_t rowsPerChunk,
-                       const float *dy, const float *x, const float *mean,
+                       const DY *dy, const float *x, const float *mean,
                        const float *rstd, double *partialGain,
                        double *partialBias) {
   __shared__ double sGain[8][33], sBias[8][33];
@@ -333,7 +349,7 @@ __global__ void __launch_bounds__(kThreads)
   double accGain = 0, accBias = 0;
   if (col < cols) {
     for (int64_t r = r0 + ty; r < r1; r += 8) {
-      const float d = dy[r * cols + col], xv = x[r * cols + col];
+      const float d = loadElem(dy + r * cols + col), xv = x[r * cols + col];
       const double rs = rstd[r];
       if (mean) {
         accGain += double(d) * ((xv - double(mean[r])) * rs);
@@ -457,13 +473,23 @@ __device__ void rowFirstMax(const L *xr, int64_t cols, int lane, float *shmV,
   groupArgmax<G>(best, bestIndex, shmV, shmI);
 }
 
+/// exp(x - m) for one logit: in double for fp32 logits (the CPU kernel's
+/// arithmetic), in fp32 (expf, within 2 ulp) for bf16 logits, whose own
+/// rounding is 2^16 times coarser: the double exponential made the bf16
+/// loss kernels compute-bound (2.5 ms each way for GPT-2-small's 824M
+/// logits on an H200).
+__device__ inline double expShifted(float x, double m) { return exp(x - m); }
+__device__ inline double expShifted(uint16_t x, double m) {
+  return expf(fromBF16(x) - float(m));
+}
+
 /// A row's sum of exp(x - m), in double, over the group.
 template <int G, class L>
 __device__ double rowSumExp(const L *xr, int64_t cols, int lane, double m,
                             double *shm) {
   double sum = 0;
   for (int64_t c = lane; c < cols; c += G)
-    sum += exp(logitValue(xr[c]) - m);
+    sum += expShifted(xr[c], m);
   return groupSum<G>(sum, shm);
 }
 
@@ -586,8 +612,8 @@ __global__ void __launch_bounds__(kThreads)
   const L *xr = logits + r * classes;
   const double l = lse[r];
   for (int64_t c = lane; c < classes; c += G)
-    storeGrad(dr + c, float(scale * (exp(logitValue(xr[c]) - l) -
-                                     (c == t ? 1.0 : 0.0))));
+    storeGrad(dr + c,
+              float(scale * (expShifted(xr[c], l) - (c == t ? 1.0 : 0.0))));
 }
 
 /// Vocabulary-parallel cross-entropy. A row's first maximum travels as an
@@ -920,6 +946,55 @@ __global__ void sumSquaresFinish(int64_t count, const double *partial,
     *out = accumulate ? *out + acc : acc;
 }
 
+/// sumSquaresPartials for many tensors in one launch: block b belongs to
+/// the tensor whose [first, first + blocks) holds it and computes exactly
+/// the partial that block of a sumSquares call on that tensor computes.
+__global__ void sumSquaresMultiPartials(const SumSquaresItem *items,
+                                        int32_t count, double *partial) {
+  __shared__ double shm[32];
+  int32_t lo = 0, hi = count - 1;
+  const int64_t b = blockIdx.x;
+  while (lo < hi) { // The last item whose first block is <= b.
+    const int32_t mid = (lo + hi + 1) / 2;
+    if (items[mid].first <= b)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const SumSquaresItem it = items[lo];
+  const int64_t local = b - it.first;
+  double acc = 0;
+  for (int64_t i = local * blockDim.x + threadIdx.x; i < it.n;
+       i += it.blocks * blockDim.x)
+    acc += double(it.x[i]) * it.x[i];
+  acc = blockSum(acc, shm);
+  if (threadIdx.x == 0)
+    partial[b] = acc;
+}
+
+/// One block per tensor: its partials as sumSquaresFinish adds them.
+__global__ void sumSquaresMultiFinish(const SumSquaresItem *items,
+                                      const double *partial, double *sums) {
+  __shared__ double shm[32];
+  const SumSquaresItem it = items[blockIdx.x];
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < it.blocks; i += blockDim.x)
+    acc += partial[it.first + i];
+  acc = blockSum(acc, shm);
+  if (threadIdx.x == 0)
+    sums[blockIdx.x] = acc;
+}
+
+/// One thread: the tensors' sums added into *out in call order, as the
+/// sequence of sumSquares calls (the first one accumulating or not) does.
+__global__ void sumSquaresMultiTotal(const double *sums, int32_t count,
+                                     double *out, bool accumulate) {
+  double acc = accumulate ? *out + sums[0] : sums[0];
+  for (int32_t t = 1; t < count; ++t)
+    acc = acc + sums[t];
+  *out = acc;
+}
+
 __global__ void adaptiveClipKernel(const float *normPtr, float *history,
                                    int64_t window, int64_t *count, float sigmas,
                                    float maxNorm, bool record, float *coefOut) {
@@ -1181,8 +1256,9 @@ void columnChunks(int64_t rows, int64_t &chunks, int64_t &rowsPerChunk) {
   chunks = (rows + rowsPerChunk - 1) / rowsPerChunk;
 }
 
+template <class DY>
 void normParamGrads(CudaContext &ctx, const char *name, int64_t rows,
-                    int64_t cols, const float *dy, const float *x,
+                    int64_t cols, const DY *dy, const float *x,
                     const float *mean, const float *rstd, float *dgain,
                     float *dbias) {
   if (rows <= 0) {
@@ -1226,18 +1302,46 @@ void layerNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
              rstd);
 }
 
-void layerNormBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *dy,
-                  const float *x, const float *gain, const float *mean,
-                  const float *rstd, float *dx, float *dgain, float *dbias) {
+void layerNormFwdBf16Out(CudaContext &ctx, int64_t rows, int64_t cols,
+                         const float *x, const float *gain, const float *bias,
+                         float eps, uint16_t *y, float *mean, float *rstd) {
+  if (cols <= 0)
+    return;
+  launchRows(ctx, "layer_norm_fwd", rows, cols,
+             layerNormFwdKernel<32, uint16_t>,
+             layerNormFwdKernel<256, uint16_t>, rows, cols, x, gain, bias, eps,
+             y, mean, rstd);
+}
+
+namespace {
+template <class DY>
+void layerNormBwdImpl(CudaContext &ctx, int64_t rows, int64_t cols,
+                      const DY *dy, const float *x, const float *gain,
+                      const float *mean, const float *rstd, float *dx,
+                      float *dgain, float *dbias) {
   if (cols <= 0)
     return;
   if (dx)
-    launchRows(ctx, "layer_norm_bwd", rows, cols, layerNormBwdKernel<32>,
-               layerNormBwdKernel<256>, rows, cols, dy, x, gain, mean, rstd,
-               dx);
+    launchRows(ctx, "layer_norm_bwd", rows, cols, layerNormBwdKernel<32, DY>,
+               layerNormBwdKernel<256, DY>, rows, cols, dy, x, gain, mean,
+               rstd, dx);
   if (dgain || dbias)
     normParamGrads(ctx, "layer_norm_bwd", rows, cols, dy, x, mean, rstd, dgain,
                    dbias);
+}
+} // namespace
+
+void layerNormBwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *dy,
+                  const float *x, const float *gain, const float *mean,
+                  const float *rstd, float *dx, float *dgain, float *dbias) {
+  layerNormBwdImpl(ctx, rows, cols, dy, x, gain, mean, rstd, dx, dgain, dbias);
+}
+
+void layerNormBwdBf16Dy(CudaContext &ctx, int64_t rows, int64_t cols,
+                        const uint16_t *dy, const float *x, const float *gain,
+                        const float *mean, const float *rstd, float *dx,
+                        float *dgain, float *dbias) {
+  layerNormBwdImpl(ctx, rows, cols, dy, x, gain, mean, rstd, dx, dgain, dbias);
 }
 
 void rmsNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
@@ -1648,16 +1752,74 @@ void sgd(CudaContext &ctx, int64_t n, float *param, const float *grad,
   checkLaunch(ctx, "sgd");
 }
 
-void sumSquares(CudaContext &ctx, int64_t n, const float *x, double *out,
-                bool accumulate) {
-  const char *name = "sum_squares";
-  // The number of partials is a function of n alone: the same summation
-  // order on every GPU.
+namespace {
+/// sumSquares' number of partials: a function of n alone, so the summation
+/// order is the same on every GPU.
+int64_t sumSquaresBlocks(int64_t n) {
   int64_t blocks = (n + kThreads * 16 - 1) / (kThreads * 16);
   if (blocks > 1024)
     blocks = 1024;
   if (blocks < 1)
     blocks = 1;
+  return blocks;
+}
+} // namespace
+
+SumSquaresList::SumSquaresList(CudaContext &ctx,
+                               const std::vector<std::pair<const float *, int64_t>> &tensors)
+    : size(int32_t(tensors.size())) {
+  std::vector<SumSquaresItem> items;
+  for (const auto &[x, n] : tensors) {
+    const int64_t blocks = sumSquaresBlocks(n);
+    items.push_back({x, n > 0 ? n : 0, totalBlocks, blocks});
+    totalBlocks += blocks;
+  }
+  if (items.empty())
+    return;
+  const char *name = "sum_squares_multi";
+  LOOM_CUDA_CHECK(ctx,
+                  cudaMalloc(reinterpret_cast<void **>(&list),
+                             sizeof(SumSquaresItem) * items.size()),
+                  name);
+  const cudaError_t copied =
+      cudaMemcpy(list, items.data(), sizeof(SumSquaresItem) * items.size(),
+                 cudaMemcpyHostToDevice);
+  if (copied != cudaSuccess) {
+    cudaFree(list);
+    list = nullptr;
+    LOOM_CUDA_CHECK(ctx, copied, name);
+  }
+}
+
+SumSquaresList::~SumSquaresList() {
+  if (list)
+    cudaFree(list);
+}
+
+void sumSquaresMulti(CudaContext &ctx, const SumSquaresList &tensors,
+                     double *out, bool accumulate) {
+  if (tensors.count() == 0)
+    return;
+  const char *name = "sum_squares";
+  double *partial = static_cast<double *>(ctx.scratch(
+      sizeof(double) * (tensors.blocks() + tensors.count()), name));
+  double *sums = partial + tensors.blocks();
+  sumSquaresMultiPartials<<<unsigned(tensors.blocks()), kThreads, 0,
+                            ctx.stream>>>(tensors.device(), tensors.count(),
+                                          partial);
+  checkLaunch(ctx, name);
+  sumSquaresMultiFinish<<<unsigned(tensors.count()), kThreads, 0,
+                          ctx.stream>>>(tensors.device(), partial, sums);
+  checkLaunch(ctx, name);
+  sumSquaresMultiTotal<<<1, 1, 0, ctx.stream>>>(sums, tensors.count(), out,
+                                                accumulate);
+  checkLaunch(ctx, name);
+}
+
+void sumSquares(CudaContext &ctx, int64_t n, const float *x, double *out,
+                bool accumulate) {
+  const char *name = "sum_squares";
+  const int64_t blocks = sumSquaresBlocks(n);
   double *partial =
       static_cast<double *>(ctx.scratch(sizeof(double) * blocks, name));
   sumSquaresPartials<<<unsigned(blocks), kThreads, 0, ctx.stream>>>(

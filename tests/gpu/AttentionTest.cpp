@@ -202,6 +202,114 @@ std::vector<double> draw(std::mt19937_64 &rng, size_t n, double stddev,
   return values;
 }
 
+/// [B,H,T,W] <-> [B,T,H,W] (toInterleaved false: the inverse).
+std::vector<double> permuteHeads(const std::vector<double> &x, int64_t B,
+                                 int64_t H, int64_t T, int64_t W,
+                                 bool toInterleaved) {
+  std::vector<double> y(x.size());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t w = 0; w < W; ++w) {
+          const size_t bhtw = size_t(((b * H + h) * T + t) * W + w),
+                       bthw = size_t(((b * T + t) * H + h) * W + w);
+          if (toInterleaved)
+            y[bthw] = x[bhtw];
+          else
+            y[bhtw] = x[bthw];
+        }
+  return y;
+}
+
+/// The bf16 kernels on the [B,T,H,D] layout (AttentionDims::interleaved,
+/// what compiled bf16 programs use) against the same kernels on [B,H,T,D]:
+/// every output the same bit for bit once permuted back.
+/// `expected`: out, lse, gate, attn, dq, dk, dv, dwg, dbg of the [B,H,T,D]
+/// run (gate, attn, dwg, dbg ignored when not gated).
+void checkInterleaved(const Case &c, AttentionDims dims,
+                      const std::vector<double> &q,
+                      const std::vector<double> &k,
+                      const std::vector<double> &v,
+                      const std::vector<double> &dout,
+                      const std::vector<double> &wg,
+                      const std::vector<double> &bg,
+                      const std::vector<std::vector<double>> &expected) {
+  using E = uint16_t;
+  dims.interleaved = true;
+  const std::string name = describe(c, true) + " [B,T,H,D]";
+  const std::string why = loom::cuda::attentionSupportedBF16(dims);
+  if (!why.empty()) {
+    std::printf("%-52s skipped: %s\n", name.c_str(), why.c_str());
+    return;
+  }
+  const int64_t B = c.B, H = c.H, Tq = c.Tq, Tk = c.Tk, D = c.D;
+  const size_t nq = size_t(B * H * Tq * D), nk = size_t(B * H * Tk * D),
+               nl = size_t(B * H * Tq);
+  DeviceBuffer dQ(nq * 2), dK(nk * 2), dV(nk * 2), dOut(nq * 2),
+      dAttn(nq * 2), dDout(nq * 2), dLse(nl * 4), dGate(nl * 4),
+      dWg(wg.size() * 4), dBg(bg.size() * 4), dDq(nq * 2), dDk(nk * 2),
+      dDv(nk * 2), dDwg(wg.size() * 4), dDbg(bg.size() * 4),
+      dWork(c.gated ? loom::cuda::gatedAttentionBackwardWorkspaceBytes(dims)
+                    : loom::cuda::attentionBackwardWorkspaceBytes(dims));
+  upload<E>(dQ, permuteHeads(q, B, H, Tq, D, true));
+  upload<E>(dK, permuteHeads(k, B, H, Tk, D, true));
+  upload<E>(dV, permuteHeads(v, B, H, Tk, D, true));
+  upload<E>(dDout, permuteHeads(dout, B, H, Tq, D, true));
+  upload<float>(dWg, wg);
+  upload<float>(dBg, bg);
+  for (const DeviceBuffer *b : {&dOut, &dAttn, &dLse, &dGate, &dDq, &dDk,
+                                &dDv, &dDwg, &dDbg, &dWork})
+    b->poison();
+  if (c.gated) {
+    KERNEL_OK(loom::cuda::gatedAttentionForwardBF16(
+        dims, c.threshold, dQ.as<E>(), dK.as<E>(), dV.as<E>(),
+        dWg.as<float>(), dBg.as<float>(), dOut.as<E>(), dLse.as<float>(),
+        dGate.as<float>(), dAttn.as<E>(), nullptr));
+    KERNEL_OK(loom::cuda::gatedAttentionBackwardBF16(
+        dims, c.threshold, dQ.as<E>(), dK.as<E>(), dV.as<E>(),
+        dWg.as<float>(), dLse.as<float>(), dGate.as<float>(), dAttn.as<E>(),
+        dDout.as<E>(), dDq.as<E>(), dDk.as<E>(), dDv.as<E>(),
+        dDwg.as<float>(), dDbg.as<float>(), dWork.ptr, nullptr));
+  } else {
+    KERNEL_OK(loom::cuda::attentionForwardBF16(
+        dims, dQ.as<E>(), dK.as<E>(), dV.as<E>(), dOut.as<E>(),
+        dLse.as<float>(), nullptr));
+    KERNEL_OK(loom::cuda::attentionBackwardBF16(
+        dims, dQ.as<E>(), dK.as<E>(), dV.as<E>(), dOut.as<E>(),
+        dLse.as<float>(), dDout.as<E>(), dDq.as<E>(), dDk.as<E>(),
+        dDv.as<E>(), dWork.ptr, nullptr));
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  auto same = [](const std::vector<double> &a, const std::vector<double> &b) {
+    if (a.size() != b.size())
+      return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (!(a[i] == b[i] || (std::isinf(a[i]) && a[i] == b[i])))
+        return false;
+    return true;
+  };
+  bool ok = same(permuteHeads(download<E>(dOut, nq), B, H, Tq, D, false),
+                 expected[0]) &&
+            same(download<float>(dLse, nl), expected[1]) &&
+            same(permuteHeads(download<E>(dDq, nq), B, H, Tq, D, false),
+                 expected[4]) &&
+            same(permuteHeads(download<E>(dDk, nk), B, H, Tk, D, false),
+                 expected[5]) &&
+            same(permuteHeads(download<E>(dDv, nk), B, H, Tk, D, false),
+                 expected[6]);
+  if (c.gated)
+    ok = ok && same(download<float>(dGate, nl), expected[2]) &&
+         same(permuteHeads(download<E>(dAttn, nq), B, H, Tq, D, false),
+              expected[3]) &&
+         same(download<float>(dDwg, wg.size()), expected[7]) &&
+         same(download<float>(dDbg, bg.size()), expected[8]);
+  ++gChecks;
+  gFailures += ok ? 0 : 1;
+  std::printf("%-52s %-5s %-25s  %s\n", name.c_str(), "all",
+              "bitwise = [B,H,T,D]", ok ? "PASS" : "FAIL");
+  std::fflush(stdout);
+}
+
 template <class E> void runCase(const Case &c, uint64_t seed) {
   constexpr bool bf16 = std::is_same_v<E, uint16_t>;
   const double tol = bf16 ? 1e-2 : 1e-5;
@@ -359,6 +467,14 @@ template <class E> void runCase(const Case &c, uint64_t seed) {
       reportBitwise(name, same);
     }
   }
+  if constexpr (bf16)
+    checkInterleaved(c, dims, q, k, v, dout, wg, bg,
+                     {download<E>(dOut, no), download<float>(dLse, nl),
+                      download<float>(dGate, nl), download<E>(dAttn, no),
+                      download<E>(dDq, nq), download<E>(dDk, nk),
+                      download<E>(dDv, nv),
+                      download<float>(dDwg, c.gated ? wg.size() : 0),
+                      download<float>(dDbg, c.gated ? bg.size() : 0)});
   if (refSeconds > 5)
     std::printf("  (reference took %.1f s)\n", refSeconds);
 }

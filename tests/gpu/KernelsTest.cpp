@@ -490,8 +490,10 @@ void testCrossEntropy(lc::CudaContext &ctx, int64_t rows, int64_t classes) {
   const double eb = relErrF(dD.get(), d);
   row("cross_entropy_bwd", dims({rows, classes}), eb, 1e-5, eb <= 1e-5);
 
-  // bf16 logits (a bf16 program's casts folded in): bitwise the fp32
-  // kernels on the widened logits, and the gradient rounded once.
+  // bf16 logits (a bf16 program's casts folded in): the fp32 kernels on the
+  // widened logits, except that exp runs in fp32 (Kernels.cu, expShifted):
+  // loss and lse within the fp32 tolerance, the statistics (argmax) exact,
+  // the gradient within the bf16 tolerance of the fp32 kernel's rounded.
   std::vector<uint16_t> low(n);
   std::vector<float> widened(n);
   for (size_t i = 0; i < n; ++i) {
@@ -506,22 +508,25 @@ void testCrossEntropy(lc::CudaContext &ctx, int64_t rows, int64_t classes) {
                           dStats, 4);
   lc::crossEntropyFwd(ctx, rows, classes, dWide, dT, ignore, dLoss2, dLse2,
                       dStats2, 4);
-  const bool fwdSame = bitwiseEqual(dLoss.get(), dLoss2.get()) &&
-                       bitwiseEqual(dLse.get(), dLse2.get()) &&
-                       bitwiseEqual(dStats.get(), dStats2.get());
-  row("cross_entropy_fwd bf16", dims({rows, classes}), NAN, 0, fwdSame,
-      "bitwise the fp32 kernel on the widened logits");
+  const double eLow = std::max(relErrF(dLoss.get(), dLoss2.get()),
+                               relErrF(dLse.get(), dLse2.get()));
+  row("cross_entropy_fwd bf16", dims({rows, classes}), eLow, 1e-5,
+      eLow <= 1e-5 && bitwiseEqual(dStats.get(), dStats2.get()),
+      "against the fp32 kernel on the widened logits; stats exact");
   lc::crossEntropyBwdBf16(ctx, rows, classes, dLow, dT, ignore, dLse, dDloss,
                           dGradLow, 4);
   lc::crossEntropyBwd(ctx, rows, classes, dWide, dT, ignore, dLse2, dDloss, dD2,
                       4);
-  std::vector<uint16_t> rounded(n);
+  std::vector<float> gradLow(n), rounded(n);
   const auto wideGrad = dD2.get();
-  for (size_t i = 0; i < n; ++i)
-    rounded[i] = loom::kernels::toBF16(wideGrad[i]);
-  row("cross_entropy_bwd bf16", dims({rows, classes}), NAN, 0,
-      dGradLow.get() == rounded,
-      "bitwise the fp32 kernel's gradient rounded to bf16");
+  const auto lowGrad = dGradLow.get();
+  for (size_t i = 0; i < n; ++i) {
+    rounded[i] = loom::kernels::fromBF16(loom::kernels::toBF16(wideGrad[i]));
+    gradLow[i] = loom::kernels::fromBF16(lowGrad[i]);
+  }
+  const double eGrad = relErrF(gradLow, rounded);
+  row("cross_entropy_bwd bf16", dims({rows, classes}), eGrad, 1e-2,
+      eGrad <= 1e-2, "against the fp32 kernel's gradient rounded to bf16");
   noDeviceError(ctx, "cross_entropy");
 }
 

@@ -604,6 +604,10 @@ int main(int argc, char **argv) {
                : 1;
   if (emit == Emit::Dist)
     return print();
+  // Target-specific rewrites of the exec lowering (FuseElementwise's bf16
+  // attention layout) look for this mark.
+  if (target == "cuda")
+    (*ir)->setAttr("loom.target", mlir::StringAttr::get(&context, "cuda"));
   if (!stage(loom::buildDistToExecPipeline))
     return 1;
   if (report.getNumOccurrences())

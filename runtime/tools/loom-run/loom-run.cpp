@@ -139,6 +139,8 @@ options (--flag=value and --flag value are both accepted):
 environment (artifacts compiled with --target=cuda):
   LOOM_CUDA_PROFILE=1   print GPU time by kernel at the end (GEMMs by shape,
                         generated kernels by DSL line)
+  LOOM_CUDA_PROFILE_ROWS=N
+                        the profile's N longest rows (default 40)
   LOOM_CUDA_GRAPHS=0    run every program call eagerly, no CUDA graphs
   LOOM_GPU_COLLECTIVES=nccl|host
                         collectives over NCCL (one GPU per rank; the default
