@@ -6,9 +6,12 @@
 // path (gpu -> NVVM -> PTX for sm_90) with no CUDA toolkit involved:
 //
 //  - one thread per point of the loop's parallel iteration space, flattened
-//    row-major and launched in blocks of 256; the reduction dimensions are
-//    a sequential loop inside the thread, in index order, so a result does
-//    not depend on the launch shape;
+//    row-major and launched in blocks of 256 (a pure elementwise loop
+//    without transcendental math: one thread per 16 bytes of its narrowest
+//    operand, its points a fixed stride apart, all loads before any
+//    store); the reduction
+//    dimensions are a sequential loop inside the thread, in index order, so
+//    a result does not depend on the launch shape;
 //  - kernel parameters are the loop's buffers as bare pointers (the arena
 //    views' static shapes are compiled into the index arithmetic), then its
 //    scalar operands; constants the body captures are cloned in;
@@ -358,10 +361,88 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     return k;
   }
 
+  // Pure elementwise loops take `vec` points per thread, `total / vec`
+  // apart (each of the warp's loads stays coalesced): all their loads
+  // first, then their bodies, then their stores (stores could alias the
+  // inputs, so a load after a store could not be moved up). A thread then
+  // has 16 bytes of its narrowest operand in flight instead of 2 or 4.
+  // GPT-2-small on an H200: 307k -> 315k tokens/s, the bf16 casts and
+  // residual adds 20-50% faster. (Consecutive points per thread were slower
+  // than one point: each load instruction then touched 16-byte strides.)
+  // Each point's arithmetic is unchanged.
+  int64_t vec = 1;
+  if (generic && reduction.empty() && !parallel.empty()) {
+    int64_t narrowest = 8;
+    for (Value v : operands)
+      if (auto t = dyn_cast<MemRefType>(v.getType()))
+        narrowest = std::min<int64_t>(
+            narrowest, (t.getElementTypeBitWidth() + 7) / 8);
+    vec = std::max<int64_t>(1, 16 / narrowest);
+    // Bodies with transcendental math (GELU's tanh polynomial) ran slower
+    // with eight points a thread (GPT-2-small's GELU and its gradient: 179
+    // -> 216 us on an H200, where the other loops gained 10-50%): they
+    // keep one.
+    generic.getRegion().walk([&](Operation *inner) {
+      if (inner->getDialect() &&
+          inner->getDialect()->getNamespace() == "math")
+        vec = 1;
+    });
+    while (vec > 1 && (total % vec != 0 || total / vec < 4 * kBlock))
+      vec /= 2;
+  }
   Value block = b.create<gpu::BlockIdOp>(loc, gpu::Dimension::x);
   Value thread = b.create<gpu::ThreadIdOp>(loc, gpu::Dimension::x);
   Value linear = b.create<arith::AddIOp>(
       loc, b.create<arith::MulIOp>(loc, block, idx(kBlock)), thread);
+  if (vec > 1) {
+    // The thread's points are `linear + j * stride`: at each j the warp's
+    // loads are consecutive (coalesced), and the thread has `vec`
+    // independent loads in flight.
+    const int64_t stride = total / vec;
+    Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
+                                            linear, idx(stride));
+    auto guard = b.create<scf::IfOp>(loc, inRange, /*withElseRegion=*/false);
+    b.setInsertionPointToStart(&guard.getThenRegion().front());
+    SmallVector<SmallVector<Value>> at(vec), inputs(vec);
+    for (int64_t j = 0; j < vec; ++j) {
+      parallelDims(j == 0 ? linear
+                          : b.create<arith::AddIOp>(loc, linear, idx(j * stride))
+                                .getResult());
+      at[j] = dims;
+      for (unsigned i = 0; i < numInputs; ++i)
+        inputs[j].push_back(load(i, at[j]));
+    }
+    SmallVector<SmallVector<Value>> values(vec);
+    Block &region = generic.getRegion().front();
+    for (int64_t j = 0; j < vec; ++j) {
+      IRMapping local = mapping;
+      for (unsigned i = 0; i < numInputs; ++i)
+        local.map(region.getArgument(i), inputs[j][i]);
+      for (unsigned o = 0; o < numOutputs; ++o)
+        if (!region.getArgument(numInputs + o).use_empty())
+          local.map(region.getArgument(numInputs + o),
+                    load(numInputs + o, at[j]));
+      for (Operation &inner : region.without_terminator())
+        b.clone(inner, local);
+      for (Value y : region.getTerminator()->getOperands())
+        values[j].push_back(local.lookupOrDefault(y));
+    }
+    for (int64_t j = 0; j < vec; ++j)
+      for (unsigned o = 0; o < numOutputs; ++o)
+        b.create<memref::StoreOp>(loc, values[j][o], operandValue[numInputs + o],
+                                  indices(maps[numInputs + o], at[j]));
+    b.setInsertionPointToEnd(&entry);
+    b.create<gpu::ReturnOp>(loc);
+    CudaKernel k;
+    k.name = name;
+    k.op = op;
+    llvm::raw_string_ostream where(k.origin);
+    op->getLoc().print(where);
+    k.grid = (total / vec + kBlock - 1) / kBlock;
+    k.block = kBlock;
+    k.args.assign(args.begin(), args.end());
+    return k;
+  }
   Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
                                           linear, idx(total));
   auto guard = b.create<scf::IfOp>(loc, inRange, /*withElseRegion=*/false);
