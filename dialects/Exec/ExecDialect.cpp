@@ -16,16 +16,20 @@ void ExecDialect::initialize() {
       >();
 }
 
-/// Views are 64-byte aligned, dense, and inside the program's arena.
+/// Views are dense, inside the program's arena, and aligned to their
+/// element size. (The memory plan places buffers at 64-byte multiples; the
+/// regions of a gradient bucket, LowerToExec's placeInsideBuckets, are
+/// where their elements fall inside it.)
 LogicalResult ViewOp::verify() {
   auto type = cast<MemRefType>(getType());
   if (!type.getLayout().isIdentity())
     return emitOpError("views are dense row-major buffers");
   int64_t offset = getOffset();
-  if (offset < 0 || offset % 64 != 0)
-    return emitOpError("offset ") << offset << " is not 64-byte aligned";
-  int64_t bytes = type.getNumElements() *
-                  std::max<int64_t>(1, type.getElementTypeBitWidth() / 8);
+  int64_t element = std::max<int64_t>(1, type.getElementTypeBitWidth() / 8);
+  if (offset < 0 || offset % element != 0)
+    return emitOpError("offset ")
+           << offset << " is not aligned to its " << element << "-byte elements";
+  int64_t bytes = type.getNumElements() * element;
   auto program = (*this)->getParentOfType<ProgramOp>();
   if (offset + bytes > program.getArenaBytes())
     return emitOpError("view [") << offset << ", " << offset + bytes

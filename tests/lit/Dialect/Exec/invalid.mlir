@@ -1,8 +1,8 @@
 // RUN: loom-opt %s -split-input-file -verify-diagnostics
 
 exec.program @p "train" arena 1024 {
-  // expected-error @+1 {{'exec.view' op offset 32 is not 64-byte aligned}}
-  %v = exec.view 32 : memref<4xf32>
+  // expected-error @+1 {{'exec.view' op offset 34 is not aligned to its 4-byte elements}}
+  %v = exec.view 34 : memref<4xf32>
 }
 
 // -----
