@@ -33,6 +33,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <pthread.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -374,7 +375,41 @@ Options parseArgs(int argc, char **argv) {
 }
 
 std::atomic<int> gStopSignal{0};
-extern "C" void onStopSignal(int sig) { gStopSignal.store(sig); }
+/// Set while training: SIGINT/SIGTERM then stop the run after the step.
+std::atomic<bool> gStopBetweenSteps{false};
+
+/// SIGINT and SIGTERM are blocked in every thread (the mask is set before
+/// any thread starts, and threads inherit it) and taken by one thread that
+/// waits for them: a signal is never delivered in the middle of a kernel.
+/// oneDNN's JIT GEMM runs on a stack it allocates on the heap, and a signal
+/// frame pushed there (with the AVX-512 state, kilobytes) overwrote the
+/// heap's bookkeeping: a Ctrl-C at the wrong moment aborted the run in
+/// free() instead of checkpointing it. While training, the signal asks for
+/// a stop after the step; otherwise its default action ends the process.
+void startSignalThread() {
+  static sigset_t stopSignals;
+  sigemptyset(&stopSignals);
+  sigaddset(&stopSignals, SIGINT);
+  sigaddset(&stopSignals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
+  std::thread([] {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&stopSignals, &sig) != 0)
+        continue;
+      if (gStopBetweenSteps.load()) {
+        gStopSignal.store(sig);
+        continue;
+      }
+      std::signal(sig, SIG_DFL);
+      sigset_t one;
+      sigemptyset(&one);
+      sigaddset(&one, sig);
+      pthread_sigmask(SIG_UNBLOCK, &one, nullptr);
+      raise(sig);
+    }
+  }).detach();
+}
 
 double nowSeconds() {
   using namespace std::chrono;
@@ -1459,8 +1494,7 @@ int Trainer::run() {
   // Under mpirun, stdout is a pseudo-terminal that Open MPI forwards to
   // wherever mpirun's own output goes (often a file): plain lines there.
   tty_ = isatty(fileno(stdout)) != 0 && !world_.mpi;
-  std::signal(SIGINT, onStopSignal);
-  std::signal(SIGTERM, onStopSignal);
+  gStopBetweenSteps.store(true);
 
   if (world_.rank == 0 && !tty_)
     std::printf("loom-run: %s (%s), %s, %lld steps, batch %lld, seed %llu, "
@@ -1691,6 +1725,7 @@ int Trainer::run() {
 } // namespace
 
 int main(int argc, char **argv) {
+  startSignalThread(); // before MPI, OpenMP or NCCL start threads
   World world;
   try {
     world = initWorld(&argc, &argv);
