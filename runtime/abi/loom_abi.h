@@ -347,6 +347,13 @@ void loom_gated_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
                               const float *lse, const float *gate,
                               const float *attn, const float *dout, float *dq,
                               float *dk, float *dv, float *dwg, float *dbg);
+/* CUDA artifacts only (runtime/cuda/GpuAbi.cpp, additions within ABI 3):
+ * loom_cuda_gated_attention_bthd_fwd/bwd, the two above on bf16 q, k, v,
+ * out, attn, dout, dq, dk, dv laid out [B,T,H,D] (lse, gate, wg, bg, dwg,
+ * dbg f32 as above), and loom_cuda_layer_norm_fwd_bf16 (bf16 y) /
+ * loom_cuda_layer_norm_bwd_bf16 (bf16 dy), the layer norm's with the
+ * program's roundings folded in. The CPU runtime has no such functions:
+ * the compiler emits them for --target=cuda alone. */
 
 /* --- Dropout -------------------------------------------------------------- */
 /** Keeps element i when philox(seed, key, step, i) >= p (as a uniform in
