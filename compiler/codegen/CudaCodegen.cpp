@@ -197,6 +197,20 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       mapping.map(v, b.clone(*v.getDefiningOp())->getResult(0));
 
   auto idx = [&](int64_t c) { return b.create<arith::ConstantIndexOp>(loc, c); };
+  // Ends the kernel body and describes its launch.
+  auto finish = [&](int64_t grid, int64_t block) {
+    b.setInsertionPointToEnd(&entry);
+    b.create<gpu::ReturnOp>(loc);
+    CudaKernel k;
+    k.name = name;
+    k.op = op;
+    llvm::raw_string_ostream where(k.origin);
+    op->getLoc().print(where);
+    k.grid = grid;
+    k.block = block;
+    k.args.assign(args.begin(), args.end());
+    return k;
+  };
   SmallVector<Value> dims(ranges.size());
   auto indices = [&](AffineMap map, ArrayRef<Value> at) {
     SmallVector<Value> out;
@@ -348,17 +362,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       b.create<memref::StoreOp>(loc, sum, operandValue[numInputs],
                                 indices(maps[numInputs], dims));
     }
-    b.setInsertionPointToEnd(&entry);
-    b.create<gpu::ReturnOp>(loc);
-    CudaKernel k;
-    k.name = name;
-    k.op = op;
-    llvm::raw_string_ostream where(k.origin);
-    op->getLoc().print(where);
-    k.grid = (total + kLanes - 1) / kLanes;
-    k.block = slices * kLanes;
-    k.args.assign(args.begin(), args.end());
-    return k;
+    return finish((total + kLanes - 1) / kLanes, slices * kLanes);
   }
 
   // Pure elementwise loops take `vec` points per thread, `total / vec`
@@ -431,17 +435,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       for (unsigned o = 0; o < numOutputs; ++o)
         b.create<memref::StoreOp>(loc, values[j][o], operandValue[numInputs + o],
                                   indices(maps[numInputs + o], at[j]));
-    b.setInsertionPointToEnd(&entry);
-    b.create<gpu::ReturnOp>(loc);
-    CudaKernel k;
-    k.name = name;
-    k.op = op;
-    llvm::raw_string_ostream where(k.origin);
-    op->getLoc().print(where);
-    k.grid = (total / vec + kBlock - 1) / kBlock;
-    k.block = kBlock;
-    k.args.assign(args.begin(), args.end());
-    return k;
+    return finish((total / vec + kBlock - 1) / kBlock, kBlock);
   }
   Value inRange = b.create<arith::CmpIOp>(loc, arith::CmpIPredicate::ult,
                                           linear, idx(total));
@@ -489,18 +483,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
     b.create<memref::StoreOp>(loc, results[o], out,
                               indices(maps[numInputs + o], dims));
   }
-  b.setInsertionPointToEnd(&entry);
-  b.create<gpu::ReturnOp>(loc);
-
-  CudaKernel k;
-  k.name = name;
-  k.op = op;
-  llvm::raw_string_ostream where(k.origin);
-  op->getLoc().print(where);
-  k.grid = (total + kBlock - 1) / kBlock;
-  k.block = kBlock;
-  k.args.assign(args.begin(), args.end());
-  return k;
+  return finish((total + kBlock - 1) / kBlock, kBlock);
 }
 
 /// |x| as a bit operation: exact, and no libdevice call.
