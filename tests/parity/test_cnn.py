@@ -15,7 +15,6 @@ step 1 within 1e-5 relative and at step 10 within 1e-4; every weight after
 usage: test_cnn.py --loomc PATH --loom-run PATH --workdir DIR
 """
 import argparse
-import json
 import os
 import sys
 
@@ -29,10 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import artifact  # noqa: E402
 import checks  # noqa: E402
 import data  # noqa: E402
-import safetensors_io  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(HERE))
 STEPS, LR = 10, 0.05
@@ -47,19 +44,9 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     src = os.path.join(HERE, "models", "cnn.loom")
-    loomx = os.path.join(a.workdir, "cnn.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
-    checks.run([a.loomc, src, "-o", loomx], "cnn parity")
-    model = artifact.load_model(loomx)
-    base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
-    init_path = os.path.join(a.workdir, "init.safetensors")
-    after_path = os.path.join(a.workdir, "after.safetensors")
-    metrics = os.path.join(a.workdir, "m.jsonl")
-    checks.run(base + ["--steps=0", f"--save={init_path}"], "cnn parity")
-    checks.run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"], "cnn parity")
-    loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
-    init, _ = safetensors_io.load(init_path)
-    after, _ = safetensors_io.load(after_path)
+    model, loom_losses, init, after = checks.train_loom(
+        a.loomc, a.loom_run, src, a.workdir, "cnn", datap, STEPS)
 
     t = lambda v: torch.tensor(np.array(v, dtype=np.float32))  # noqa: E731
     w = {n: t(init[n]).requires_grad_() for n in PARAMS}

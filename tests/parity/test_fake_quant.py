@@ -14,7 +14,6 @@ parameters without gradient: they must not move. Exits 1 on a failure.
 usage: test_fake_quant.py --loomc PATH --loom-run PATH --workdir DIR
 """
 import argparse
-import json
 import os
 import sys
 
@@ -27,10 +26,8 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import artifact  # noqa: E402
 import checks  # noqa: E402
 import data  # noqa: E402
-import safetensors_io  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(HERE))
 STEPS = 10
@@ -53,19 +50,9 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     src = os.path.join(HERE, "models", "fake_quant.loom")
-    loomx = os.path.join(a.workdir, "fq.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
-    checks.run([a.loomc, src, "-o", loomx], "fake_quant parity")
-    model = artifact.load_model(loomx)
-    base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
-    init_path = os.path.join(a.workdir, "init.safetensors")
-    after_path = os.path.join(a.workdir, "after.safetensors")
-    metrics = os.path.join(a.workdir, "m.jsonl")
-    checks.run(base + ["--steps=0", f"--save={init_path}"], "fake_quant parity")
-    checks.run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"], "fake_quant parity")
-    loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
-    init, _ = safetensors_io.load(init_path)
-    after, _ = safetensors_io.load(after_path)
+    model, loom_losses, init, after = checks.train_loom(
+        a.loomc, a.loom_run, src, a.workdir, "fq", datap, STEPS)
 
     w = {n: torch.tensor(np.array(v, dtype=np.float32), requires_grad=n in ("w1", "w2"))
          for n, v in init.items()}

@@ -28,7 +28,6 @@ usage: test_qat.py --loomc PATH --loom-run PATH --workdir DIR [--symmetric]
                    [--model mlp|cnn]
 """
 import argparse
-import json
 import os
 import sys
 
@@ -43,10 +42,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver  # noqa: E402
 
-import artifact  # noqa: E402
 import checks  # noqa: E402
 import data  # noqa: E402
-import safetensors_io  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(HERE))
 STEPS, START, FREEZE, LR = 20, 4, 12, 0.1
@@ -105,20 +102,10 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(1)
     src = os.path.join(HERE, "models", f"qat_{a.model}.loom")
-    loomx = os.path.join(a.workdir, "qat.loomx")
     datap = os.path.join(SRC, "samples", "data", "digits.bin")
     extra = ["--set=quantize.activations=per_tensor_symmetric"] if a.symmetric else []
-    checks.run([a.loomc, src, "-o", loomx] + extra, "qat parity")
-    model = artifact.load_model(loomx)
-    base = [a.loom_run, loomx, f"--data={datap}", "--threads=1", "--seed=0"]
-    init_path = os.path.join(a.workdir, "init.safetensors")
-    after_path = os.path.join(a.workdir, "after.safetensors")
-    metrics = os.path.join(a.workdir, "m.jsonl")
-    checks.run(base + ["--steps=0", f"--save={init_path}"], "qat parity")
-    checks.run(base + [f"--steps={STEPS}", f"--save={after_path}", f"--metrics={metrics}"], "qat parity")
-    loom_losses = [json.loads(line)["loss"] for line in open(metrics)]
-    init, _ = safetensors_io.load(init_path)
-    after, _ = safetensors_io.load(after_path)
+    model, loom_losses, init, after = checks.train_loom(
+        a.loomc, a.loom_run, src, a.workdir, "qat", datap, STEPS, extra=extra)
 
     params = ("w1", "b1", "w2", "b2") if a.model == "mlp" else ("k1", "g1", "b1", "k2", "w")
     w = {n: torch.tensor(np.array(init[n], dtype=np.float32), requires_grad=True)
