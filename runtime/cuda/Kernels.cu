@@ -24,7 +24,9 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
 
 namespace loom::cuda {
 
@@ -218,6 +220,107 @@ __device__ __forceinline__ void storeElem(uint16_t *p, float v) {
   *p = toBF16(v);
 }
 
+//===----------------------------------------------------------------------===//
+// 16-byte vector access
+//===----------------------------------------------------------------------===//
+//
+// The vector kernels below move a "pack" of kVec = 8 consecutive elements at
+// a time (4 in normColumnPartialsVec): two float4 of f32, or one uint4
+// holding eight bf16 bit patterns. These kernels are memory-bound, and 2- or
+// 4-byte loads kept too few bytes in flight per thread (a half to a third of
+// the H200's bandwidth). The host takes a vector kernel only when the row
+// length is a multiple of the pack and every row pointer is 16-byte aligned
+// (aligned16); other shapes and views run the scalar kernels. Elementwise
+// arithmetic is the scalar kernels' own, operation for operation; the row
+// reductions add in another order, fixed by the shape alone.
+
+constexpr int kVec = 8;
+
+/// Host side: whether p (null allowed) may be read as 16-byte vectors.
+bool aligned16(const void *p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+__device__ __forceinline__ float pick(const float4 &v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+__device__ __forceinline__ uint32_t pick(const uint4 &v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+/// N consecutive elements as loaded (N = 4 or 8: 8 or 16 bytes of bf16, 16
+/// or 32 of f32): f32, or bf16 bit patterns (widened on use). Index with
+/// compile-time j only (unrolled loops), so that the pack stays in registers.
+template <class T, int N> struct Pack;
+template <> struct Pack<float, 8> {
+  float4 lo, hi;
+  __device__ __forceinline__ void load(const float *p) {
+    lo = reinterpret_cast<const float4 *>(p)[0];
+    hi = reinterpret_cast<const float4 *>(p)[1];
+  }
+  __device__ __forceinline__ float operator[](int j) const {
+    return j < 4 ? pick(lo, j) : pick(hi, j - 4);
+  }
+  /// The element as stored (for logitValue / expShifted).
+  __device__ __forceinline__ float raw(int j) const { return (*this)[j]; }
+};
+template <> struct Pack<float, 4> {
+  float4 v;
+  __device__ __forceinline__ void load(const float *p) {
+    v = *reinterpret_cast<const float4 *>(p);
+  }
+  __device__ __forceinline__ float operator[](int j) const {
+    return pick(v, j);
+  }
+};
+template <> struct Pack<uint16_t, 8> {
+  uint4 u;
+  __device__ __forceinline__ void load(const uint16_t *p) {
+    u = *reinterpret_cast<const uint4 *>(p);
+  }
+  /// Elements 2i and 2i + 1, as stored.
+  __device__ __forceinline__ uint32_t pair(int i) const { return pick(u, i); }
+  __device__ __forceinline__ uint16_t raw(int j) const {
+    const uint32_t w = pair(j >> 1);
+    return uint16_t((j & 1) ? w >> 16 : w & 0xffffu);
+  }
+  __device__ __forceinline__ float operator[](int j) const {
+    return fromBF16(raw(j));
+  }
+};
+template <> struct Pack<uint16_t, 4> {
+  uint2 u;
+  __device__ __forceinline__ void load(const uint16_t *p) {
+    u = *reinterpret_cast<const uint2 *>(p);
+  }
+  __device__ __forceinline__ float operator[](int j) const {
+    const uint32_t w = (j >> 1) ? u.y : u.x;
+    return fromBF16(uint16_t((j & 1) ? w >> 16 : w & 0xffffu));
+  }
+};
+template <class T> using Pack8 = Pack<T, kVec>;
+
+/// Stores kVec values as storeElem / storeGrad store each.
+__device__ __forceinline__ void storePack(float *p, const float (&v)[kVec]) {
+  reinterpret_cast<float4 *>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4 *>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void storePack(uint16_t *p, const float (&v)[kVec]) {
+  uint4 u;
+  u.x = uint32_t(toBF16(v[0])) | (uint32_t(toBF16(v[1])) << 16);
+  u.y = uint32_t(toBF16(v[2])) | (uint32_t(toBF16(v[3])) << 16);
+  u.z = uint32_t(toBF16(v[4])) | (uint32_t(toBF16(v[5])) << 16);
+  u.w = uint32_t(toBF16(v[6])) | (uint32_t(toBF16(v[7])) << 16);
+  *reinterpret_cast<uint4 *>(p) = u;
+}
+
+/// The vector layer-norm kernels keep a thread's share of a row in
+/// registers (x read once, dy once): the row's packs lane, lane + G, ...,
+/// P of them. P is a template parameter, so that a row takes the registers
+/// it needs (GPT-2's 768 columns are 3 packs a lane); P <= kRowPacks, so
+/// rows of at most G * kVec * kRowPacks columns (1024 for a warp).
+constexpr int kRowPacks = 4;
+
 template <int G, class Y = float>
 __global__ void __launch_bounds__(kThreads)
     layerNormFwdKernel(int64_t rows, int64_t cols, const float *x,
@@ -284,6 +387,140 @@ __global__ void __launch_bounds__(kThreads)
     const double g = gain ? d * gain[c] : d;
     const double xhat = (xr[c] - mu) * rs;
     dx[r * cols + c] = float(rs * (g - meanG - xhat * meanGX));
+  }
+}
+
+/// layerNormFwdKernel for rows of kVec | cols <= G * kVec * P with aligned
+/// pointers: x is read once, as packs kept in registers (the scalar kernel
+/// reads it three times). Each thread adds its packs' elements in column
+/// order, then groupSum as there.
+template <int G, int P, class Y = float>
+__global__ void __launch_bounds__(kThreads)
+    layerNormFwdVecKernel(int64_t rows, int64_t cols, const float *x,
+                          const float *gain, const float *bias, float eps, Y *y,
+                          float *mean, float *rstd) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const int packs = int(cols / kVec);
+  const float *xr = x + r * cols;
+  Pack8<float> xs[P];
+#pragma unroll
+  for (int k = 0; k < P; ++k)
+    if (lane + k * G < packs)
+      xs[k].load(xr + (lane + k * G) * kVec);
+  double sum = 0;
+#pragma unroll
+  for (int k = 0; k < P; ++k)
+    if (lane + k * G < packs)
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        sum += xs[k][j];
+  const double mu = groupSum<G>(sum, shm) / double(cols);
+  double squares = 0;
+#pragma unroll
+  for (int k = 0; k < P; ++k)
+    if (lane + k * G < packs)
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        const double d = xs[k][j] - mu;
+        squares += d * d;
+      }
+  squares = groupSum<G>(squares, shm);
+  const double rs = 1.0 / sqrt(squares / double(cols) + double(eps));
+  Y *yr = y + r * cols;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (lane + k * G >= packs)
+      continue;
+    const int64_t c = int64_t(lane + k * G) * kVec;
+    Pack8<float> gp{}, bp{};
+    if (gain)
+      gp.load(gain + c);
+    if (bias)
+      bp.load(bias + c);
+    float out[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      double v = (xs[k][j] - mu) * rs;
+      if (gain)
+        v *= gp[j];
+      if (bias)
+        v += bp[j];
+      out[j] = float(v);
+    }
+    storePack(yr + c, out);
+  }
+  if (lane == 0) {
+    if (mean)
+      mean[r] = float(mu);
+    if (rstd)
+      rstd[r] = float(rs);
+  }
+}
+
+/// layerNormBwdKernel for the rows layerNormFwdVecKernel takes: dy and x
+/// read once into registers (the scalar kernel reads both twice). dx may be
+/// dy (in place): a thread reads all its packs before it writes them.
+template <int G, int P, class DY = float>
+__global__ void __launch_bounds__(kThreads)
+    layerNormBwdVecKernel(int64_t rows, int64_t cols, const DY *dy,
+                          const float *x, const float *gain, const float *mean,
+                          const float *rstd, float *dx) {
+  __shared__ double shm[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const int packs = int(cols / kVec);
+  const DY *dyr = dy + r * cols;
+  const float *xr = x + r * cols;
+  Pack8<DY> ds[P];
+  Pack8<float> xs[P];
+#pragma unroll
+  for (int k = 0; k < P; ++k)
+    if (lane + k * G < packs) {
+      ds[k].load(dyr + (lane + k * G) * kVec);
+      xs[k].load(xr + (lane + k * G) * kVec);
+    }
+  const double mu = mean[r], rs = rstd[r];
+  double sumG = 0, sumGX = 0;
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (lane + k * G >= packs)
+      continue;
+    Pack8<float> gp{};
+    if (gain)
+      gp.load(gain + int64_t(lane + k * G) * kVec);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const double d = ds[k][j];
+      const double g = gain ? d * gp[j] : d;
+      sumG += g;
+      sumGX += g * (xs[k][j] - mu) * rs;
+    }
+  }
+  const double meanG = groupSum<G>(sumG, shm) / double(cols);
+  const double meanGX = groupSum<G>(sumGX, shm) / double(cols);
+#pragma unroll
+  for (int k = 0; k < P; ++k) {
+    if (lane + k * G >= packs)
+      continue;
+    const int64_t c = int64_t(lane + k * G) * kVec;
+    Pack8<float> gp{};
+    if (gain)
+      gp.load(gain + c);
+    float out[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const double d = ds[k][j];
+      const double g = gain ? d * gp[j] : d;
+      const double xhat = (xs[k][j] - mu) * rs;
+      out[j] = float(rs * (g - meanG - xhat * meanGX));
+    }
+    storePack(dx + r * cols + c, out);
   }
 }
 
@@ -374,20 +611,115 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// Pass 2: each column adds its chunks' partials in chunk order.
-__global__ void normColumnFinish(int64_t cols, int64_t chunks,
-                                 const double *partialGain,
-                                 const double *partialBias, float *dgain,
-                                 float *dbias) {
-  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+/// normColumnPartials for C | cols with aligned dy and x: each thread owns
+/// C consecutive columns (an 8- or 16-byte pack of each row), so a block
+/// covers 32 * C columns, and takes S of its rows per step so that their
+/// loads are in flight together (the scalar kernel had one 2-byte and one
+/// 4-byte load in flight per thread). Row lane ty still adds the rows r0 +
+/// ty, r0 + ty + 8, ... in order, and the 8 lanes are added in lane order:
+/// the partials are the scalar kernel's, bit for bit.
+template <class DY, int C, int S>
+__global__ void __launch_bounds__(kThreads)
+    normColumnPartialsVec(int64_t rows, int64_t cols, int64_t rowsPerChunk,
+                          const DY *dy, const float *x, const float *mean,
+                          const float *rstd, double *partialGain,
+                          double *partialBias) {
+  constexpr int kRowLanes = kThreads / 32, kBlockCols = 32 * C;
+  static_assert(C <= kRowLanes, "the finish maps a column to a row lane");
+  // [row lane][j][tx] for column tx * C + j: the stores below are
+  // consecutive across a warp.
+  __shared__ double sGain[kRowLanes][C][32], sBias[kRowLanes][C][32];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int64_t col0 = int64_t(blockIdx.x) * kBlockCols + tx * C;
+  const int64_t chunk = blockIdx.y;
+  const int64_t r0 = chunk * rowsPerChunk;
+  const int64_t r1 = r0 + rowsPerChunk < rows ? r0 + rowsPerChunk : rows;
+  double accGain[C], accBias[C];
+#pragma unroll
+  for (int j = 0; j < C; ++j)
+    accGain[j] = accBias[j] = 0;
+  // One row's pack into the accumulators, the scalar kernel's arithmetic.
+  auto add = [&](const Pack<DY, C> &dp, const Pack<float, C> &xp, float mr,
+                 float sr) {
+    const double rs = sr;
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const float d = dp[j], xv = xp[j];
+      if (mean) {
+        accGain[j] += double(d) * ((xv - double(mr)) * rs);
+        accBias[j] += d;
+      } else {
+        accGain[j] += double(d) * xv * rs;
+      }
+    }
+  };
+  if (col0 < cols) {
+    int64_t r = r0 + ty;
+    for (; r + kRowLanes * (S - 1) < r1; r += kRowLanes * S) {
+      Pack<DY, C> dp[S];
+      Pack<float, C> xp[S];
+      float mr[S], sr[S];
+#pragma unroll
+      for (int u = 0; u < S; ++u) {
+        const int64_t ru = r + kRowLanes * u;
+        dp[u].load(dy + ru * cols + col0);
+        xp[u].load(x + ru * cols + col0);
+        mr[u] = mean ? mean[ru] : 0.0f;
+        sr[u] = rstd[ru];
+      }
+#pragma unroll
+      for (int u = 0; u < S; ++u)
+        add(dp[u], xp[u], mr[u], sr[u]);
+    }
+    for (; r < r1; r += kRowLanes) {
+      Pack<DY, C> dp;
+      Pack<float, C> xp;
+      dp.load(dy + r * cols + col0);
+      xp.load(x + r * cols + col0);
+      add(dp, xp, mean ? mean[r] : 0.0f, rstd[r]);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < C; ++j) {
+    sGain[ty][j][tx] = accGain[j];
+    sBias[ty][j][tx] = accBias[j];
+  }
+  __syncthreads();
+  // Thread (j = ty, tx) finishes column tx * C + j.
+  const int64_t col = int64_t(blockIdx.x) * kBlockCols + tx * C + ty;
+  if (ty < C && col < cols) {
+    double g = 0, b = 0;
+    for (int k = 0; k < kRowLanes; ++k) {
+      g += sGain[k][ty][tx];
+      b += sBias[k][ty][tx];
+    }
+    partialGain[chunk * cols + col] = g;
+    if (partialBias)
+      partialBias[chunk * cols + col] = b;
+  }
+}
+
+/// Pass 2: one warp per column; lane l adds the chunks l, l + 32, ... in
+/// order, then the 32 lane sums are added by a fixed butterfly (the same
+/// order on every run; a thread per column summing 256 chunks serially was
+/// 70 us for 768 columns, latency bound).
+__global__ void __launch_bounds__(kThreads)
+    normColumnFinish(int64_t cols, int64_t chunks, const double *partialGain,
+                     const double *partialBias, float *dgain, float *dbias) {
+  const int64_t col = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (col >= cols)
     return;
+  const int lane = threadIdx.x & 31;
   double g = 0, b = 0;
-  for (int64_t k = 0; k < chunks; ++k) {
+  for (int64_t k = lane; k < chunks; k += 32) {
     g += partialGain[k * cols + col];
     if (partialBias)
       b += partialBias[k * cols + col];
   }
+  g = warpSum(g);
+  b = warpSum(b);
+  if (lane != 0)
+    return;
   if (dgain)
     dgain[col] = float(g);
   if (dbias)
@@ -537,6 +869,145 @@ __global__ void __launch_bounds__(kThreads)
   rowFlags[r] = flags;
 }
 
+/// The largest of a pack's values (fmaxf's: a NaN is passed over), for the
+/// first-maximum search of crossEntropyRowsVecKernel. bf16 pairs go through
+/// max.bf16x2 (exact, like fmaxf on the widened values): 6 operations a pack
+/// instead of 15.
+__device__ __forceinline__ float packMax(const Pack<float, kVec> &p) {
+  return fmaxf(fmaxf(fmaxf(p[0], p[1]), fmaxf(p[2], p[3])),
+               fmaxf(fmaxf(p[4], p[5]), fmaxf(p[6], p[7])));
+}
+__device__ __forceinline__ uint32_t maxBF16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("max.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+__device__ __forceinline__ float packMax(const Pack<uint16_t, kVec> &p) {
+  const uint32_t w = maxBF16x2(maxBF16x2(p.pair(0), p.pair(1)),
+                               maxBF16x2(p.pair(2), p.pair(3)));
+  return fmaxf(fromBF16(uint16_t(w & 0xffffu)), fromBF16(uint16_t(w >> 16)));
+}
+
+/// Packs of logits a thread of crossEntropyRowsVecKernel holds in registers
+/// at once (a tile is kCeSlots * G packs): 64 registers of bf16 (32 of f32,
+/// whose double exp needs more), which leaves room for two 256-thread blocks
+/// a multiprocessor. (Measured on an H200 for GPT-2's rows: 8 packs and
+/// three blocks, or one tile of 24 and one block, were slower; so were
+/// issuing each slot's next load as soon as the slot was used, and adding
+/// the exps pack by pack in a tree.)
+template <class L> constexpr int kCeSlots = sizeof(L) == 2 ? 16 : 4;
+
+/// crossEntropyRowsKernel for kVec | classes with aligned logits. The row
+/// goes in tiles of K packs a thread: slot k of tile t is the pack t * tile
+/// + k * G + lane. The maximum pass reads the row once; the exp sum adds the
+/// last tile, still in registers, then reads the earlier ones again (L2
+/// hits: two rows a multiprocessor are in flight). GPT-2's 50304 bf16
+/// logits are two tiles; the scalar kernel read every logit twice from
+/// memory, 2 bytes at a time.
+///
+/// The first maximum at about one operation a logit (rowFirstMax takes
+/// five): each thread keeps its largest pack maximum and the first pack that
+/// has it (packs in ascending column order, a strictly larger maximum
+/// replacing); after groupMax, a thread holding the row's maximum reads that
+/// pack again for its first column equal to it, and the lowest column wins
+/// (groupArgmax): rowFirstMax's column. A NaN logit is passed over here
+/// (rowFirstMax kept one that came first in its lane); its row's loss is
+/// NaN either way.
+template <int G, class L = float>
+__global__ void __launch_bounds__(kThreads, 2)
+    crossEntropyRowsVecKernel(int64_t rows, int64_t classes, const L *logits,
+                              const int32_t *target, int64_t ignoreIndex,
+                              float *lse, double *rowLoss, uint8_t *rowFlags,
+                              DeviceError *error, int32_t op) {
+  constexpr int K = kCeSlots<L>;
+  __shared__ double shm[32];
+  __shared__ float shmV[32];
+  __shared__ int64_t shmI[32];
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const L *xr = logits + r * classes;
+  const int64_t packs = classes / kVec, tile = int64_t(K) * G;
+  const int64_t tiles = (packs + tile - 1) / tile;
+  // The pack in slot k of tile t (valid below packs).
+  auto at = [&](int64_t t, int k) { return t * tile + k * G + lane; };
+  Pack8<L> s[K];
+  auto load = [&](int64_t t) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (at(t, k) < packs)
+        s[k].load(xr + at(t, k) * kVec);
+  };
+  float localMax = -INFINITY;
+  int64_t maxPack = lane; // the first pack: an all -inf row's maximum
+  for (int64_t t = 0; t < tiles; ++t) {
+    load(t);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t q = at(t, k);
+      if (q < packs) {
+        const float pm = packMax(s[k]);
+        if (pm > localMax) {
+          localMax = pm;
+          maxPack = q;
+        }
+      }
+    }
+  }
+  const float best = groupMax<G>(localMax, shmV);
+  const double m = best;
+  // A thread holding the maximum reads its pack again (scanned below, after
+  // the exp sum has covered the load's latency).
+  const bool holder = localMax == best && maxPack < packs;
+  Pack8<L> held{};
+  if (holder)
+    held.load(xr + maxPack * kVec);
+  // The exp sum: the tile in registers, then the earlier ones again.
+  double sum = 0;
+  auto fold = [&](int64_t t) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (at(t, k) < packs)
+#pragma unroll
+        for (int j = 0; j < kVec; ++j)
+          sum += expShifted(s[k].raw(j), m);
+  };
+  fold(tiles - 1);
+  for (int64_t t = 0; t + 1 < tiles; ++t) {
+    load(t);
+    fold(t);
+  }
+  int64_t bestIndex = INT64_MAX; // scanned down: the lowest match last
+  if (holder) {
+#pragma unroll
+    for (int j = kVec - 1; j >= 0; --j)
+      if (held[j] == best)
+        bestIndex = maxPack * kVec + j;
+  }
+  float bestValue = best;
+  groupArgmax<G>(bestValue, bestIndex, shmV, shmI);
+  const double l = m + log(groupSum<G>(sum, shm));
+  if (lane != 0)
+    return;
+  if (lse)
+    lse[r] = float(l);
+  const int64_t t = target[r];
+  uint8_t flags = 0;
+  double loss = 0;
+  if (t != ignoreIndex) {
+    if (t < 0 || t >= classes) {
+      reportError(error, kTargetOutOfRange, op,
+                  (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
+    } else {
+      loss = l - logitValue(xr[t]);
+      flags = uint8_t(1 | (bestIndex == t ? 2 : 0));
+    }
+  }
+  rowLoss[r] = loss;
+  rowFlags[r] = flags;
+}
+
 /// One block: loss = mean of the counted rows' losses, stats.
 __global__ void __launch_bounds__(1024)
     crossEntropyReduceKernel(int64_t rows, const double *rowLoss,
@@ -614,6 +1085,68 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = lane; c < classes; c += G)
     storeGrad(dr + c,
               float(scale * (expShifted(xr[c], l) - (c == t ? 1.0 : 0.0))));
+}
+
+/// crossEntropyBwdKernel for kVec | classes with aligned logits and
+/// dlogits: packs of logits in, packs of gradient out, kBwdPacks packs a
+/// thread per step with their loads in flight together. dlogits may be
+/// logits (in place): a thread reads a pack before it writes it, and no
+/// other thread touches it.
+constexpr int kBwdPacks = 4;
+
+template <int G, class L = float, class D = float>
+__global__ void __launch_bounds__(kThreads)
+    crossEntropyBwdVecKernel(int64_t rows, int64_t classes, const L *logits,
+                             const int32_t *target, int64_t ignoreIndex,
+                             const float *lse, const float *dloss,
+                             const long long *counted, D *dlogits,
+                             DeviceError *error, int32_t op, int64_t start = 0,
+                             int64_t classesGlobal = -1) {
+  if (classesGlobal < 0)
+    classesGlobal = classes;
+  const int64_t r = groupRow<G>();
+  if (r >= rows)
+    return;
+  const int lane = groupLane<G>();
+  const int64_t tg = target[r];
+  D *dr = dlogits + r * classes;
+  const bool bad = tg != ignoreIndex && (tg < 0 || tg >= classesGlobal);
+  if (bad && lane == 0)
+    reportError(error, kTargetOutOfRange, op,
+                (ull(r) << 32) | ull(uint32_t(int32_t(tg))), classesGlobal);
+  const int64_t t = tg == ignoreIndex ? tg : tg - start;
+  const int64_t packs = classes / kVec;
+  if (tg == ignoreIndex || bad) {
+    const float zeros[kVec] = {};
+    for (int64_t q = lane; q < packs; q += G)
+      storePack(dr + q * kVec, zeros);
+    return;
+  }
+  const long long n = *counted;
+  const double scale = n ? double(*dloss) / double(n) : 0.0;
+  const L *xr = logits + r * classes;
+  const double l = lse[r];
+  for (int64_t q0 = lane; q0 < packs; q0 += int64_t(kBwdPacks) * G) {
+    Pack8<L> s[kBwdPacks];
+#pragma unroll
+    for (int u = 0; u < kBwdPacks; ++u)
+      if (q0 + u * G < packs)
+        s[u].load(xr + (q0 + u * G) * kVec);
+#pragma unroll
+    for (int u = 0; u < kBwdPacks; ++u) {
+      if (q0 + u * G >= packs)
+        continue;
+      const int64_t c = (q0 + u * G) * kVec;
+      // The target's place in this pack, or -1.
+      const int tj = t >= c && t < c + kVec ? int(t - c) : -1;
+      float out[kVec];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        out[j] =
+            float(scale * (expShifted(s[u].raw(j), l) - (j == tj ? 1.0 : 0.0)));
+      storePack(dr + c, out);
+    }
+  }
 }
 
 /// Vocabulary-parallel cross-entropy. A row's first maximum travels as an
@@ -844,24 +1377,78 @@ __device__ AdamWConstants adamwConstants(float lr, float beta1, float beta2,
   return k;
 }
 
-/// One element, the CPU's float operations in its order (no FMA).
+/// One element's update on values (p, m, v in, updated), the CPU's float
+/// operations in its order (no FMA).
+__device__ __forceinline__ void adamwUpdate(float grad, float &p, float &m,
+                                            float &v, float beta1, float beta2,
+                                            float eps, float weightDecay,
+                                            float gradScale, float stepSize,
+                                            float decay, float bc2Sqrt) {
+  const float g = __fmul_rn(grad, gradScale);
+  if (weightDecay != 0.0f)
+    p = __fmul_rn(p, decay);
+  const float mi =
+      __fadd_rn(__fmul_rn(beta1, m), __fmul_rn(__fsub_rn(1.0f, beta1), g));
+  const float vi = __fadd_rn(
+      __fmul_rn(beta2, v), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
+  m = mi;
+  v = vi;
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
+  p = __fsub_rn(p, __fmul_rn(stepSize, __fdiv_rn(mi, denom)));
+}
+
+/// One element in memory.
 __device__ void adamwElement(int64_t i, float *param, const float *grad,
                              float *m, float *v, float beta1, float beta2,
                              float eps, float weightDecay, float gradScale,
                              float stepSize, float decay, float bc2Sqrt) {
-  const float g = __fmul_rn(grad[i], gradScale);
-  float p = param[i];
-  if (weightDecay != 0.0f)
-    p = __fmul_rn(p, decay);
-  const float mi =
-      __fadd_rn(__fmul_rn(beta1, m[i]), __fmul_rn(__fsub_rn(1.0f, beta1), g));
-  const float vi =
-      __fadd_rn(__fmul_rn(beta2, v[i]),
-                __fmul_rn(__fmul_rn(__fsub_rn(1.0f, beta2), g), g));
+  float p = param[i], mi = m[i], vi = v[i];
+  adamwUpdate(grad[i], p, mi, vi, beta1, beta2, eps, weightDecay, gradScale,
+              stepSize, decay, bc2Sqrt);
   m[i] = mi;
   v[i] = vi;
-  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), eps);
-  param[i] = __fsub_rn(p, __fmul_rn(stepSize, __fdiv_rn(mi, denom)));
+  param[i] = p;
+}
+
+/// Four consecutive elements of each array (16-byte aligned), loaded,
+/// updated, stored: separate steps, so that a thread can have the loads of
+/// two quads in flight before it stores either (the compiler cannot move a
+/// load above a store to an array that might alias it).
+struct AdamWQuad {
+  float4 g, p, m, v;
+};
+
+__device__ __forceinline__ AdamWQuad adamwLoad(int64_t i, const float *param,
+                                               const float *grad,
+                                               const float *m, const float *v) {
+  AdamWQuad q;
+  q.g = reinterpret_cast<const float4 *>(grad)[i];
+  q.p = reinterpret_cast<const float4 *>(param)[i];
+  q.m = reinterpret_cast<const float4 *>(m)[i];
+  q.v = reinterpret_cast<const float4 *>(v)[i];
+  return q;
+}
+
+__device__ __forceinline__ void adamwUpdateQuad(AdamWQuad &q, float beta1,
+                                                float beta2, float eps,
+                                                float weightDecay,
+                                                float gradScale, float stepSize,
+                                                float decay, float bc2Sqrt) {
+  adamwUpdate(q.g.x, q.p.x, q.m.x, q.v.x, beta1, beta2, eps, weightDecay,
+              gradScale, stepSize, decay, bc2Sqrt);
+  adamwUpdate(q.g.y, q.p.y, q.m.y, q.v.y, beta1, beta2, eps, weightDecay,
+              gradScale, stepSize, decay, bc2Sqrt);
+  adamwUpdate(q.g.z, q.p.z, q.m.z, q.v.z, beta1, beta2, eps, weightDecay,
+              gradScale, stepSize, decay, bc2Sqrt);
+  adamwUpdate(q.g.w, q.p.w, q.m.w, q.v.w, beta1, beta2, eps, weightDecay,
+              gradScale, stepSize, decay, bc2Sqrt);
+}
+
+__device__ __forceinline__ void adamwStore(int64_t i, const AdamWQuad &q,
+                                           float *param, float *m, float *v) {
+  reinterpret_cast<float4 *>(m)[i] = q.m;
+  reinterpret_cast<float4 *>(v)[i] = q.v;
+  reinterpret_cast<float4 *>(param)[i] = q.p;
 }
 
 __global__ void adamwKernel(int64_t n, float *param, const float *grad,
@@ -881,23 +1468,61 @@ __global__ void adamwKernel(int64_t n, float *param, const float *grad,
                  k.stepSize, k.decay, k.bc2Sqrt);
 }
 
-/// blockIdx.y: the tensor; blockIdx.x strides over its elements.
-__global__ void adamwMultiKernel(const AdamWTensor *tensors, const float *lr,
-                                 float beta1, float beta2, float eps,
-                                 const float *gradScale, const int64_t *step) {
+/// blockIdx.y: the tensor; blockIdx.x strides over its elements. A tensor
+/// whose four arrays are 16-byte aligned goes by float4 (two per thread per
+/// step: eight 16-byte loads in flight), its last n % 4 elements one by one;
+/// another by elements. The grid is sized for the largest tensor, so most
+/// blocks of a small one have nothing to do: they leave before the
+/// constants' pow.
+__global__ void __launch_bounds__(kThreads)
+    adamwMultiKernel(const AdamWTensor *tensors, const float *lr, float beta1,
+                     float beta2, float eps, const float *gradScale,
+                     const int64_t *step) {
   __shared__ AdamWTensor tensor;
   __shared__ AdamWConstants k;
   __shared__ float gs;
+  if (int64_t(blockIdx.x) * blockDim.x >= tensors[blockIdx.y].n)
+    return;
   if (threadIdx.x == 0) {
     tensor = tensors[blockIdx.y];
     k = adamwConstants(*lr, beta1, beta2, tensor.weightDecay, *step);
     gs = *gradScale;
   }
   __syncthreads();
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < tensor.n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    adamwElement(i, tensor.param, tensor.grad, tensor.m, tensor.v, beta1, beta2,
-                 eps, tensor.weightDecay, gs, k.stepSize, k.decay, k.bc2Sqrt);
+  const AdamWTensor t = tensor;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool vec =
+      ((reinterpret_cast<uintptr_t>(t.param) |
+        reinterpret_cast<uintptr_t>(t.grad) | reinterpret_cast<uintptr_t>(t.m) |
+        reinterpret_cast<uintptr_t>(t.v)) &
+       15) == 0;
+  if (!vec) {
+    for (; i < t.n; i += stride)
+      adamwElement(i, t.param, t.grad, t.m, t.v, beta1, beta2, eps,
+                   t.weightDecay, gs, k.stepSize, k.decay, k.bc2Sqrt);
+    return;
+  }
+  const int64_t quads = t.n / 4;
+  for (; i + stride < quads; i += 2 * stride) {
+    AdamWQuad a = adamwLoad(i, t.param, t.grad, t.m, t.v);
+    AdamWQuad b = adamwLoad(i + stride, t.param, t.grad, t.m, t.v);
+    adamwUpdateQuad(a, beta1, beta2, eps, t.weightDecay, gs, k.stepSize,
+                    k.decay, k.bc2Sqrt);
+    adamwUpdateQuad(b, beta1, beta2, eps, t.weightDecay, gs, k.stepSize,
+                    k.decay, k.bc2Sqrt);
+    adamwStore(i, a, t.param, t.m, t.v);
+    adamwStore(i + stride, b, t.param, t.m, t.v);
+  }
+  if (i < quads) {
+    AdamWQuad a = adamwLoad(i, t.param, t.grad, t.m, t.v);
+    adamwUpdateQuad(a, beta1, beta2, eps, t.weightDecay, gs, k.stepSize,
+                    k.decay, k.bc2Sqrt);
+    adamwStore(i, a, t.param, t.m, t.v);
+  }
+  if (blockIdx.x == 0 && threadIdx.x < t.n - 4 * quads)
+    adamwElement(4 * quads + threadIdx.x, t.param, t.grad, t.m, t.v, beta1,
+                 beta2, eps, t.weightDecay, gs, k.stepSize, k.decay, k.bc2Sqrt);
 }
 
 __global__ void sgdKernel(int64_t n, float *param, const float *grad,
@@ -1277,12 +1902,29 @@ void normParamGrads(CudaContext &ctx, const char *name, int64_t rows,
   void *scratch = ctx.scratch(layout.bytes, name);
   double *partialGain = at<double>(scratch, gainAt);
   double *partialBias = mean ? at<double>(scratch, biasAt) : nullptr;
-  const dim3 grid(unsigned((cols + 31) / 32), unsigned(chunks));
-  normColumnPartials<<<grid, kThreads, 0, ctx.stream>>>(
-      rows, cols, rowsPerChunk, dy, x, mean, rstd, partialGain, partialBias);
+  // Four columns a thread, four rows a step: GPT-2's dgain/dbias (16384 x
+  // 768, bf16 dy; both passes) took 32 us against 41 with the scalar kernel
+  // on an H200; 8 columns a thread or 8 rows a step were no faster and held
+  // more registers.
+  constexpr int kColsPerThread = 4, kRowsPerStep = 4;
+  if (cols % kColsPerThread == 0 && aligned16(dy) && aligned16(x)) {
+    constexpr int64_t kBlockCols = 32 * kColsPerThread;
+    const dim3 grid(unsigned((cols + kBlockCols - 1) / kBlockCols),
+                    unsigned(chunks));
+    normColumnPartialsVec<DY, kColsPerThread, kRowsPerStep>
+        <<<grid, kThreads, 0, ctx.stream>>>(rows, cols, rowsPerChunk, dy, x,
+                                            mean, rstd, partialGain,
+                                            partialBias);
+  } else {
+    const dim3 grid(unsigned((cols + 31) / 32), unsigned(chunks));
+    normColumnPartials<<<grid, kThreads, 0, ctx.stream>>>(
+        rows, cols, rowsPerChunk, dy, x, mean, rstd, partialGain, partialBias);
+  }
   checkLaunch(ctx, name);
-  normColumnFinish<<<unsigned((cols + 255) / 256), 256, 0, ctx.stream>>>(
-      cols, chunks, partialGain, partialBias, dgain, dbias);
+  constexpr int64_t kColsPerBlock = kThreads / 32;
+  normColumnFinish<<<unsigned((cols + kColsPerBlock - 1) / kColsPerBlock),
+                     kThreads, 0, ctx.stream>>>(cols, chunks, partialGain,
+                                                partialBias, dgain, dbias);
   checkLaunch(ctx, name);
 }
 
@@ -1292,25 +1934,67 @@ void normParamGrads(CudaContext &ctx, const char *name, int64_t rows,
 // The API
 //===----------------------------------------------------------------------===//
 
+namespace {
+/// The packs a thread of a layer-norm vector kernel holds for a row of
+/// `cols` (the warp kernel up to kWarpRowCols, the block kernel beyond), or
+/// 0 where the row does not fit them: not whole packs, more than kRowPacks
+/// a thread, or a pointer off 16-byte alignment.
+int layerNormVecPacks(int64_t cols, std::initializer_list<const void *> ptrs) {
+  const int64_t group = cols <= kWarpRowCols ? 32 : kThreads;
+  if (cols % kVec != 0 || cols > group * kVec * kRowPacks)
+    return 0;
+  for (const void *p : ptrs)
+    if (!aligned16(p))
+      return 0;
+  return int((cols / kVec + group - 1) / group);
+}
+
+/// Calls launch(std::integral_constant<int, P>()) for P = packs in
+/// [1, kRowPacks].
+template <class F> void withPacks(int packs, F launch) {
+  static_assert(kRowPacks == 4, "one case per P");
+  switch (packs) {
+  case 1:
+    return launch(std::integral_constant<int, 1>());
+  case 2:
+    return launch(std::integral_constant<int, 2>());
+  case 3:
+    return launch(std::integral_constant<int, 3>());
+  default:
+    return launch(std::integral_constant<int, 4>());
+  }
+}
+
+template <class Y>
+void layerNormFwdImpl(CudaContext &ctx, int64_t rows, int64_t cols,
+                      const float *x, const float *gain, const float *bias,
+                      float eps, Y *y, float *mean, float *rstd) {
+  if (cols <= 0)
+    return;
+  if (const int packs = layerNormVecPacks(cols, {x, gain, bias, y}))
+    withPacks(packs, [&](auto p) {
+      launchRows(ctx, "layer_norm_fwd", rows, cols,
+                 layerNormFwdVecKernel<32, decltype(p)::value, Y>,
+                 layerNormFwdVecKernel<256, decltype(p)::value, Y>, rows, cols,
+                 x, gain, bias, eps, y, mean, rstd);
+    });
+  else
+    launchRows(ctx, "layer_norm_fwd", rows, cols, layerNormFwdKernel<32, Y>,
+               layerNormFwdKernel<256, Y>, rows, cols, x, gain, bias, eps, y,
+               mean, rstd);
+}
+} // namespace
+
 void layerNormFwd(CudaContext &ctx, int64_t rows, int64_t cols, const float *x,
                   const float *gain, const float *bias, float eps, float *y,
                   float *mean, float *rstd) {
-  if (cols <= 0)
-    return;
-  launchRows(ctx, "layer_norm_fwd", rows, cols, layerNormFwdKernel<32>,
-             layerNormFwdKernel<256>, rows, cols, x, gain, bias, eps, y, mean,
-             rstd);
+  layerNormFwdImpl(ctx, rows, cols, x, gain, bias, eps, y, mean, rstd);
 }
 
 void layerNormFwdBf16Out(CudaContext &ctx, int64_t rows, int64_t cols,
                          const float *x, const float *gain, const float *bias,
                          float eps, uint16_t *y, float *mean, float *rstd) {
-  if (cols <= 0)
-    return;
-  launchRows(ctx, "layer_norm_fwd", rows, cols,
-             layerNormFwdKernel<32, uint16_t>,
-             layerNormFwdKernel<256, uint16_t>, rows, cols, x, gain, bias, eps,
-             y, mean, rstd);
+  layerNormFwdImpl(ctx, rows, cols, x, gain, bias, eps, y, mean, rstd);
 }
 
 namespace {
@@ -1321,7 +2005,15 @@ void layerNormBwdImpl(CudaContext &ctx, int64_t rows, int64_t cols,
                       float *dgain, float *dbias) {
   if (cols <= 0)
     return;
-  if (dx)
+  const int packs = dx ? layerNormVecPacks(cols, {dy, x, gain, dx}) : 0;
+  if (packs)
+    withPacks(packs, [&](auto p) {
+      launchRows(ctx, "layer_norm_bwd", rows, cols,
+                 layerNormBwdVecKernel<32, decltype(p)::value, DY>,
+                 layerNormBwdVecKernel<256, decltype(p)::value, DY>, rows, cols,
+                 dy, x, gain, mean, rstd, dx);
+    });
+  else if (dx)
     launchRows(ctx, "layer_norm_bwd", rows, cols, layerNormBwdKernel<32, DY>,
                layerNormBwdKernel<256, DY>, rows, cols, dy, x, gain, mean,
                rstd, dx);
@@ -1415,9 +2107,14 @@ void crossEntropyFwdAny(CudaContext &ctx, const char *name, int64_t rows,
     void *scratch = ctx.scratch(layout.bytes, name);
     rowLoss = at<double>(scratch, lossAt);
     rowFlags = at<uint8_t>(scratch, flagsAt);
-    launchRows(ctx, name, rows, classes, crossEntropyRowsKernel<32, L>,
-               crossEntropyRowsKernel<256, L>, rows, classes, logits, target,
-               ignoreIndex, lse, rowLoss, rowFlags, ctx.error, op);
+    if (classes % kVec == 0 && aligned16(logits))
+      launchRows(ctx, name, rows, classes, crossEntropyRowsVecKernel<32, L>,
+                 crossEntropyRowsVecKernel<256, L>, rows, classes, logits,
+                 target, ignoreIndex, lse, rowLoss, rowFlags, ctx.error, op);
+    else
+      launchRows(ctx, name, rows, classes, crossEntropyRowsKernel<32, L>,
+                 crossEntropyRowsKernel<256, L>, rows, classes, logits, target,
+                 ignoreIndex, lse, rowLoss, rowFlags, ctx.error, op);
   }
   crossEntropyReduceKernel<<<1, 1024, 0, ctx.stream>>>(rows, rowLoss, rowFlags,
                                                        loss, stats);
@@ -1437,11 +2134,18 @@ void crossEntropyBwdAny(CudaContext &ctx, const char *name, int64_t rows,
   countTargetsKernel<<<1, 1024, 0, ctx.stream>>>(rows, target, ignoreIndex,
                                                  counted);
   checkLaunch(ctx, name);
-  launchRows(ctx, name, rows, classes, crossEntropyBwdKernel<32, L, D>,
-             crossEntropyBwdKernel<256, L, D>, rows, classes, logits, target,
-             ignoreIndex, lse, dloss, static_cast<const long long *>(counted),
-             dlogits, ctx.error, op, start,
-             classesGlobal < 0 ? classes : classesGlobal);
+  if (classes % kVec == 0 && aligned16(logits) && aligned16(dlogits))
+    launchRows(ctx, name, rows, classes, crossEntropyBwdVecKernel<32, L, D>,
+               crossEntropyBwdVecKernel<256, L, D>, rows, classes, logits,
+               target, ignoreIndex, lse, dloss,
+               static_cast<const long long *>(counted), dlogits, ctx.error, op,
+               start, classesGlobal < 0 ? classes : classesGlobal);
+  else
+    launchRows(ctx, name, rows, classes, crossEntropyBwdKernel<32, L, D>,
+               crossEntropyBwdKernel<256, L, D>, rows, classes, logits, target,
+               ignoreIndex, lse, dloss, static_cast<const long long *>(counted),
+               dlogits, ctx.error, op, start,
+               classesGlobal < 0 ? classes : classesGlobal);
 }
 
 void checkShard(CudaContext &ctx, const char *name, int64_t local,

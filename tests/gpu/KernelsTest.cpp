@@ -366,6 +366,87 @@ void testLayerNorm(lc::CudaContext &ctx, int64_t rows, int64_t cols,
       bitwiseEqual(dDg.get(), gpuDg) && bitwiseEqual(dDb.get(), gpuDb);
   row("layer_norm_bwd", shape, eb, 1e-5, eb <= 1e-5 && repeat,
       repeat ? "dgain/dbias repeat bitwise" : "dgain/dbias NOT repeatable");
+
+  // The bf16 variants (GPT-2's mixed precision) run the f32 kernels'
+  // arithmetic: y is the f32 kernel's y rounded once, with the same
+  // statistics; a bf16 dy gives the f32 kernel's dx, dgain, dbias on the
+  // widened dy; all bit for bit.
+  Dev<float> dYf(n), dM1(rows), dR1(rows), dM2(rows), dR2(rows);
+  Dev<uint16_t> dY16(n);
+  dYf.poison(), dM1.poison(), dR1.poison(), dM2.poison(), dR2.poison(),
+      dY16.poison();
+  lc::layerNormFwd(ctx, rows, cols, dX, g, b, 1e-5f, dYf, dM1, dR1);
+  lc::layerNormFwdBf16Out(ctx, rows, cols, dX, g, b, 1e-5f, dY16, dM2, dR2);
+  const auto yWide = dYf.get();
+  const auto y16 = dY16.get();
+  bool fwdExact =
+      bitwiseEqual(dM1.get(), dM2.get()) && bitwiseEqual(dR1.get(), dR2.get());
+  for (size_t i = 0; i < n && fwdExact; ++i)
+    fwdExact = y16[i] == toBF16(yWide[i]);
+  std::vector<uint16_t> dy16(n);
+  std::vector<float> dyWide(n);
+  for (size_t i = 0; i < n; ++i) {
+    dy16[i] = toBF16(dy[i]);
+    dyWide[i] = fromBF16(dy16[i]);
+  }
+  Dev<uint16_t> dDy16(dy16);
+  Dev<float> dDyW(dyWide), dDx1(n), dDx2(n), dG1(cols), dG2(cols), dB1(cols),
+      dB2(cols);
+  dDx1.poison(), dDx2.poison(), dG1.poison(), dG2.poison(), dB1.poison(),
+      dB2.poison();
+  lc::layerNormBwd(ctx, rows, cols, dDyW, dX, g, dMean, dRstd, dDx1, dG1, dB1);
+  lc::layerNormBwdBf16Dy(ctx, rows, cols, dDy16, dX, g, dMean, dRstd, dDx2, dG2,
+                         dB2);
+  const auto dx1 = dDx1.get();
+  const bool bwdExact = bitwiseEqual(dx1, dDx2.get()) &&
+                        bitwiseEqual(dG1.get(), dG2.get()) &&
+                        bitwiseEqual(dB1.get(), dB2.get());
+  // ... and the widened dy against the CPU.
+  kn::layerNormBackward<float>(rows, cols, dyWide.data(), x.data(),
+                               affine ? gain.data() : nullptr, mean.data(),
+                               rstd.data(), dx.data(), dg.data(), db.data());
+  const double e16 = relErrF(dx1, dx);
+  row("layer_norm bf16 io", shape, e16, 1e-5,
+      e16 <= 1e-5 && fwdExact && bwdExact,
+      std::string(fwdExact ? "y = bf16(f32 y)" : "y NOT bf16(f32 y)") +
+          (bwdExact ? ", bf16 dy bitwise" : ", bf16 dy NOT bitwise"));
+}
+
+/// Layer norm on views one element past 16-byte alignment (the scalar
+/// kernels, where the vector ones would take the shape), against the CPU.
+void testLayerNormMisaligned(lc::CudaContext &ctx, int64_t rows, int64_t cols) {
+  const size_t n = size_t(rows * cols);
+  const auto x = randomVec(n, 2.0f), gain = randomVec(cols),
+             bias = randomVec(cols), dy = randomVec(n);
+  auto shifted = [](const std::vector<float> &v) {
+    std::vector<float> s(v.size() + 1, 1.0f);
+    std::copy(v.begin(), v.end(), s.begin() + 1);
+    return s;
+  };
+  Dev<float> dX(shifted(x)), dDy(shifted(dy)), dY(n + 1), dDx(n + 1), dG(gain),
+      dB(bias), dMean(rows), dRstd(rows), dDg(cols), dDb(cols);
+  dY.poison(), dDx.poison(), dMean.poison(), dRstd.poison(), dDg.poison(),
+      dDb.poison();
+  lc::layerNormFwd(ctx, rows, cols, dX.p + 1, dG, dB, 1e-5f, dY.p + 1, dMean,
+                   dRstd);
+  std::vector<float> y(n), mean(rows), rstd(rows), dx(n), dg(cols), db(cols);
+  kn::layerNormForward<float>(rows, cols, x.data(), gain.data(), bias.data(),
+                              1e-5f, y.data(), mean.data(), rstd.data());
+  const auto gpuY = dY.get();
+  double e = std::max(relErrF(dMean.get(), mean), relErrF(dRstd.get(), rstd));
+  e = std::max(e, relErrF(std::vector<float>(gpuY.begin() + 1, gpuY.end()), y));
+  dMean.put(mean), dRstd.put(rstd);
+  lc::layerNormBwd(ctx, rows, cols, dDy.p + 1, dX.p + 1, dG, dMean, dRstd,
+                   dDx.p + 1, dDg, dDb);
+  kn::layerNormBackward<float>(rows, cols, dy.data(), x.data(), gain.data(),
+                               mean.data(), rstd.data(), dx.data(), dg.data(),
+                               db.data());
+  const auto gpuDx = dDx.get();
+  e = std::max({e,
+                relErrF(std::vector<float>(gpuDx.begin() + 1, gpuDx.end()), dx),
+                relErrF(dDg.get(), dg), relErrF(dDb.get(), db)});
+  row("layer_norm misaligned", dims({rows, cols}), e, 1e-5, e <= 1e-5,
+      "fwd + bwd on views 4 bytes past alignment");
 }
 
 void testRmsNorm(lc::CudaContext &ctx, int64_t rows, int64_t cols,
@@ -858,18 +939,22 @@ void testAdamW(lc::CudaContext &ctx, int64_t n) {
 void testAdamWMulti(lc::CudaContext &ctx) {
   const float lr = 2e-3f, b1 = 0.8f, b2 = 0.99f, eps = 1e-6f, gs = 1.0f;
   const int64_t t = 1;
-  const std::vector<int64_t> sizes = {1000, 123457, 17, 4096 * 3 + 5};
-  const std::vector<float> wds = {0.0f, 0.1f, 0.01f, 0.05f};
+  const std::vector<int64_t> sizes = {1000, 123457, 17, 4096 * 3 + 5, 1001};
+  const std::vector<float> wds = {0.0f, 0.1f, 0.01f, 0.05f, 0.1f};
+  // Elements before each tensor's start: 1 puts the last one's arrays off
+  // 16-byte alignment (the kernel's element-wise path).
+  const std::vector<int64_t> offsets = {0, 0, 0, 0, 1};
   std::vector<AdamState> states;
   std::vector<std::unique_ptr<Dev<float>>> bufs;
   std::vector<lc::AdamWTensor> list;
   for (size_t k = 0; k < sizes.size(); ++k) {
-    states.emplace_back(size_t(sizes[k]));
+    states.emplace_back(size_t(sizes[k] + offsets[k]));
     AdamState &s = states.back();
     for (auto *v : {&s.p, &s.g, &s.m, &s.v})
       bufs.push_back(std::make_unique<Dev<float>>(*v));
     const size_t b = bufs.size() - 4;
-    list.push_back({bufs[b]->p, bufs[b + 1]->p, bufs[b + 2]->p, bufs[b + 3]->p,
+    list.push_back({bufs[b]->p + offsets[k], bufs[b + 1]->p + offsets[k],
+                    bufs[b + 2]->p + offsets[k], bufs[b + 3]->p + offsets[k],
                     sizes[k], wds[k]});
   }
   lc::AdamWTensorList tensors(ctx, list);
@@ -881,8 +966,10 @@ void testAdamWMulti(lc::CudaContext &ctx) {
   bool bitwise = true;
   for (size_t k = 0; k < sizes.size(); ++k) {
     AdamState &s = states[k];
-    kn::adamwStep<float>(sizes[k], s.p.data(), s.g.data(), s.m.data(),
-                         s.v.data(), lr, b1, b2, eps, wds[k], gs, t);
+    const int64_t o = offsets[k];
+    kn::adamwStep<float>(sizes[k], s.p.data() + o, s.g.data() + o,
+                         s.m.data() + o, s.v.data() + o, lr, b1, b2, eps,
+                         wds[k], gs, t);
     const auto p = bufs[4 * k]->get(), m = bufs[4 * k + 2]->get(),
                v = bufs[4 * k + 3]->get();
     worst =
@@ -1265,6 +1352,8 @@ int main() {
       testLayerNorm(ctx, 37, 1000, true);
       testLayerNorm(ctx, 5, 3001, true);
       testLayerNorm(ctx, 130, 77, false);
+      testLayerNorm(ctx, 64, 2048, true);
+      testLayerNormMisaligned(ctx, 37, 1000);
       noDeviceError(ctx, "layer_norm");
     });
     guarded("rms_norm", [&] {
@@ -1283,6 +1372,8 @@ int main() {
       testCrossEntropy(ctx, 1024, 50257);
       testCrossEntropy(ctx, 300, 10);
       testCrossEntropy(ctx, 4099, 1000);
+      testCrossEntropy(ctx, 512, 50304);
+      testCrossEntropy(ctx, 64, 200000);
       testCrossEntropyErrors(ctx);
       testVocabParallel(ctx, 300, 40, 2);
       testVocabParallel(ctx, 1024, 12576, 4);
