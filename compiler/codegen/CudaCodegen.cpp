@@ -275,6 +275,7 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
   // the output's value). Deterministic, in another order than the CPU's
   // single in-order sum (within the GPU-vs-CPU tolerance of SEMANTICS.md).
   constexpr int64_t kLanes = 32;
+  constexpr int64_t kSliceUnroll = 8;
   Value summed;
   if (generic && numOutputs == 1 && !reduction.empty() && total <= 32768 &&
       reductionPoints >= 2048) {
@@ -322,20 +323,41 @@ FailureOr<CudaKernel> KernelBuilder::build(Operation *op, StringRef program,
       Value end = b.create<arith::MinUIOp>(
           loc, b.create<arith::AddIOp>(loc, begin, idx(chunk)),
           idx(reductionPoints));
-      auto forOp = b.create<scf::ForOp>(loc, begin, end, idx(1), ValueRange{init});
-      {
+      // The slice's points in order, kSliceUnroll of them an iteration:
+      // their loads do not depend on the running sum, so they are all in
+      // flight at once (one at a time left the sum of a [16384, 3072] f32
+      // gradient at 0.7 TB/s). The additions keep their order.
+      auto sumPoints = [&](Value from, Value to, int64_t step, Value acc) {
+        auto forOp = b.create<scf::ForOp>(loc, from, to, idx(step),
+                                          ValueRange{acc});
         OpBuilder::InsertionGuard g2(b);
         b.setInsertionPointToStart(forOp.getBody());
-        // The flat reduction index, row-major over the reduction dimensions.
-        Value rest = forOp.getInductionVar();
-        for (unsigned d : llvm::reverse(reduction)) {
-          dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
-          rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
+        Value sum = forOp.getRegionIterArgs()[0];
+        for (int64_t u = 0; u < step; ++u) {
+          // The flat reduction index, row-major over the reduction
+          // dimensions.
+          Value rest = forOp.getInductionVar();
+          if (u != 0)
+            rest = b.create<arith::AddIOp>(loc, rest, idx(u));
+          for (unsigned d : llvm::reverse(reduction)) {
+            dims[d] = b.create<arith::RemUIOp>(loc, rest, idx(ranges[d]));
+            rest = b.create<arith::DivUIOp>(loc, rest, idx(ranges[d]));
+          }
+          sum = body(dims, SmallVector<Value>{sum})[0];
         }
-        b.create<scf::YieldOp>(
-            loc, body(dims, SmallVector<Value>{forOp.getRegionIterArgs()[0]}));
-      }
-      b.create<scf::YieldOp>(loc, forOp.getResult(0));
+        b.create<scf::YieldOp>(loc, sum);
+        return forOp.getResult(0);
+      };
+      Value whole = b.create<arith::AddIOp>(
+          loc, begin,
+          b.create<arith::MulIOp>(
+              loc,
+              b.create<arith::DivUIOp>(
+                  loc, b.create<arith::SubIOp>(loc, end, begin),
+                  idx(kSliceUnroll)),
+              idx(kSliceUnroll)));
+      Value sum = sumPoints(begin, whole, kSliceUnroll, init);
+      b.create<scf::YieldOp>(loc, sumPoints(whole, end, 1, sum));
       b.setInsertionPointToStart(&partialIf.getElseRegion().front());
       b.create<scf::YieldOp>(loc, zero);
     }
