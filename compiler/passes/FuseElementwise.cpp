@@ -776,6 +776,71 @@ void duplicateCheapProducers(dist::ProgramOp program) {
   }
 }
 
+/// A fused elementwise loop whose result feeds several loops (GELU's
+/// gradient: the bias gradient's column sum and the cast to bf16 for the
+/// GEMMs) is merged with its first elementwise consumer into one loop with
+/// both results: the value is computed once, and the consumer no longer
+/// reads it back (GPT-2-small: 200 MB less traffic a layer). The consumer
+/// moves up to just after the producer; it qualifies only when its other
+/// operands are defined before the producer (its empty init moves along).
+/// Runs after the upstream fusion, whose control function keeps single-
+/// result producers only, so the two-result loop is not fused further.
+void fuseWithFirstConsumer(dist::ProgramOp program) {
+  IRRewriter rewriter(program.getContext());
+  SmallVector<linalg::GenericOp> producers;
+  for (Operation &op : program.getBody().front())
+    if (auto g = dyn_cast<linalg::GenericOp>(op))
+      producers.push_back(g);
+  auto before = [](Value v, Operation *p) {
+    Operation *def = v.getDefiningOp();
+    return !def || def->getBlock() != p->getBlock() || def->isBeforeInBlock(p);
+  };
+  llvm::DenseSet<Operation *> erased;
+  for (linalg::GenericOp p : producers) {
+    if (erased.contains(p) || p->getNumResults() != 1 ||
+        p.getNumReductionLoops() != 0 || p->getResult(0).hasOneUse() ||
+        p->getResult(0).use_empty())
+      continue;
+    OpOperand *target = nullptr;
+    for (OpOperand &use : p->getResult(0).getUses()) {
+      auto c = dyn_cast<linalg::GenericOp>(use.getOwner());
+      if (!c || c->getBlock() != p->getBlock() || c->getNumResults() != 1 ||
+          c.getNumReductionLoops() != 0 || c.getNumLoops() != p.getNumLoops() ||
+          !linalg::areElementwiseOpsFusable(&use))
+        continue;
+      bool ok = true;
+      for (Value v : c->getOperands()) {
+        if (v == p->getResult(0) || before(v, p))
+          continue;
+        auto empty = v.getDefiningOp<tensor::EmptyOp>();
+        ok &= empty && empty->getNumOperands() == 0 && v.hasOneUse();
+      }
+      if (ok && (!target || c->isBeforeInBlock(target->getOwner())))
+        target = &use;
+    }
+    if (!target)
+      continue;
+    Operation *c = target->getOwner();
+    c->moveAfter(p);
+    for (Value v : c->getOperands())
+      if (auto empty = v.getDefiningOp<tensor::EmptyOp>();
+          empty && !before(v, p))
+        empty->moveBefore(c);
+    rewriter.setInsertionPoint(c);
+    FailureOr<linalg::ElementwiseOpFusionResult> fused =
+        linalg::fuseElementwiseOps(rewriter, target);
+    if (failed(fused))
+      continue;
+    if (auto tag = c->getAttr("loom.layer"))
+      fused->fusedOp->setAttr("loom.layer", tag);
+    for (auto [from, to] : fused->replacements)
+      rewriter.replaceAllUsesWith(from, to);
+    erased.insert(c);
+    rewriter.eraseOp(c);
+    rewriter.eraseOp(p);
+  }
+}
+
 struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
@@ -808,9 +873,13 @@ struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
     // (after the copies above, cheap producers have one use per copy).
     RewritePatternSet patterns(&getContext());
     linalg::populateElementwiseOpsFusionPatterns(
-        patterns, [](OpOperand *fused) { return fused->get().hasOneUse(); });
+        patterns, [](OpOperand *fused) {
+          return fused->get().hasOneUse() &&
+                 fused->get().getDefiningOp()->getNumResults() == 1;
+        });
     if (failed(applyPatternsAndFoldGreedily(module, std::move(patterns))))
       return signalPassFailure();
+    module.walk([&](dist::ProgramOp p) { fuseWithFirstConsumer(p); });
   }
 };
 

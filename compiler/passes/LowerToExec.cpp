@@ -246,11 +246,13 @@ LogicalResult ProgramLowering::plan() {
     } else if (n == "linalg.fill") {
       alias(op.getResult(0), op.getOperand(1));
     } else if (auto g = dyn_cast<linalg::GenericOp>(op)) {
-      Value init = g.getDpsInitOperand(0)->get();
-      if (init.hasOneUse() && bufOf_.count(init))
-        alias(op.getResult(0), init);
-      else
-        newBuffer(op.getResult(0), index, category);
+      for (unsigned i = 0; i < g->getNumResults(); ++i) {
+        Value init = g.getDpsInitOperand(i)->get();
+        if (init.hasOneUse() && bufOf_.count(init))
+          alias(op.getResult(i), init);
+        else
+          newBuffer(op.getResult(i), index, category);
+      }
     } else if (n == "train.adamw") {
       alias(op.getResult(0), op.getOperand(0));
       alias(op.getResult(1), op.getOperand(2));
@@ -585,8 +587,11 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     SmallVector<Value> ins;
     for (Value v : g.getDpsInputs())
       ins.push_back(view(b, v));
+    SmallVector<Value> outs;
+    for (unsigned i = 0; i < g->getNumResults(); ++i)
+      outs.push_back(R(i));
     auto ng = b.create<linalg::GenericOp>(
-        loc, TypeRange{}, ins, ValueRange{R(0)}, g.getIndexingMapsArray(),
+        loc, TypeRange{}, ins, outs, g.getIndexingMapsArray(),
         g.getIteratorTypesArray());
     // Folding hoisted the body's constants into the program; they were
     // cloned into the exec program already (scalars_).
