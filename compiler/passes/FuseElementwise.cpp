@@ -717,6 +717,197 @@ void foldNormCasts(dist::ProgramOp program) {
   }
 }
 
+/// On the GPU, a bf16 program's MLP computes gelu(f32(x @ w1) + c1) and,
+/// backward, gelu_grad(that sum, f32(dy @ w2^T)): each a GEMM whose bf16
+/// output is read back by a loop over [tokens, 4d] that is bound by GELU's
+/// arithmetic (GPT-2-small on an H200: 165 and 205 us a layer, beside 105
+/// us GEMMs). cuBLASLt computes both in the GEMM's epilogue instead (+40 us
+/// each): train.gemm_bias_gelu returns the GELU (bf16) and its input
+/// (bf16, saved for the backward pass), and train.gemm_gelu_grad the
+/// gradient at that input (bf16). The numerics change the way
+/// torch.autocast's F.linear + gelu has them: the bias is rounded to bf16
+/// and added to the f32 product before a single rounding, and the backward
+/// pass reads the bf16 pre-activation; the bias gradient (still a column
+/// sum in f32) sums the bf16 gradient. Only shapes cuBLASLt's auxiliary
+/// matrix takes (the last dimension a multiple of 8) are folded.
+void foldGeluGemms(dist::ProgramOp program) {
+  auto named = [](Operation *op, StringRef n) {
+    return op && op->getName().getStringRef() == n;
+  };
+  auto tensorOf = [](Value v) { return dyn_cast<RankedTensorType>(v.getType()); };
+  auto isCastTo = [&](Operation *op, bool toBF16) {
+    if (!named(op, "loom.cast"))
+      return false;
+    auto t = tensorOf(op->getResult(0));
+    return t && (toBF16 ? t.getElementType().isBF16() : t.getElementType().isF32());
+  };
+  // A bf16 product the runtime runs as one GEMM over all rows: a 2-D right
+  // operand, the left one not transposed unless 2-D. Its (a, w, ta, tb).
+  struct Gemm {
+    Value a, w;
+    bool ta = false, tb = false;
+  };
+  auto gemmOf = [&](Value v) -> std::optional<Gemm> {
+    Operation *m = v.getDefiningOp();
+    if (!m || !v.hasOneUse() || !tensorOf(v) ||
+        !tensorOf(v).getElementType().isBF16())
+      return std::nullopt;
+    Gemm g;
+    if (named(m, "loom.matmul")) {
+    } else if (named(m, "train.gemm")) {
+      g.ta = m->getAttrOfType<BoolAttr>("transpose_a").getValue();
+      g.tb = m->getAttrOfType<BoolAttr>("transpose_b").getValue();
+    } else {
+      return std::nullopt;
+    }
+    g.a = m->getOperand(0);
+    g.w = m->getOperand(1);
+    auto at = tensorOf(g.a), wt = tensorOf(g.w);
+    if (!at || !wt || wt.getRank() != 2 || (g.ta && at.getRank() != 2) ||
+        !at.hasStaticShape() || !wt.hasStaticShape())
+      return std::nullopt;
+    return g;
+  };
+  // The bf16 value `v` = cast(x) widens, if `v` is such a widening with one
+  // use.
+  auto widenedFrom = [&](Value v) -> Value {
+    Operation *c = v.getDefiningOp();
+    if (!isCastTo(c, /*toBF16=*/false) || !v.hasOneUse())
+      return {};
+    auto from = tensorOf(c->getOperand(0));
+    return from && from.getElementType().isBF16() ? c->getOperand(0) : Value();
+  };
+  auto tag = [](Operation *from, Operation *to) {
+    if (auto a = from->getAttr("loom.layer"))
+      to->setAttr("loom.layer", a);
+  };
+  auto castOf = [](OpBuilder &b, Location loc, Value v, Type element) {
+    OperationState st(loc, "loom.cast");
+    st.addOperands(v);
+    st.addTypes(cast<RankedTensorType>(v.getType()).clone(element));
+    return b.create(st)->getResult(0);
+  };
+  MLIRContext *ctx = program.getContext();
+  Type bf16 = BFloat16Type::get(ctx), f32 = Float32Type::get(ctx);
+
+  SmallVector<Operation *> gelus, grads;
+  for (Operation &op : program.getBody().front()) {
+    if (named(&op, "loom.gelu"))
+      gelus.push_back(&op);
+    else if (named(&op, "train.gelu_grad"))
+      grads.push_back(&op);
+  }
+  // Forward: round_bf16(gelu(widen(a @ w) + bias)).
+  for (Operation *gelu : gelus) {
+    Operation *add = gelu->getOperand(0).getDefiningOp();
+    auto pt = tensorOf(gelu->getOperand(0));
+    if (!named(add, "loom.add") || !pt || !pt.hasStaticShape() ||
+        pt.getRank() < 2 || !pt.getElementType().isF32() ||
+        pt.getShape().back() % 8 != 0)
+      continue;
+    int64_t n = pt.getShape().back();
+    Value x, bias;
+    for (unsigned i = 0; i < 2; ++i) {
+      auto t = tensorOf(add->getOperand(i));
+      if (t && t.getRank() == 1 && t.getShape()[0] == n &&
+          t.getElementType().isF32()) {
+        bias = add->getOperand(i);
+        x = add->getOperand(1 - i);
+      }
+    }
+    if (!bias || tensorOf(x) != pt)
+      continue;
+    Value m = widenedFrom(x);
+    std::optional<Gemm> g = m ? gemmOf(m) : std::nullopt;
+    if (!g)
+      continue;
+    // The sum feeds this GELU and GELU gradients (as their input) only;
+    // the GELU only roundings to bf16.
+    bool ok = true;
+    for (OpOperand &use : add->getResult(0).getUses())
+      ok &= use.getOwner() == gelu ||
+            (named(use.getOwner(), "train.gelu_grad") &&
+             use.getOperandNumber() == 0);
+    for (Operation *user : gelu->getResult(0).getUsers())
+      ok &= isCastTo(user, /*toBF16=*/true);
+    if (!ok || gelu->getResult(0).use_empty())
+      continue;
+    OpBuilder b(add);
+    Location loc = gelu->getLoc();
+    Value biasLow = castOf(b, loc, bias, bf16);
+    auto fused = b.create<train::GemmBiasGeluOp>(
+        loc, TypeRange{pt.clone(bf16), pt.clone(bf16)}, g->a, g->w, biasLow,
+        g->ta, g->tb);
+    tag(gelu, fused);
+    tag(gelu, biasLow.getDefiningOp());
+    for (Operation *round : llvm::make_early_inc_range(gelu->getResult(0).getUsers())) {
+      round->getResult(0).replaceAllUsesWith(fused.getResult());
+      round->erase();
+    }
+    for (OpOperand &use : llvm::make_early_inc_range(add->getResult(0).getUses())) {
+      Operation *grad = use.getOwner();
+      if (grad == gelu)
+        continue;
+      OpBuilder gb(grad);
+      Value wide = castOf(gb, grad->getLoc(), fused.getPre(), f32);
+      tag(grad, wide.getDefiningOp());
+      use.set(wide);
+    }
+    Operation *widen = x.getDefiningOp(), *gemm = m.getDefiningOp();
+    gelu->erase();
+    add->erase();
+    widen->erase();
+    gemm->erase();
+  }
+  // Backward: round_bf16(gelu_grad(widen(pre), widen(dy @ w))), pre a fused
+  // forward's; other users of the gradient (the bias gradient's column sum)
+  // read the widened bf16 gradient.
+  for (Operation *grad : grads) {
+    Operation *wide = grad->getOperand(0).getDefiningOp();
+    if (!isCastTo(wide, /*toBF16=*/false))
+      continue;
+    Value pre = wide->getOperand(0);
+    auto producer = pre.getDefiningOp<train::GemmBiasGeluOp>();
+    if (!producer || pre != producer.getPre())
+      continue;
+    Value m = widenedFrom(grad->getOperand(1));
+    std::optional<Gemm> g = m ? gemmOf(m) : std::nullopt;
+    if (!g || tensorOf(m) != tensorOf(pre))
+      continue;
+    bool rounded = false;
+    for (Operation *user : grad->getResult(0).getUsers())
+      rounded |= isCastTo(user, /*toBF16=*/true);
+    if (!rounded)
+      continue;
+    OpBuilder b(grad);
+    Location loc = grad->getLoc();
+    auto fused = b.create<train::GemmGeluGradOp>(loc, tensorOf(pre), g->a,
+                                                 g->w, pre, g->ta, g->tb);
+    tag(grad, fused);
+    Value widened;
+    for (OpOperand &use : llvm::make_early_inc_range(grad->getResult(0).getUses())) {
+      Operation *user = use.getOwner();
+      if (isCastTo(user, /*toBF16=*/true)) {
+        user->getResult(0).replaceAllUsesWith(fused.getResult());
+        user->erase();
+        continue;
+      }
+      if (!widened) {
+        widened = castOf(b, loc, fused.getResult(), f32);
+        tag(grad, widened.getDefiningOp());
+      }
+      use.set(widened);
+    }
+    Operation *widenDy = grad->getOperand(1).getDefiningOp(),
+              *gemm = m.getDefiningOp();
+    grad->erase();
+    widenDy->erase();
+    gemm->erase();
+    if (wide->use_empty())
+      wide->erase();
+  }
+}
+
 /// Elementwise producers that are cheaper to recompute than to store and
 /// read back get one copy per consumer, so that each copy fuses into its
 /// consumer and the producer's tensor is never written. The case that
@@ -851,6 +1042,7 @@ struct FuseElementwisePass : impl::FuseElementwiseBase<FuseElementwisePass> {
       module.walk([&](dist::ProgramOp p) {
         foldAttentionLayouts(p);
         foldNormCasts(p);
+        foldGeluGemms(p);
       });
     SmallVector<Operation *> work;
     module.walk([&](dist::ProgramOp p) {

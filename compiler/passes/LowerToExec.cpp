@@ -650,6 +650,24 @@ LogicalResult ProgramLowering::lowerOp(OpBuilder &b, Operation *op) {
     return lowerGemm(b, op, false, false);
   if (n == "train.gemm")
     return lowerGemm(b, op, battr("transpose_a"), battr("transpose_b"));
+  if (n == "train.gemm_bias_gelu" || n == "train.gemm_gelu_grad") {
+    // FuseElementwise's CUDA folds: one GEMM over all rows (the right
+    // operand 2-D, the left one transposed only when 2-D), its epilogue
+    // the bias and GELU or GELU's derivative.
+    bool ta = battr("transpose_a"), tb = battr("transpose_b");
+    auto at = cast<RankedTensorType>(op->getOperand(0).getType());
+    auto [M, N] = rowsCols(op->getResult(0));
+    int64_t K = ta ? at.getDimSize(at.getRank() - 2) : at.getDimSize(at.getRank() - 1);
+    SmallVector<Value> args = {i32(b, ta), i32(b, tb), i64(b, M), i64(b, N),
+                               i64(b, K), V(0), V(1), V(2), R(0)};
+    if (n == "train.gemm_bias_gelu") {
+      args.push_back(R(1));
+      call(b, loc, "loom_gemm_bias_gelu_bf16", args);
+    } else {
+      call(b, loc, "loom_gemm_gelu_grad_bf16", args);
+    }
+    return success();
+  }
   if (n == "train.layer_norm") {
     auto [rows, cols] = rowsCols(op->getOperand(0));
     // A bf16 output: FuseElementwise folded the rounding in (CUDA only).

@@ -77,5 +77,60 @@ LogicalResult GemmOp::verify() {
   return success();
 }
 
+namespace {
+/// The shared checks of the fused bf16 GEMMs: `w` 2-D, every tensor bf16,
+/// `result` the product's shape; `vec` (the bias) [N] or (the saved input)
+/// the product's shape.
+LogicalResult verifyFusedGemm(Operation *op, Value lhs, Value rhs, Value vec,
+                              bool vecIsBias, bool ta, bool tb,
+                              ValueRange results) {
+  auto a = loom::toShapeType(lhs.getType());
+  auto b = loom::toShapeType(rhs.getType());
+  auto v = loom::toShapeType(vec.getType());
+  if (!a || !b || !v)
+    return op->emitOpError("operands must be loom tensors");
+  SmallVector<Value> all = {lhs, rhs, vec};
+  llvm::append_range(all, results);
+  for (Value x : all) {
+    auto t = dyn_cast<RankedTensorType>(x.getType());
+    if (!t || !t.getElementType().isBF16())
+      return op->emitOpError("operands and results must be bf16 tensors");
+  }
+  if (b->dims.size() != 2)
+    return op->emitOpError("the right operand must be 2-D");
+  auto swap = [](loom::shape::TensorType t) {
+    if (t.dims.size() >= 2)
+      std::swap(t.dims[t.dims.size() - 1], t.dims[t.dims.size() - 2]);
+    return t;
+  };
+  std::string err;
+  auto want = loom::shape::matmul(ta ? swap(*a) : *a, tb ? swap(*b) : *b, err);
+  if (!want)
+    return op->emitOpError(err);
+  for (Value r : results) {
+    auto rt = loom::toShapeType(r.getType());
+    if (!rt || *rt != *want)
+      return op->emitOpError("results must be ") << loom::shape::str(*want);
+  }
+  if (vecIsBias ? v->dims != decltype(v->dims){want->dims.back()}
+                : *v != *want)
+    return op->emitOpError(vecIsBias ? "the bias must be [N] of the product"
+                                     : "the saved input must have the "
+                                       "product's shape");
+  return success();
+}
+} // namespace
+
+LogicalResult GemmBiasGeluOp::verify() {
+  return verifyFusedGemm(*this, getLhs(), getRhs(), getBias(), true,
+                         getTransposeA(), getTransposeB(), getResults());
+}
+
+LogicalResult GemmGeluGradOp::verify() {
+  return verifyFusedGemm(*this, getLhs(), getRhs(), getPre(), false,
+                         getTransposeA(), getTransposeB(),
+                         ValueRange{getResult()});
+}
+
 #define GET_OP_CLASSES
 #include "dialects/Train/TrainOps.cpp.inc"

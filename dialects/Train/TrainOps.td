@@ -420,6 +420,38 @@ def Train_GeluGradOp : Train_Op<"gelu_grad", [Pure]> {
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
 }
 
+def Train_GemmBiasGeluOp : Train_Op<"gemm_bias_gelu", [Pure]> {
+  let summary = "bf16 GEMM with its bias and tanh-approximated gelu fused";
+  let description = [{
+    On CUDA bf16 programs, FuseElementwise's form of gelu(f32(a @ w) + c):
+    pre = bf16(op(a) op(w) + bias) and result = bf16(gelu(op(a) op(w) +
+    bias)), the product accumulated and the gelu computed in f32, once per
+    point (cuBLASLt's GELU_AUX_BIAS epilogue). `w` is 2-D, `bias` bf16 [N].
+  }];
+  let arguments = (ins Train_AnyTensor:$lhs, Train_AnyTensor:$rhs,
+                       Train_AnyTensor:$bias, BoolAttr:$transpose_a,
+                       BoolAttr:$transpose_b);
+  let results = (outs Train_AnyTensor:$result, Train_AnyTensor:$pre);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Train_GemmGeluGradOp : Train_Op<"gemm_gelu_grad", [Pure]> {
+  let summary = "bf16 GEMM times the gelu derivative at a saved input";
+  let description = [{
+    On CUDA bf16 programs, FuseElementwise's form of bf16(gelu_grad(f32(pre),
+    f32(a @ w))): result = bf16(gelu'(pre) * (op(a) op(w))), the product and
+    the derivative in f32 (cuBLASLt's DGELU epilogue). `w` is 2-D, `pre`
+    bf16 with the result's shape.
+  }];
+  let arguments = (ins Train_AnyTensor:$lhs, Train_AnyTensor:$rhs,
+                       Train_AnyTensor:$pre, BoolAttr:$transpose_a,
+                       BoolAttr:$transpose_b);
+  let results = (outs Train_AnyTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def Train_ReduceMaxGradOp : Train_Op<"reduce_max_grad", [Pure]> {
   let summary = "VJP of reduce_max: dy to the (first) maximal element";
   let arguments = (ins Train_AnyTensor:$input, Train_AnyTensor:$grad,

@@ -62,6 +62,20 @@ void gemmF16(CudaContext &ctx, int64_t batch, bool transA, bool transB,
              int64_t M, int64_t N, int64_t K, const uint16_t *A,
              int64_t strideA, const uint16_t *B, int64_t strideB, uint16_t *C,
              int64_t strideC);
+/// loom_gemm_bias_gelu_bf16, one row-major GEMM (batch 1) with cuBLASLt's
+/// GELU_AUX_BIAS epilogue: with P = op(A) op(B) accumulated in f32 and the
+/// bf16 bias [N] added, pre = bf16(P) and Y = bf16(gelu(P)), the
+/// tanh-approximated GELU in f32. Where cuBLASLt has no fused algorithm,
+/// the bf16 GEMM then a kernel (P rounded to bf16 before the bias).
+void gemmBiasGeluBf16(CudaContext &ctx, bool transA, bool transB, int64_t M,
+                      int64_t N, int64_t K, const uint16_t *A,
+                      const uint16_t *B, const uint16_t *bias, uint16_t *Y,
+                      uint16_t *pre);
+/// loom_gemm_gelu_grad_bf16, with the DGELU epilogue: D = bf16(gelu'(pre) *
+/// op(A) op(B)), the product and the derivative in f32 (same fallback).
+void gemmGeluGradBf16(CudaContext &ctx, bool transA, bool transB, int64_t M,
+                      int64_t N, int64_t K, const uint16_t *A,
+                      const uint16_t *B, const uint16_t *pre, uint16_t *D);
 /// Number of cached GEMM plans (descriptors + algorithm) in ctx: one per
 /// distinct (dtype, shape, strides, pointer alignment).
 size_t gemmPlanCount(const CudaContext &ctx);

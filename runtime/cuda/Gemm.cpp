@@ -26,14 +26,22 @@ namespace {
 
 enum class GemmType { kF32, kBF16, kF16 };
 
+/// What the GEMM's epilogue does besides rounding: nothing; bias then GELU,
+/// keeping GELU's input (CUBLASLT_EPILOGUE_GELU_AUX_BIAS); or times GELU's
+/// derivative at a saved input (CUBLASLT_EPILOGUE_DGELU).
+enum class Epilogue { kNone, kBiasGelu, kGeluGrad };
+
 struct GemmKey {
   GemmType type;
   bool transA, transB;
   int64_t M, N, K, batch, strideA, strideB, strideC;
   uint32_t alignA, alignB, alignC;
+  Epilogue epilogue = Epilogue::kNone;
+  uint32_t alignBias = 0, alignAux = 0;
   auto tie() const {
     return std::tie(type, transA, transB, M, N, K, batch, strideA, strideB,
-                    strideC, alignA, alignB, alignC);
+                    strideC, alignA, alignB, alignC, epilogue, alignBias,
+                    alignAux);
   }
   bool operator<(const GemmKey &o) const { return tie() < o.tie(); }
 };
@@ -145,10 +153,31 @@ void makeLayout(CudaContext &ctx, const char *kernel,
   }
 }
 
+/// Points an epilogue's plan at this call's bias and auxiliary matrix (the
+/// descriptor holds them; the heuristic reads their alignment).
+void setEpiloguePointers(CudaContext &ctx, const char *kernel,
+                         cublasLtMatmulDesc_t op, const GemmKey &key,
+                         const void *bias, const void *aux) {
+  if (key.epilogue == Epilogue::kNone)
+    return;
+  LOOM_CUBLAS_CHECK(
+      ctx,
+      cublasLtMatmulDescSetAttribute(
+          op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux),
+      kernel);
+  if (key.epilogue == Epilogue::kBiasGelu)
+    LOOM_CUBLAS_CHECK(
+        ctx,
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                                       &bias, sizeof bias),
+        kernel);
+}
+
 /// Builds the plan of `key` with `compute`; false when the heuristic offers
 /// no algorithm for it (the caller may try another compute type).
 bool buildPlan(CudaContext &ctx, const GemmKey &key,
-               cublasComputeType_t compute, GemmPlan &plan) {
+               cublasComputeType_t compute, const void *bias, const void *aux,
+               GemmPlan &plan) {
   const char *kernel = kernelName(key.type);
   const cudaDataType_t type = dataType(key.type);
   GemmPlan p;
@@ -168,6 +197,33 @@ bool buildPlan(CudaContext &ctx, const GemmKey &key,
         cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB,
                                        &opSecond, sizeof opSecond),
         kernel);
+    if (key.epilogue != Epilogue::kNone) {
+      // The auxiliary matrix (GELU's input) is laid out as D: N x M
+      // column-major. The bias is bf16 (cuBLASLt takes no f32 bias with a
+      // bf16 D).
+      const uint32_t epilogue = key.epilogue == Epilogue::kBiasGelu
+                                    ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                    : CUBLASLT_EPILOGUE_DGELU;
+      const int64_t ld = key.N;
+      const int32_t biasType = CUDA_R_16BF;
+      LOOM_CUBLAS_CHECK(
+          ctx,
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                         &epilogue, sizeof epilogue),
+          kernel);
+      LOOM_CUBLAS_CHECK(
+          ctx,
+          cublasLtMatmulDescSetAttribute(
+              p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof ld),
+          kernel);
+      if (key.epilogue == Epilogue::kBiasGelu)
+        LOOM_CUBLAS_CHECK(ctx,
+                          cublasLtMatmulDescSetAttribute(
+                              p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                              &biasType, sizeof biasType),
+                          kernel);
+      setEpiloguePointers(ctx, kernel, p.op, key, bias, aux);
+    }
     // B row-major [K, N] (or [N, K] transposed) read column-major.
     makeLayout(ctx, kernel, &p.a, type, key.transB ? key.K : key.N,
                key.transB ? key.N : key.K, key.batch, key.strideB);
@@ -226,7 +282,8 @@ bool buildPlan(CudaContext &ctx, const GemmKey &key,
 
 /// The plan of `key`, built on first use; null when cuBLASLt has no
 /// algorithm for it (remembered too, so the heuristic is asked once).
-const GemmPlan *planFor(CudaContext &ctx, const GemmKey &key) {
+const GemmPlan *planFor(CudaContext &ctx, const GemmKey &key,
+                        const void *bias = nullptr, const void *aux = nullptr) {
   if (!ctx.gemmPlans)
     ctx.gemmPlans = new GemmPlans;
   std::lock_guard<std::mutex> lock(ctx.gemmPlans->mutex);
@@ -238,10 +295,10 @@ const GemmPlan *planFor(CudaContext &ctx, const GemmKey &key) {
   if (key.type == GemmType::kF32)
     // Pedantic fp32 first (no TF32, no reduced-precision shortcuts); plain
     // CUBLAS_COMPUTE_32F (also no TF32) where no pedantic algorithm exists.
-    ok = buildPlan(ctx, key, CUBLAS_COMPUTE_32F_PEDANTIC, plan) ||
-         buildPlan(ctx, key, CUBLAS_COMPUTE_32F, plan);
+    ok = buildPlan(ctx, key, CUBLAS_COMPUTE_32F_PEDANTIC, bias, aux, plan) ||
+         buildPlan(ctx, key, CUBLAS_COMPUTE_32F, bias, aux, plan);
   else
-    ok = buildPlan(ctx, key, CUBLAS_COMPUTE_32F, plan);
+    ok = buildPlan(ctx, key, CUBLAS_COMPUTE_32F, bias, aux, plan);
   if (!ok)
     plan = GemmPlan{}; // op == nullptr: the fallback kernel
   const GemmPlan &stored =
@@ -261,11 +318,14 @@ void checkShape(CudaContext &ctx, const char *kernel, int64_t batch, int64_t M,
 }
 
 /// One cuBLASLt call: C_b = alpha op(A_b) op(B_b) + beta C_b for the batch,
-/// strideC != 0 or batch == 1, K >= 1.
+/// strideC != 0 or batch == 1, K >= 1; with an epilogue (bf16, batch 1,
+/// alpha 1, beta 0), its bias (bf16 [N]) and auxiliary matrix ([M, N]).
 void runGemm(CudaContext &ctx, GemmType type, int64_t batch, bool transA,
              bool transB, int64_t M, int64_t N, int64_t K, const void *A,
              int64_t strideA, const void *B, int64_t strideB, void *C,
-             int64_t strideC, float alpha, float beta) {
+             int64_t strideC, float alpha, float beta,
+             Epilogue epilogue = Epilogue::kNone, const void *bias = nullptr,
+             void *aux = nullptr) {
   const int64_t elem = type == GemmType::kF32 ? 4 : 2;
   if (batch == 1)
     strideA = strideB = strideC = 0;
@@ -281,8 +341,21 @@ void runGemm(CudaContext &ctx, GemmType type, int64_t batch, bool transA,
               strideC,
               alignmentOf(A, strideA * elem),
               alignmentOf(B, strideB * elem),
-              alignmentOf(C, strideC * elem)};
-  const GemmPlan *plan = planFor(ctx, key);
+              alignmentOf(C, strideC * elem),
+              epilogue,
+              bias ? alignmentOf(bias, 0) : 0,
+              aux ? alignmentOf(aux, 0) : 0};
+  const GemmPlan *plan = planFor(ctx, key, bias, aux);
+  if (!plan && epilogue != Epilogue::kNone) {
+    // No fused algorithm: the plain GEMM, then the epilogue's own kernel.
+    runGemm(ctx, type, batch, transA, transB, M, N, K, A, strideA, B, strideB,
+            C, strideC, alpha, beta);
+    detail::geluEpilogue(ctx, kernelName(type), epilogue == Epilogue::kBiasGelu,
+                         M, N, static_cast<uint16_t *>(C),
+                         static_cast<const uint16_t *>(bias),
+                         static_cast<uint16_t *>(aux));
+    return;
+  }
   if (!plan) {
     detail::fallbackGemm(ctx, kernelName(type),
                          type == GemmType::kF32    ? 0
@@ -292,6 +365,7 @@ void runGemm(CudaContext &ctx, GemmType type, int64_t batch, bool transA,
                          C, strideC, alpha, beta);
     return;
   }
+  setEpiloguePointers(ctx, kernelName(type), plan->op, key, bias, aux);
   LOOM_CUBLAS_CHECK(ctx,
                     cublasLtMatmul(ctx.lt, plan->op, &alpha, B, plan->a, A,
                                    plan->b, &beta, C, plan->c, C, plan->c,
@@ -360,6 +434,43 @@ void gemmF16(CudaContext &ctx, int64_t batch, bool transA, bool transB,
              int64_t strideC) {
   gemmAny(ctx, GemmType::kF16, batch, transA, transB, M, N, K, A, strideA, B,
           strideB, C, strideC, 1.0f, 0.0f);
+}
+
+namespace {
+void gemmGeluAny(CudaContext &ctx, Epilogue epilogue, bool transA, bool transB,
+                 int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                 const uint16_t *B, const uint16_t *bias, uint16_t *C,
+                 uint16_t *aux) {
+  const char *kernel = epilogue == Epilogue::kBiasGelu ? "gemm_bias_gelu_bf16"
+                                                       : "gemm_gelu_grad_bf16";
+  if (M <= 0 || N <= 0)
+    return;
+  checkShape(ctx, kernel, 1, M, N, K);
+  if (K <= 0) {
+    // A zero product, then the epilogue on it.
+    detail::scaleMatrices(ctx, kernel, 1, C, 1, M * N, 0, 0.0f);
+    detail::geluEpilogue(ctx, kernel, epilogue == Epilogue::kBiasGelu, M, N, C,
+                         bias, aux);
+    return;
+  }
+  runGemm(ctx, GemmType::kBF16, 1, transA, transB, M, N, K, A, 0, B, 0, C, 0,
+          1.0f, 0.0f, epilogue, bias, aux);
+}
+} // namespace
+
+void gemmBiasGeluBf16(CudaContext &ctx, bool transA, bool transB, int64_t M,
+                      int64_t N, int64_t K, const uint16_t *A,
+                      const uint16_t *B, const uint16_t *bias, uint16_t *Y,
+                      uint16_t *pre) {
+  gemmGeluAny(ctx, Epilogue::kBiasGelu, transA, transB, M, N, K, A, B, bias, Y,
+              pre);
+}
+
+void gemmGeluGradBf16(CudaContext &ctx, bool transA, bool transB, int64_t M,
+                      int64_t N, int64_t K, const uint16_t *A,
+                      const uint16_t *B, const uint16_t *pre, uint16_t *D) {
+  gemmGeluAny(ctx, Epilogue::kGeluGrad, transA, transB, M, N, K, A, B, nullptr,
+              D, const_cast<uint16_t *>(pre));
 }
 
 } // namespace loom::cuda

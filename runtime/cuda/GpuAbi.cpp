@@ -911,6 +911,28 @@ void loom_cuda_gemm_f16(loom_ctx *c, int64_t batch, int32_t ta, int32_t tb,
   }, /*timed=*/false);
 }
 
+// A bf16 CUDA program's MLP GEMMs with GELU (and its bias) or GELU's
+// derivative in the epilogue (compiler/passes/FuseElementwise.cpp).
+void loom_cuda_gemm_bias_gelu_bf16(loom_ctx *c, int32_t ta, int32_t tb,
+                                   int64_t M, int64_t N, int64_t K,
+                                   const uint16_t *A, const uint16_t *B,
+                                   const uint16_t *bias, uint16_t *Y,
+                                   uint16_t *pre) {
+  guarded(c, "loom_gemm_bias_gelu_bf16", [&](GpuSession::Impl &s) {
+    s.timedGemm([&] { return gemmName("loom_gemm_bias_gelu_bf16", 1, ta, tb, M, N, K); },
+                [&] { cu::gemmBiasGeluBf16(s.ctx, ta, tb, M, N, K, A, B, bias, Y, pre); });
+  }, /*timed=*/false);
+}
+void loom_cuda_gemm_gelu_grad_bf16(loom_ctx *c, int32_t ta, int32_t tb,
+                                   int64_t M, int64_t N, int64_t K,
+                                   const uint16_t *A, const uint16_t *B,
+                                   const uint16_t *pre, uint16_t *D) {
+  guarded(c, "loom_gemm_gelu_grad_bf16", [&](GpuSession::Impl &s) {
+    s.timedGemm([&] { return gemmName("loom_gemm_gelu_grad_bf16", 1, ta, tb, M, N, K); },
+                [&] { cu::gemmGeluGradBf16(s.ctx, ta, tb, M, N, K, A, B, pre, D); });
+  }, /*timed=*/false);
+}
+
 void loom_cuda_layer_norm_fwd(loom_ctx *c, int64_t rows, int64_t cols,
                               const float *x, const float *g, const float *b,
                               float eps, float *y, float *mean, float *rstd) {

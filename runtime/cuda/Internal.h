@@ -25,6 +25,14 @@ void fallbackGemm(CudaContext &ctx, const char *kernel, int elemKind,
                   int64_t strideB, void *C, int64_t strideC, float alpha,
                   float beta);
 
+/// The GELU epilogues on a bf16 GEMM's output C [rows, cols] where
+/// cuBLASLt has no fused algorithm: forward, pre = bf16(C + bias[j]) and C
+/// = bf16(gelu(C + bias[j])); backward (bias unused), C = bf16(gelu'(pre)
+/// * C). f32 arithmetic, tanh-approximated GELU.
+void geluEpilogue(CudaContext &ctx, const char *kernel, bool forward,
+                  int64_t rows, int64_t cols, uint16_t *C, const uint16_t *bias,
+                  uint16_t *pre);
+
 } // namespace loom::cuda::detail
 
 #endif // LOOM_RUNTIME_CUDA_INTERNAL_H

@@ -1753,6 +1753,33 @@ __global__ void scalarCopyKernel(const void *src, int32_t srcType, void *dst,
 }
 
 /// kind: 0 f32->bf16, 1 bf16->f32, 2 f32->f16, 3 f16->f32.
+/// The GELU epilogues of loom_gemm_bias_gelu_bf16 / loom_gemm_gelu_grad_bf16
+/// where cuBLASLt has no fused algorithm, after a plain bf16 GEMM into C
+/// [rows, cols]: forward, pre = bf16(C + bias[j]), C = bf16(gelu(C +
+/// bias[j])); backward, C = bf16(gelu'(pre) * C). The tanh-approximated
+/// GELU and its derivative in f32 (SEMANTICS.md).
+__global__ void geluEpilogueKernel(bool forward, int64_t rows, int64_t cols,
+                                   uint16_t *c, const uint16_t *bias,
+                                   uint16_t *pre) {
+  constexpr float kS = 0.7978845608028654f, kC = 0.044715f;
+  const int64_t n = rows * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    if (forward) {
+      const float x = fromBF16(c[i]) + fromBF16(bias[i % cols]);
+      const float t = tanhf(kS * (x + kC * x * x * x));
+      pre[i] = toBF16(x);
+      c[i] = toBF16(0.5f * x * (1.0f + t));
+    } else {
+      const float x = fromBF16(pre[i]);
+      const float t = tanhf(kS * (x + kC * x * x * x));
+      const float d = 0.5f * (1.0f + t) +
+                      0.5f * x * (1.0f - t * t) * kS * (1.0f + 3.0f * kC * x * x);
+      c[i] = toBF16(d * fromBF16(c[i]));
+    }
+  }
+}
+
 __global__ void castKernel(int kind, const void *x, void *y, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -2644,6 +2671,16 @@ void fallbackGemm(CudaContext &ctx, const char *kernel, int elemKind,
                                         B, strideB, C, strideC, alpha, beta);
     checkLaunch(ctx, kernel);
   }
+}
+
+void geluEpilogue(CudaContext &ctx, const char *kernel, bool forward,
+                  int64_t rows, int64_t cols, uint16_t *C, const uint16_t *bias,
+                  uint16_t *pre) {
+  if (rows <= 0 || cols <= 0)
+    return;
+  geluEpilogueKernel<<<elementwiseGrid(ctx, rows * cols), kThreads, 0,
+                       ctx.stream>>>(forward, rows, cols, C, bias, pre);
+  checkLaunch(ctx, kernel);
 }
 
 void scaleMatrices(CudaContext &ctx, const char *kernel, int elemKind, void *X,

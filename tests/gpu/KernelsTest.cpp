@@ -323,6 +323,87 @@ void testGemms(lc::CudaContext &ctx) {
   noDeviceError(ctx, "gemm");
 }
 
+/// loom_gemm_bias_gelu_bf16 and loom_gemm_gelu_grad_bf16 (one GEMM, GELU
+/// or its derivative in the epilogue) against a double reference from the
+/// same bf16 inputs. `fallback`: the plain GEMM and the epilogue kernel on
+/// their own, as where cuBLASLt has no fused algorithm.
+void testGemmGelu(lc::CudaContext &ctx, bool ta, bool tb, int64_t M, int64_t N,
+                  int64_t K, bool fallback = false) {
+  auto narrow = [](const std::vector<float> &v) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i)
+      h[i] = toBF16(v[i]);
+    return h;
+  };
+  auto widen = [](const std::vector<uint16_t> &h) {
+    std::vector<double> v(h.size());
+    for (size_t i = 0; i < h.size(); ++i)
+      v[i] = fromBF16(h[i]);
+    return v;
+  };
+  constexpr double kS = 0.7978845608028654, kC = 0.044715;
+  auto gelu = [&](double x) {
+    return 0.5 * x * (1 + std::tanh(kS * (x + kC * x * x * x)));
+  };
+  auto dgelu = [&](double x) {
+    double t = std::tanh(kS * (x + kC * x * x * x));
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * kS * (1 + 3 * kC * x * x);
+  };
+  const std::vector<uint16_t> a = narrow(randomVec(size_t(M * K))),
+                              b = narrow(randomVec(size_t(K * N), 0.2f)),
+                              bias = narrow(randomVec(size_t(N))),
+                              pre0 = narrow(randomVec(size_t(M * N), 3.0f));
+  std::vector<double> prod(size_t(M * N), 0.0), ad = widen(a), bd = widen(b);
+  kn::gemm<double>(1, ta, tb, M, N, K, ad.data(), 0, bd.data(), 0,
+                   prod.data(), 0, 1.0, 0.0);
+  const std::string shape = dims({M, N, K}) + " " + (ta ? "T" : "N") +
+                            (tb ? "T" : "N");
+  const std::string how = fallback ? " (fallback kernels)" : "";
+  // Forward.
+  {
+    Dev<uint16_t> dA(a), dB(b), dBias(bias), dY(size_t(M * N)),
+        dPre(size_t(M * N));
+    dY.poison();
+    dPre.poison();
+    if (fallback) {
+      lc::detail::fallbackGemm(ctx, "gemm16", 1, 1, ta, tb, M, N, K, dA, 0, dB,
+                               0, dY, 0, 1.0f, 0.0f);
+      lc::detail::geluEpilogue(ctx, "gelu", true, M, N, dY, dBias, dPre);
+    } else {
+      lc::gemmBiasGeluBf16(ctx, ta, tb, M, N, K, dA, dB, dBias, dY, dPre);
+    }
+    std::vector<double> refPre(prod.size()), refY(prod.size());
+    for (size_t i = 0; i < prod.size(); ++i) {
+      refPre[i] = prod[i] + fromBF16(bias[i % size_t(N)]);
+      refY[i] = gelu(refPre[i]);
+    }
+    const double ePre = relErr(widen(dPre.get()), refPre),
+                 eY = relErr(widen(dY.get()), refY);
+    row("gemm bias gelu bf16" + how, shape, std::max(ePre, eY), 1e-2,
+        ePre <= 1e-2 && eY <= 1e-2,
+        "pre " + std::to_string(ePre).substr(0, 8) + ", gelu " +
+            std::to_string(eY).substr(0, 8));
+  }
+  // Backward: D = gelu'(pre) * op(A) op(B).
+  {
+    Dev<uint16_t> dA(a), dB(b), dPre(pre0), dD(size_t(M * N));
+    dD.poison();
+    if (fallback) {
+      lc::detail::fallbackGemm(ctx, "gemm16", 1, 1, ta, tb, M, N, K, dA, 0, dB,
+                               0, dD, 0, 1.0f, 0.0f);
+      lc::detail::geluEpilogue(ctx, "gelu", false, M, N, dD, nullptr, dPre);
+    } else {
+      lc::gemmGeluGradBf16(ctx, ta, tb, M, N, K, dA, dB, dPre, dD);
+    }
+    std::vector<double> ref(prod.size());
+    for (size_t i = 0; i < prod.size(); ++i)
+      ref[i] = dgelu(fromBF16(pre0[i])) * prod[i];
+    const double e = relErr(widen(dD.get()), ref);
+    row("gemm gelu grad bf16" + how, shape, e, 1e-2, e <= 1e-2);
+  }
+  noDeviceError(ctx, "gemm gelu");
+}
+
 //===----------------------------------------------------------------------===//
 // Norms and softmax
 //===----------------------------------------------------------------------===//
@@ -1347,6 +1428,14 @@ int main() {
       }
     };
     guarded("gemm", [&] { testGemms(ctx); });
+    guarded("gemm gelu", [&] {
+      testGemmGelu(ctx, false, false, 1024, 3072, 768);
+      testGemmGelu(ctx, false, true, 1024, 3072, 768);
+      testGemmGelu(ctx, true, false, 200, 64, 96);
+      // A leading dimension cuBLASLt's auxiliary matrix does not take.
+      testGemmGelu(ctx, false, false, 129, 100, 33);
+      testGemmGelu(ctx, false, true, 129, 100, 33, true);
+    });
     guarded("layer_norm", [&] {
       testLayerNorm(ctx, 4096, 768, true);
       testLayerNorm(ctx, 37, 1000, true);
