@@ -352,8 +352,12 @@ void loom_gated_attention_bwd(loom_ctx *ctx, int64_t B, int64_t H, int64_t T,
  * out, attn, dout, dq, dk, dv laid out [B,T,H,D] (lse, gate, wg, bg, dwg,
  * dbg f32 as above), and loom_cuda_layer_norm_fwd_bf16 (bf16 y) /
  * loom_cuda_layer_norm_bwd_bf16 (bf16 dy), the layer norm's with the
- * program's roundings folded in. The CPU runtime has no such functions:
- * the compiler emits them for --target=cuda alone. */
+ * program's roundings folded in; loom_cuda_gemm_bias_gelu_bf16(ctx, ta, tb,
+ * M, N, K, A, B, bias, Y, pre) and loom_cuda_gemm_gelu_grad_bf16(ctx, ta,
+ * tb, M, N, K, A, B, pre, D), one bf16 GEMM with GELU (bf16 bias, pre =
+ * GELU's input) or GELU's derivative at pre in its epilogue. The CPU
+ * runtime has no such functions: the compiler emits them for --target=cuda
+ * alone. */
 
 /* --- Dropout -------------------------------------------------------------- */
 /** Keeps element i when philox(seed, key, step, i) >= p (as a uniform in
