@@ -639,6 +639,11 @@ __device__ __forceinline__ void cpAsync16(uint32_t dst, const void *src,
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
                "l"(src), "r"(valid ? 16 : 0));
 }
+__device__ __forceinline__ void cpAsync4(uint32_t dst, const void *src,
+                                         bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst),
+               "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ __forceinline__ void cpAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -941,10 +946,15 @@ __global__ void __launch_bounds__(NW * 32) dkdvBf16Kernel(Params<bf16> p) {
   auto loadQueries = [&](int i0, int buf) {
     loadTileBf16<BQ, D, NT>(Qs + buf * BQ * LD, q, i0, Tq, ld);
     loadTileBf16<BQ, D, NT>(Os + buf * BQ * LD, dO, i0, Tq, ld);
-    for (int x = tid; x < BQ; x += NT) {
-      const bool in = i0 + x < Tq;
-      lseS[buf * BQ + x] = in ? lseG[i0 + x] * kLog2e : INFINITY;
-      delS[buf * BQ + x] = in ? delG[i0 + x] : 0.f;
+    // lse and delta by cp.async too (zeros past Tq, where the masked tile
+    // path leaves the queries out): a plain load here stalled its warp for
+    // a global round trip before the block's products.
+    for (int x = tid; x < 2 * BQ; x += NT) {
+      const bool isLse = x < BQ;
+      const int xi = isLse ? x : x - BQ;
+      const bool in = i0 + xi < Tq;
+      const float *src = (isLse ? lseG : delG) + (in ? i0 + xi : 0);
+      cpAsync4(smemAddr((isLse ? lseS : delS) + buf * BQ + xi), src, in);
     }
   };
   if (nQ > 0)
@@ -1024,23 +1034,49 @@ __global__ void __launch_bounds__(NW * 32) dkdvBf16Kernel(Params<bf16> p) {
         }
       }
     }
+    // The thread's queries are n * 8 + 2 * t4 + {0, 1}: their lse and
+    // delta as one 8-byte shared load per pair, shared by the m-tiles.
+    float2 lseR[NTQ], delR[NTQ];
+#pragma unroll
+    for (int n = 0; n < NTQ; ++n) {
+      lseR[n] = *reinterpret_cast<const float2 *>(lseC + n * 8 + 2 * t4);
+      lseR[n].x *= kLog2e;
+      lseR[n].y *= kLog2e;
+      delR[n] = *reinterpret_cast<const float2 *>(delC + n * 8 + 2 * t4);
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const int jt = jw + mt * 16; // The m-tile's first key.
+      // Warp-uniform: a tile wholly inside the sequence and the causal
+      // mask takes no per-element test (all but the diagonal tiles).
       const bool full = i0 + BQ <= Tq && jt + 16 <= Tk &&
                         (!p.causal || jt + 15 <= i0 + off);
+      if (full) {
 #pragma unroll
-      for (int n = 0; n < NTQ; ++n)
+        for (int n = 0; n < NTQ; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int il = n * 8 + 2 * t4 + (e & 1), i = i0 + il;
-          const int j = jt + g + 8 * (e >> 1);
-          const bool vis =
-              full || (i < Tq && j < Tk && (!p.causal || j <= i + off));
-          const float pr = vis ? ex2(st[mt][n][e] * c - lseC[il]) : 0.f;
-          st[mt][n][e] = pr;
-          dpt[mt][n][e] = pr * (dpt[mt][n][e] - delC[il]);
-        }
+          for (int e = 0; e < 4; ++e) {
+            const float l = (e & 1) ? lseR[n].y : lseR[n].x;
+            const float dl = (e & 1) ? delR[n].y : delR[n].x;
+            const float pr = ex2(st[mt][n][e] * c - l);
+            st[mt][n][e] = pr;
+            dpt[mt][n][e] = pr * (dpt[mt][n][e] - dl);
+          }
+      } else {
+#pragma unroll
+        for (int n = 0; n < NTQ; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int il = n * 8 + 2 * t4 + (e & 1), i = i0 + il;
+            const int j = jt + g + 8 * (e >> 1);
+            const bool vis = i < Tq && j < Tk && (!p.causal || j <= i + off);
+            const float l = (e & 1) ? lseR[n].y : lseR[n].x;
+            const float dl = (e & 1) ? delR[n].y : delR[n].x;
+            const float pr = vis ? ex2(st[mt][n][e] * c - l) : 0.f;
+            st[mt][n][e] = pr;
+            dpt[mt][n][e] = pr * (dpt[mt][n][e] - dl);
+          }
+      }
     }
 #pragma unroll
     for (int ks = 0; ks < BQ / 16; ++ks) {
