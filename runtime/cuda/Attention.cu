@@ -1426,7 +1426,11 @@ std::string dispatchF32(const AttentionDims &d, const Params<float> &p,
 /// halve the shared-memory reads per MMA in the forward pass (144 -> 192
 /// TFLOP/s at D=64); the D=64 backward moved by under 2% across the
 /// variants; at D=128 a 64-query dkdv block and a two-m-tile dq gave 124 ->
-/// 145 TFLOP/s.
+/// 145 TFLOP/s. Once dkdv's lse/delta stall was gone (2026-11-30), its D=64
+/// variants at B16 H12 T1024 ([B,T,H,D], causal) measured: 4 warps 266 us,
+/// 8 warps 286 (K/V in registers; 290 from shared memory), 32-query blocks
+/// 308-327, 4 warps x 2 m-tiles 317 (spilling); dq's current shape 155 us
+/// against 165-206 for the others (`.gpu-bench/attnvar.cu`, not kept).
 template <int FW, int FM, int KW, int KM, int KB, bool KR, int QW, int QM,
           int QB, bool QR>
 struct Bf16Shape {
@@ -1440,7 +1444,7 @@ template <int D> struct Bf16Config;
 template <>
 struct Bf16Config<32> : Bf16Shape<4, 2, 4, 1, 64, true, 4, 1, 64, true> {};
 template <>
-struct Bf16Config<64> : Bf16Shape<4, 2, 8, 1, 64, true, 4, 2, 64, false> {};
+struct Bf16Config<64> : Bf16Shape<4, 2, 4, 1, 64, true, 4, 2, 64, false> {};
 template <>
 struct Bf16Config<128>
     : Bf16Shape<4, 1, 4, 1, 64, false, 4, 2, 32, false> {};
