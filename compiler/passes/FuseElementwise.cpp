@@ -10,6 +10,7 @@
 
 #include "compiler/passes/Passes.h"
 
+#include "compiler/passes/TensorBuilder.h"
 #include "dialects/Loom/LoomOps.h"
 
 #include "mlir/Dialect/Linalg/Transforms/Transforms.h"
@@ -781,11 +782,12 @@ void foldGeluGemms(dist::ProgramOp program) {
     if (auto a = from->getAttr("loom.layer"))
       to->setAttr("loom.layer", a);
   };
-  auto castOf = [](OpBuilder &b, Location loc, Value v, Type element) {
-    OperationState st(loc, "loom.cast");
-    st.addOperands(v);
-    st.addTypes(cast<RankedTensorType>(v.getType()).clone(element));
-    return b.create(st)->getResult(0);
+  // loom.cast of v to `element`, at `like`'s location and layer.
+  auto castOf = [](OpBuilder &b, Operation *like, Value v, Type element) {
+    TensorBuilder tb(b, like->getLoc());
+    tb.setTag(like->getAttrOfType<StringAttr>("loom.layer"));
+    return tb.create1("loom.cast", {v},
+                      cast<RankedTensorType>(v.getType()).clone(element));
   };
   MLIRContext *ctx = program.getContext();
   Type bf16 = BFloat16Type::get(ctx), f32 = Float32Type::get(ctx);
@@ -834,12 +836,11 @@ void foldGeluGemms(dist::ProgramOp program) {
       continue;
     OpBuilder b(add);
     Location loc = gelu->getLoc();
-    Value biasLow = castOf(b, loc, bias, bf16);
+    Value biasLow = castOf(b, gelu, bias, bf16);
     auto fused = b.create<train::GemmBiasGeluOp>(
         loc, TypeRange{pt.clone(bf16), pt.clone(bf16)}, g->a, g->w, biasLow,
         g->ta, g->tb);
     tag(gelu, fused);
-    tag(gelu, biasLow.getDefiningOp());
     for (Operation *round : llvm::make_early_inc_range(gelu->getResult(0).getUsers())) {
       round->getResult(0).replaceAllUsesWith(fused.getResult());
       round->erase();
@@ -849,9 +850,7 @@ void foldGeluGemms(dist::ProgramOp program) {
       if (grad == gelu)
         continue;
       OpBuilder gb(grad);
-      Value wide = castOf(gb, grad->getLoc(), fused.getPre(), f32);
-      tag(grad, wide.getDefiningOp());
-      use.set(wide);
+      use.set(castOf(gb, grad, fused.getPre(), f32));
     }
     Operation *widen = x.getDefiningOp(), *gemm = m.getDefiningOp();
     gelu->erase();
@@ -892,10 +891,8 @@ void foldGeluGemms(dist::ProgramOp program) {
         user->erase();
         continue;
       }
-      if (!widened) {
-        widened = castOf(b, loc, fused.getResult(), f32);
-        tag(grad, widened.getDefiningOp());
-      }
+      if (!widened)
+        widened = castOf(b, grad, fused.getResult(), f32);
       use.set(widened);
     }
     Operation *widenDy = grad->getOperand(1).getDefiningOp(),

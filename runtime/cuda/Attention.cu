@@ -143,6 +143,21 @@ __global__ void gateKernel(Params<E> p, int64_t rows) {
     p.gateOut[row] = 1.f / (1.f + expf(-float(z + double(p.bg[h]))));
 }
 
+/// Row `row`'s backward-prep outputs from e = dout . out and the gate g:
+/// the lse the backward kernels use (+inf where the row gets no gradient),
+/// delta, and the gate logit's gradient dz (gated).
+__device__ __forceinline__ void finishPrepRow(int64_t row, bool active,
+                                              bool gated, double g, double e,
+                                              const float *lse, float *lseEff,
+                                              float *delta, float *dz) {
+  const float l = lse[row];
+  const bool on = active && l != -INFINITY;
+  lseEff[row] = on ? l : INFINITY;
+  delta[row] = on ? float(gated ? g * e : e) : 0.f;
+  if (gated)
+    dz[row] = active ? float(e * g * (1.0 - g)) : 0.f;
+}
+
 /// Per query row: e = dout . out (double); delta = dO . out for the gradient
 /// dO flowing into out (dout, or g dout when gated); lseEff = lse, or +inf
 /// for a row that gets no gradient (skipped by the gate, or seeing no key);
@@ -174,12 +189,7 @@ __global__ void backwardPrepKernel(Params<E> p, const E *dout, const E *out,
   }
   if (lane != 0)
     return;
-  const float l = lse[row];
-  const bool on = active && l != -INFINITY;
-  lseEff[row] = on ? l : INFINITY;
-  delta[row] = on ? float(gated ? g * e : e) : 0.f;
-  if (gated)
-    dz[row] = active ? float(e * g * (1.0 - g)) : 0.f;
+  finishPrepRow(row, active, gated, g, e, lse, lseEff, delta, dz);
 }
 
 //--- bf16 row kernels with 16-byte accesses ---------------------------------
@@ -274,12 +284,7 @@ __global__ void backwardPrepVecKernel(Params<bf16> p, const bf16 *dout,
   }
   if (sub != 0)
     return;
-  const float l = lse[row];
-  const bool on = active && l != -INFINITY;
-  lseEff[row] = on ? l : INFINITY;
-  delta[row] = on ? float(gated ? g * e : e) : 0.f;
-  if (gated)
-    dz[row] = active ? float(e * g * (1.0 - g)) : 0.f;
+  finishPrepRow(row, active, gated, g, e, lse, lseEff, delta, dz);
 }
 
 /// partial[(bh * chunks + chunk) * (2D+1) + j] = sum over the chunk's t of
@@ -1577,27 +1582,43 @@ size_t workspaceBytes(const AttentionDims &d, bool gated) {
 
 constexpr int kRowWarps = 8; // Rows (warps) per block of the row kernels.
 
+/// For a row width in {32, 64, 128}, f(std::integral_constant<int, width /
+/// 8>()): the lanes a row of the 16-byte row kernels takes. False (f not
+/// called) for other widths.
+template <class F> bool withRowLanes(int64_t width, F f) {
+  switch (width) {
+  case 32:
+    f(std::integral_constant<int, 4>());
+    return true;
+  case 64:
+    f(std::integral_constant<int, 8>());
+    return true;
+  case 128:
+    f(std::integral_constant<int, 16>());
+    return true;
+  default:
+    return false;
+  }
+}
+
+/// The grid of a 16-byte row kernel: `lanes` threads a row, 256 a block.
+dim3 rowLanesGrid(int64_t rows, int64_t lanes) {
+  return dim3(unsigned((rows * lanes + 255) / 256));
+}
+
 /// The gate kernel: 16-byte accesses for bf16 (D in {32, 64, 128}), else a
 /// warp per row.
 template <class E>
 std::string launchGate(const AttentionDims &d, const Params<E> &p,
                        int64_t rows, void *stream) {
   if constexpr (std::is_same_v<E, bf16>) {
-    auto vec = [&](auto kernel, int64_t lanes) {
-      return launch("gateVecKernel", kernel,
-                    dim3(unsigned((rows * lanes + 255) / 256)), dim3(256), 0,
-                    stream, p, rows);
-    };
-    switch (d.D) {
-    case 32:
-      return vec(gateVecKernel<4>, 4);
-    case 64:
-      return vec(gateVecKernel<8>, 8);
-    case 128:
-      return vec(gateVecKernel<16>, 16);
-    default:
-      break;
-    }
+    std::string error;
+    if (withRowLanes(d.D, [&](auto lanes) {
+          error = launch("gateVecKernel", gateVecKernel<decltype(lanes)::value>,
+                         rowLanesGrid(rows, lanes), dim3(256), 0, stream, p,
+                         rows);
+        }))
+      return error;
   }
   return launch("gateKernel", gateKernel<E>,
                 dim3(unsigned((rows + kRowWarps - 1) / kRowWarps)),
@@ -1611,21 +1632,14 @@ std::string launchPrep(const AttentionDims &d, const Params<E> &p,
                        float *lseEff, float *delta, float *dz, E *dattn,
                        int64_t rows, void *stream) {
   if constexpr (std::is_same_v<E, bf16>) {
-    auto vec = [&](auto kernel, int64_t lanes) {
-      return launch("backwardPrepVecKernel", kernel,
-                    dim3(unsigned((rows * lanes + 255) / 256)), dim3(256), 0,
-                    stream, p, dout, out, lse, lseEff, delta, dz, dattn, rows);
-    };
-    switch (d.Dv) {
-    case 32:
-      return vec(backwardPrepVecKernel<4>, 4);
-    case 64:
-      return vec(backwardPrepVecKernel<8>, 8);
-    case 128:
-      return vec(backwardPrepVecKernel<16>, 16);
-    default:
-      break;
-    }
+    std::string error;
+    if (withRowLanes(d.Dv, [&](auto lanes) {
+          error = launch("backwardPrepVecKernel",
+                         backwardPrepVecKernel<decltype(lanes)::value>,
+                         rowLanesGrid(rows, lanes), dim3(256), 0, stream, p,
+                         dout, out, lse, lseEff, delta, dz, dattn, rows);
+        }))
+      return error;
   }
   return launch("backwardPrepKernel", backwardPrepKernel<E>,
                 dim3(unsigned((rows + kRowWarps - 1) / kRowWarps)),

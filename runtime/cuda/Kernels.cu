@@ -825,6 +825,34 @@ __device__ double rowSumExp(const L *xr, int64_t cols, int lane, double m,
   return groupSum<G>(sum, shm);
 }
 
+/// Row r's results, from its lse `l` and first maximum's column: lse[r]
+/// (if wanted), its loss and flags (bit 0 counted, bit 1 argmax == target)
+/// for the reduction kernel; a target out of range is reported and the row
+/// not counted.
+template <class L>
+__device__ inline void
+finishCrossEntropyRow(int64_t r, int64_t classes, const L *xr,
+                      const int32_t *target, int64_t ignoreIndex, double l,
+                      int64_t bestIndex, float *lse, double *rowLoss,
+                      uint8_t *rowFlags, DeviceError *error, int32_t op) {
+  if (lse)
+    lse[r] = float(l);
+  const int64_t t = target[r];
+  uint8_t flags = 0;
+  double loss = 0;
+  if (t != ignoreIndex) {
+    if (t < 0 || t >= classes) {
+      reportError(error, kTargetOutOfRange, op,
+                  (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
+    } else {
+      loss = l - logitValue(xr[t]);
+      flags = uint8_t(1 | (bestIndex == t ? 2 : 0));
+    }
+  }
+  rowLoss[r] = loss;
+  rowFlags[r] = flags;
+}
+
 /// Per row: lse, and the row's loss and flags (bit 0 counted, bit 1 argmax
 /// == target) for the reduction kernel. L: float, or uint16_t for bf16
 /// logits (each widened on load: the fp32 kernel's result on the widened
@@ -851,22 +879,8 @@ __global__ void __launch_bounds__(kThreads)
   const double l = m + log(sum);
   if (lane != 0)
     return;
-  if (lse)
-    lse[r] = float(l);
-  const int64_t t = target[r];
-  uint8_t flags = 0;
-  double loss = 0;
-  if (t != ignoreIndex) {
-    if (t < 0 || t >= classes) {
-      reportError(error, kTargetOutOfRange, op,
-                  (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
-    } else {
-      loss = l - logitValue(xr[t]);
-      flags = uint8_t(1 | (bestIndex == t ? 2 : 0));
-    }
-  }
-  rowLoss[r] = loss;
-  rowFlags[r] = flags;
+  finishCrossEntropyRow(r, classes, xr, target, ignoreIndex, l, bestIndex, lse,
+                        rowLoss, rowFlags, error, op);
 }
 
 /// The largest of a pack's values (fmaxf's: a NaN is passed over), for the
@@ -990,22 +1004,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const double l = m + log(groupSum<G>(sum, shm));
   if (lane != 0)
     return;
-  if (lse)
-    lse[r] = float(l);
-  const int64_t t = target[r];
-  uint8_t flags = 0;
-  double loss = 0;
-  if (t != ignoreIndex) {
-    if (t < 0 || t >= classes) {
-      reportError(error, kTargetOutOfRange, op,
-                  (ull(r) << 32) | ull(uint32_t(int32_t(t))), classes);
-    } else {
-      loss = l - logitValue(xr[t]);
-      flags = uint8_t(1 | (bestIndex == t ? 2 : 0));
-    }
-  }
-  rowLoss[r] = loss;
-  rowFlags[r] = flags;
+  finishCrossEntropyRow(r, classes, xr, target, ignoreIndex, l, bestIndex, lse,
+                        rowLoss, rowFlags, error, op);
 }
 
 /// One block: loss = mean of the counted rows' losses, stats.
@@ -1050,6 +1050,35 @@ __global__ void __launch_bounds__(1024)
     *counted = n;
 }
 
+/// What a cross-entropy backward kernel needs of row r: the target among
+/// this rank's columns [start, start + classes) of classesGlobal (or
+/// ignoreIndex), and whether the row gets no gradient (ignored, or a target
+/// out of range, which lane 0 reports); else the gradient's scale, dloss
+/// over the counted rows.
+struct CrossEntropyBwdRow {
+  int64_t target;
+  bool none;
+  double scale;
+};
+__device__ inline CrossEntropyBwdRow
+crossEntropyBwdRow(int64_t r, int lane, const int32_t *target,
+                   int64_t ignoreIndex, int64_t start, int64_t classesGlobal,
+                   const float *dloss, const long long *counted,
+                   DeviceError *error, int32_t op) {
+  const int64_t tg = target[r];
+  const bool bad = tg != ignoreIndex && (tg < 0 || tg >= classesGlobal);
+  if (bad && lane == 0)
+    reportError(error, kTargetOutOfRange, op,
+                (ull(r) << 32) | ull(uint32_t(int32_t(tg))), classesGlobal);
+  CrossEntropyBwdRow row{tg == ignoreIndex ? tg : tg - start,
+                         tg == ignoreIndex || bad, 0.0};
+  if (!row.none) {
+    const long long n = *counted;
+    row.scale = n ? double(*dloss) / double(n) : 0.0;
+  }
+  return row;
+}
+
 template <int G, class L = float, class D = float>
 __global__ void __launch_bounds__(kThreads)
     crossEntropyBwdKernel(int64_t rows, int64_t classes, const L *logits,
@@ -1066,20 +1095,17 @@ __global__ void __launch_bounds__(kThreads)
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
-  const int64_t tg = target[r];
   D *dr = dlogits + r * classes;
-  const bool bad = tg != ignoreIndex && (tg < 0 || tg >= classesGlobal);
-  if (bad && lane == 0)
-    reportError(error, kTargetOutOfRange, op,
-                (ull(r) << 32) | ull(uint32_t(int32_t(tg))), classesGlobal);
-  const int64_t t = tg == ignoreIndex ? tg : tg - start;
-  if (tg == ignoreIndex || bad) {
+  const CrossEntropyBwdRow row =
+      crossEntropyBwdRow(r, lane, target, ignoreIndex, start, classesGlobal,
+                         dloss, counted, error, op);
+  if (row.none) {
     for (int64_t c = lane; c < classes; c += G)
       storeGrad(dr + c, 0.0f);
     return;
   }
-  const long long n = *counted;
-  const double scale = n ? double(*dloss) / double(n) : 0.0;
+  const int64_t t = row.target;
+  const double scale = row.scale;
   const L *xr = logits + r * classes;
   const double l = lse[r];
   for (int64_t c = lane; c < classes; c += G)
@@ -1108,22 +1134,19 @@ __global__ void __launch_bounds__(kThreads)
   if (r >= rows)
     return;
   const int lane = groupLane<G>();
-  const int64_t tg = target[r];
   D *dr = dlogits + r * classes;
-  const bool bad = tg != ignoreIndex && (tg < 0 || tg >= classesGlobal);
-  if (bad && lane == 0)
-    reportError(error, kTargetOutOfRange, op,
-                (ull(r) << 32) | ull(uint32_t(int32_t(tg))), classesGlobal);
-  const int64_t t = tg == ignoreIndex ? tg : tg - start;
+  const CrossEntropyBwdRow row =
+      crossEntropyBwdRow(r, lane, target, ignoreIndex, start, classesGlobal,
+                         dloss, counted, error, op);
   const int64_t packs = classes / kVec;
-  if (tg == ignoreIndex || bad) {
+  if (row.none) {
     const float zeros[kVec] = {};
     for (int64_t q = lane; q < packs; q += G)
       storePack(dr + q * kVec, zeros);
     return;
   }
-  const long long n = *counted;
-  const double scale = n ? double(*dloss) / double(n) : 0.0;
+  const int64_t t = row.target;
+  const double scale = row.scale;
   const L *xr = logits + r * classes;
   const double l = lse[r];
   for (int64_t q0 = lane; q0 < packs; q0 += int64_t(kBwdPacks) * G) {
